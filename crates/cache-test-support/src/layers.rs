@@ -1,0 +1,1 @@
+//! Layers whose timing a test controls.

@@ -1,0 +1,1 @@
+//! Throwaway redis-server processes (standalone, primary + replica, cluster).
