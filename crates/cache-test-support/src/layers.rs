@@ -1,1 +1,199 @@
-//! Layers whose timing a test controls.
+//! Layers whose timing and failures a test controls, wrapped around a real
+//! layer.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use cache_core::{CacheLayer, Entry, Error, LayerStats, Pattern, Result};
+use tokio::sync::Semaphore;
+
+/// Wraps a layer so that a test can hold a `get` between reading the value
+/// and returning it: the window in which a tier fill races with a delete.
+///
+/// ```text
+/// layer.hold_next_get();          // arm
+/// let get = cache.get(key);       // poll once: it reads, then waits
+/// cache.delete(key).await;        // the racing delete
+/// layer.release();                // let the get finish and fill upward
+/// ```
+pub struct HoldableLayer {
+    inner: Arc<dyn CacheLayer>,
+    armed: AtomicBool,
+    gate: Semaphore,
+    held: AtomicU64,
+}
+
+impl HoldableLayer {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn CacheLayer>) -> Self {
+        HoldableLayer {
+            inner,
+            armed: AtomicBool::new(false),
+            gate: Semaphore::new(0),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// The next `get` (or `get_many`) reads its value, then waits for [`release`](Self::release).
+    pub fn hold_next_get(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets one held `get` finish.
+    pub fn release(&self) {
+        self.gate.add_permits(1);
+    }
+
+    /// How many gets have been held so far.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    async fn maybe_hold(&self) {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.held.fetch_add(1, Ordering::SeqCst);
+            self.gate
+                .acquire()
+                .await
+                .expect("the gate is never closed")
+                .forget();
+        }
+    }
+}
+
+impl fmt::Debug for HoldableLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HoldableLayer")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl CacheLayer for HoldableLayer {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Entry>> {
+        let found = self.inner.get(key).await;
+        self.maybe_hold().await;
+        found
+    }
+
+    async fn set(&self, key: &str, entry: Entry) -> Result<()> {
+        self.inner.set(key, entry).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        self.inner.delete(key).await
+    }
+
+    async fn invalidate(&self, pattern: &Pattern) -> Result<u64> {
+        self.inner.invalidate(pattern).await
+    }
+
+    async fn get_many(&self, keys: &[&str]) -> Vec<Result<Option<Entry>>> {
+        let found = self.inner.get_many(keys).await;
+        self.maybe_hold().await;
+        found
+    }
+
+    fn stats(&self) -> LayerStats {
+        self.inner.stats()
+    }
+}
+
+/// How a [`FaultyLayer`] misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Passes every call through.
+    None,
+    /// Fails every call at once with a backend error.
+    Fail,
+    /// Never answers (a hung server); only a timeout gets the caller out.
+    Hang,
+}
+
+/// Wraps a layer with switchable failures.
+pub struct FaultyLayer {
+    inner: Arc<dyn CacheLayer>,
+    fault: std::sync::Mutex<Fault>,
+    calls: AtomicU64,
+}
+
+impl FaultyLayer {
+    /// Wraps `inner`, healthy at first.
+    pub fn new(inner: Arc<dyn CacheLayer>) -> Self {
+        FaultyLayer {
+            inner,
+            fault: std::sync::Mutex::new(Fault::None),
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    /// Switches the failure mode.
+    pub fn set_fault(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
+    }
+
+    /// How many calls reached this layer.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    async fn enter(&self) -> Result<()> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let fault = *self.fault.lock().unwrap();
+        match fault {
+            Fault::None => Ok(()),
+            Fault::Fail => Err(Error::backend(
+                self.inner.name().to_owned(),
+                "injected failure",
+            )),
+            Fault::Hang => std::future::pending().await,
+        }
+    }
+}
+
+impl fmt::Debug for FaultyLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultyLayer")
+            .field("inner", &self.inner)
+            .field("fault", &*self.fault.lock().unwrap())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl CacheLayer for FaultyLayer {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Entry>> {
+        self.enter().await?;
+        self.inner.get(key).await
+    }
+
+    async fn set(&self, key: &str, entry: Entry) -> Result<()> {
+        self.enter().await?;
+        self.inner.set(key, entry).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        self.enter().await?;
+        self.inner.delete(key).await
+    }
+
+    async fn invalidate(&self, pattern: &Pattern) -> Result<u64> {
+        self.enter().await?;
+        self.inner.invalidate(pattern).await
+    }
+
+    fn stats(&self) -> LayerStats {
+        self.inner.stats()
+    }
+}

@@ -1,0 +1,565 @@
+//! An in-process cache layer on [quick_cache], bounded by both an entry count
+//! and a byte budget, with per-entry expiry.
+//!
+//! [`MemoryLayer`] implements [`CacheLayer`], so it stacks under
+//! `cache-tiered` as the L1 above a shared tier, or serves alone.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use cache_core::{CacheLayer, Entry};
+//! use cache_memory::MemoryLayer;
+//!
+//! # futures::executor::block_on(async {
+//! let l1 = MemoryLayer::builder()
+//!     .max_entries(10_000)
+//!     .max_bytes(64 << 20)
+//!     .build()?;
+//! let entry = Entry::new(&b"4.5"[..]).expires_at(Instant::now() + Duration::from_secs(300));
+//! l1.set("rating:offer:7", entry).await?;
+//! assert!(l1.get("rating:offer:7").await?.is_some());
+//! # Ok::<(), cache_core::Error>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # How it works
+//! - **Two bounds, one weight.** quick_cache evicts by a single weight. Each
+//!   entry weighs its key and value bytes, but never less than
+//!   `max_bytes / max_entries`, so the byte budget also caps the number of
+//!   entries. The `bytes` statistic reports the true key + value bytes.
+//! - **Oversized values are refused, not lost.** quick_cache splits the
+//!   budget across shards and silently drops an item heavier than about one
+//!   shard's share. This layer checks the weight first and refuses such a
+//!   value with [`Error::ValueTooLarge`] (counted in `rejections`), removing
+//!   any older value under the key. Fewer [`shards`](MemoryLayerBuilder::shards)
+//!   allow larger values.
+//! - **Expiry.** quick_cache has no TTL. An expired entry is never returned:
+//!   `get` checks the expiry against the [`Clock`] and removes the entry. A
+//!   background thread sweeps expired entries every
+//!   [`sweep_interval`](MemoryLayerBuilder::sweep_interval) and stops when the
+//!   layer is dropped.
+//!
+//! [quick_cache]: https://docs.rs/quick_cache
+#![forbid(unsafe_code)]
+
+use std::cell::Cell;
+use std::fmt;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::thread::Thread;
+use std::time::Duration;
+
+use cache_core::{
+    CacheLayer, Clock, Counter, Entry, Error, LayerStats, Pattern, Result, async_trait,
+    system_clock,
+};
+use quick_cache::sync::Cache;
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
+
+/// The share of each shard quick_cache lets one item take (its "hot
+/// allocation"); set explicitly so the oversize limit is known exactly.
+const HOT_ALLOCATION: f64 = 0.97;
+
+type Store = Cache<String, Entry, EntryWeighter, DefaultHashBuilder, EvictionLog>;
+
+/// An in-process cache layer. Cheap to clone: clones share the same store.
+#[derive(Clone)]
+pub struct MemoryLayer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: Arc<str>,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    /// The heaviest entry (key + value) the store admits. Build checks that
+    /// the weighter's minimum weight is below it.
+    max_weight: u64,
+    /// Key + value bytes held now (may dip below zero transiently under races).
+    bytes: AtomicI64,
+    counters: Counters,
+    sweeper: OnceLock<Thread>,
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: Counter,
+    misses: Counter,
+    sets: Counter,
+    removals: Counter,
+    evictions: Counter,
+    expirations: Counter,
+    rejections: Counter,
+}
+
+impl MemoryLayer {
+    /// A layer with default bounds (100,000 entries, 128 MiB).
+    pub fn new() -> Self {
+        Self::builder()
+            .build()
+            .expect("the default configuration is valid")
+    }
+
+    /// Starts a builder.
+    pub fn builder() -> MemoryLayerBuilder {
+        MemoryLayerBuilder::default()
+    }
+
+    /// The largest entry, key and value bytes together, this layer accepts.
+    pub fn max_entry_bytes(&self) -> u64 {
+        self.inner.max_weight
+    }
+
+    /// Removes every expired entry now; returns how many were removed.
+    ///
+    /// The background sweeper calls this periodically; tests driving a
+    /// [`ManualClock`](cache_core::ManualClock) can call it directly.
+    pub fn sweep_expired(&self) -> u64 {
+        self.inner.sweep_expired()
+    }
+
+    /// The number of entries held now.
+    pub fn len(&self) -> usize {
+        self.inner.store.len()
+    }
+
+    /// Whether the layer holds no entries.
+    pub fn is_empty(&self) -> bool {
+        self.inner.store.is_empty()
+    }
+
+    /// Removes every entry.
+    pub fn clear(&self) {
+        let removed = self.inner.remove_where(|_, _| true);
+        self.inner.counters.removals.add(removed);
+    }
+
+    fn get_now(&self, key: &str) -> Option<Entry> {
+        let inner = &*self.inner;
+        let Some(entry) = inner.store.get(key) else {
+            inner.counters.misses.incr();
+            return None;
+        };
+        // Read the clock only for entries that can expire: the hit path is hot.
+        if entry.expiry().is_some_and(|at| at <= inner.clock.now()) {
+            if let Some((_, removed)) = inner.store.remove_if(key, |stored| stored.ptr_eq(&entry)) {
+                inner.forget_bytes(key, &removed);
+                inner.counters.expirations.incr();
+            }
+            inner.counters.misses.incr();
+            return None;
+        }
+        inner.counters.hits.incr();
+        Some(entry)
+    }
+
+    fn set_now(&self, key: &str, entry: Entry) -> Result<()> {
+        let inner = &*self.inner;
+        if entry.is_expired(inner.clock.now()) {
+            // Storing a dead entry is the same as removing the key.
+            self.delete_now(key);
+            return Ok(());
+        }
+        let size = weigh(key, &entry);
+        if size > inner.max_weight {
+            // quick_cache would drop it silently; refuse it out loud, and make
+            // sure the previous value under the key is not left readable.
+            self.delete_now(key);
+            inner.counters.rejections.incr();
+            return Err(Error::ValueTooLarge {
+                layer: inner.name.clone(),
+                size,
+                limit: inner.max_weight,
+            });
+        }
+        let mut evicted = Vec::new();
+        inner
+            .store
+            .insert_with_lifecycle(key.to_owned(), entry, &mut evicted);
+        inner.bytes.fetch_add(size as i64, Ordering::Relaxed);
+        inner.counters.sets.incr();
+        let now = (!evicted.is_empty()).then(|| inner.clock.now());
+        for (evicted_key, evicted_entry) in evicted {
+            inner.forget_bytes(&evicted_key, &evicted_entry);
+            if evicted_key == key {
+                // The value this insert replaced: neither evicted nor expired.
+                continue;
+            }
+            match now {
+                Some(now) if evicted_entry.is_expired(now) => inner.counters.expirations.incr(),
+                _ => inner.counters.evictions.incr(),
+            }
+        }
+        Ok(())
+    }
+
+    fn delete_now(&self, key: &str) -> bool {
+        let inner = &*self.inner;
+        match inner.store.remove(key) {
+            Some((_, removed)) => {
+                inner.forget_bytes(key, &removed);
+                inner.counters.removals.incr();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Inner {
+    fn forget_bytes(&self, key: &str, entry: &Entry) {
+        self.bytes
+            .fetch_sub(weigh(key, entry) as i64, Ordering::Relaxed);
+    }
+
+    /// Removes the entries `doomed` selects; returns how many.
+    fn remove_where(&self, doomed: impl Fn(&str, &Entry) -> bool) -> u64 {
+        let removed = Cell::new(0u64);
+        let freed = Cell::new(0u64);
+        self.store.retain(|key, entry| {
+            if doomed(key, entry) {
+                removed.set(removed.get() + 1);
+                freed.set(freed.get() + weigh(key, entry));
+                false
+            } else {
+                true
+            }
+        });
+        self.bytes.fetch_sub(freed.get() as i64, Ordering::Relaxed);
+        removed.get()
+    }
+
+    fn sweep_expired(&self) -> u64 {
+        let now = self.clock.now();
+        let removed = self.remove_where(|_, entry| entry.is_expired(now));
+        self.counters.expirations.add(removed);
+        removed
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Wake the sweeper so it notices its owner is gone and exits now.
+        if let Some(thread) = self.sweeper.get() {
+            thread.unpark();
+        }
+    }
+}
+
+/// Key and value bytes: what the byte budget and the `bytes` statistic count.
+fn weigh(key: &str, entry: &Entry) -> u64 {
+    (key.len() + entry.len()) as u64
+}
+
+#[derive(Clone)]
+struct EntryWeighter {
+    /// `max_bytes / max_entries`, so that the byte budget also bounds the count.
+    min_weight: Arc<AtomicU64>,
+}
+
+impl Weighter<String, Entry> for EntryWeighter {
+    fn weight(&self, key: &String, entry: &Entry) -> u64 {
+        weigh(key, entry).max(self.min_weight.load(Ordering::Relaxed))
+    }
+}
+
+/// Collects what an insert pushed out, so the caller can count it.
+#[derive(Clone, Default)]
+struct EvictionLog;
+
+impl Lifecycle<String, Entry> for EvictionLog {
+    type RequestState = Vec<(String, Entry)>;
+
+    fn on_evict(&self, evicted: &mut Self::RequestState, key: String, entry: Entry) {
+        evicted.push((key, entry));
+    }
+}
+
+#[async_trait]
+impl CacheLayer for MemoryLayer {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Entry>> {
+        Ok(self.get_now(key))
+    }
+
+    async fn set(&self, key: &str, entry: Entry) -> Result<()> {
+        self.set_now(key, entry)
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        Ok(self.delete_now(key))
+    }
+
+    async fn invalidate(&self, pattern: &Pattern) -> Result<u64> {
+        if let Some(key) = pattern.literal() {
+            return Ok(u64::from(self.delete_now(key)));
+        }
+        let removed = self.inner.remove_where(|key, _| pattern.matches(key));
+        self.inner.counters.removals.add(removed);
+        Ok(removed)
+    }
+
+    async fn get_many(&self, keys: &[&str]) -> Vec<Result<Option<Entry>>> {
+        keys.iter().map(|key| Ok(self.get_now(key))).collect()
+    }
+
+    async fn set_many(&self, entries: &[(&str, Entry)]) -> Vec<Result<()>> {
+        entries
+            .iter()
+            .map(|(key, entry)| self.set_now(key, entry.clone()))
+            .collect()
+    }
+
+    fn stats(&self) -> LayerStats {
+        let inner = &*self.inner;
+        let counters = &inner.counters;
+        let mut stats = LayerStats::default();
+        stats.hits = counters.hits.get();
+        stats.misses = counters.misses.get();
+        stats.sets = counters.sets.get();
+        stats.removals = counters.removals.get();
+        stats.evictions = counters.evictions.get();
+        stats.expirations = counters.expirations.get();
+        stats.rejections = counters.rejections.get();
+        stats.entries = inner.store.len() as u64;
+        stats.bytes = inner.bytes.load(Ordering::Relaxed).max(0) as u64;
+        stats
+    }
+}
+
+impl Default for MemoryLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryLayer")
+            .field("name", &self.inner.name)
+            .field("entries", &self.inner.store.len())
+            .field("capacity", &self.inner.store.capacity())
+            .field("max_entry_bytes", &self.inner.max_weight)
+            .finish()
+    }
+}
+
+/// Configures a [`MemoryLayer`].
+///
+/// ```
+/// # use std::time::Duration;
+/// use cache_memory::MemoryLayer;
+///
+/// let l1 = MemoryLayer::builder()
+///     .name("l1")
+///     .max_entries(50_000)
+///     .max_bytes(32 << 20)
+///     .sweep_interval(Some(Duration::from_secs(10)))
+///     .build()
+///     .unwrap();
+/// assert!(l1.max_entry_bytes() > 1 << 20);
+/// ```
+#[must_use]
+pub struct MemoryLayerBuilder {
+    name: Arc<str>,
+    max_entries: u64,
+    max_bytes: u64,
+    shards: Option<usize>,
+    clock: Arc<dyn Clock>,
+    sweep_interval: Option<Duration>,
+}
+
+impl Default for MemoryLayerBuilder {
+    fn default() -> Self {
+        MemoryLayerBuilder {
+            name: Arc::from("memory"),
+            max_entries: 100_000,
+            max_bytes: 128 << 20,
+            shards: None,
+            clock: system_clock(),
+            sweep_interval: Some(Duration::from_secs(5)),
+        }
+    }
+}
+
+impl MemoryLayerBuilder {
+    /// The layer's name in stats and errors. Default: `"memory"`.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The most entries held at once (at least 2). Default: 100,000.
+    pub fn max_entries(mut self, max_entries: u64) -> Self {
+        self.max_entries = max_entries;
+        self
+    }
+
+    /// The byte budget for keys and values. Default: 128 MiB.
+    pub fn max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// The number of internal shards (rounded up to a power of two). More
+    /// shards mean less lock contention; fewer mean a larger largest value,
+    /// since one value may take at most 97% of one shard's share of the
+    /// budget. Default: quick_cache's choice (4 per core, fewer for small
+    /// caches).
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
+    /// The clock expiry is judged by. Share it with the other tiers.
+    /// Default: the system clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// How often a background thread removes expired entries; `None` turns
+    /// it off (expired entries are still never returned, only reclaimed
+    /// later). Default: every 5 seconds.
+    pub fn sweep_interval(mut self, interval: Option<Duration>) -> Self {
+        self.sweep_interval = interval;
+        self
+    }
+
+    /// Builds the layer, starting the sweeper thread if one is configured.
+    pub fn build(self) -> Result<MemoryLayer> {
+        if self.max_entries < 2 {
+            return Err(Error::config(
+                "memory layer: max_entries must be at least 2",
+            ));
+        }
+        if self.max_bytes == 0 {
+            return Err(Error::config("memory layer: max_bytes must be above zero"));
+        }
+        if self
+            .sweep_interval
+            .is_some_and(|interval| interval.is_zero())
+        {
+            return Err(Error::config(
+                "memory layer: sweep_interval must be above zero (or None to turn it off)",
+            ));
+        }
+        let mut options = OptionsBuilder::new();
+        options
+            .estimated_items_capacity(usize::try_from(self.max_entries).unwrap_or(usize::MAX))
+            .weight_capacity(self.max_bytes)
+            .hot_allocation(HOT_ALLOCATION);
+        if let Some(shards) = self.shards {
+            options.shards(shards.max(1));
+        }
+        let options = options
+            .build()
+            .map_err(|error| Error::config(format!("memory layer: {error:?}")))?;
+        let weighter = EntryWeighter {
+            min_weight: Arc::new(AtomicU64::new(0)),
+        };
+        let store = Cache::with_options(
+            options,
+            weighter.clone(),
+            DefaultHashBuilder::default(),
+            EvictionLog,
+        );
+        // Now that the shard geometry is known: the heaviest admissible item
+        // (quick_cache's own rule), and the minimum weight that turns the
+        // byte budget into an entry bound as well.
+        let shard_capacity = store.shard_capacity();
+        let max_weight = ((shard_capacity as f64 * HOT_ALLOCATION) as u64)
+            .clamp(shard_capacity.min(1), shard_capacity);
+        let total_capacity = shard_capacity * store.num_shards() as u64;
+        let min_weight = total_capacity.div_ceil(self.max_entries);
+        if min_weight > max_weight {
+            return Err(Error::config(format!(
+                "memory layer: max_bytes {} is too small for max_entries {} over {} shards",
+                self.max_bytes,
+                self.max_entries,
+                store.num_shards()
+            )));
+        }
+        weighter.min_weight.store(min_weight, Ordering::Relaxed);
+        let inner = Arc::new(Inner {
+            name: self.name,
+            store,
+            clock: self.clock,
+            max_weight,
+            bytes: AtomicI64::new(0),
+            counters: Counters::default(),
+            sweeper: OnceLock::new(),
+        });
+        if let Some(interval) = self.sweep_interval {
+            spawn_sweeper(&inner, interval)?;
+        }
+        Ok(MemoryLayer { inner })
+    }
+}
+
+impl fmt::Debug for MemoryLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryLayerBuilder")
+            .field("name", &self.name)
+            .field("max_entries", &self.max_entries)
+            .field("max_bytes", &self.max_bytes)
+            .field("shards", &self.shards)
+            .field("sweep_interval", &self.sweep_interval)
+            .finish()
+    }
+}
+
+/// Starts the thread that reclaims expired entries. It holds only a weak
+/// reference, so it never keeps the layer alive, and exits as soon as the
+/// layer is dropped (the drop wakes it).
+fn spawn_sweeper(inner: &Arc<Inner>, interval: Duration) -> Result<()> {
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    let handle = std::thread::Builder::new()
+        .name(format!("{}-sweeper", inner.name))
+        .spawn(move || {
+            let _live = sweeper_census::Live::new();
+            loop {
+                std::thread::park_timeout(interval);
+                let Some(inner) = weak.upgrade() else { break };
+                let removed = inner.sweep_expired();
+                if removed > 0 {
+                    tracing::trace!(layer = %inner.name, removed, "swept expired entries");
+                }
+            }
+        })
+        .map_err(|error| Error::config(format!("memory layer: cannot start sweeper: {error}")))?;
+    let _ = inner.sweeper.set(handle.thread().clone());
+    Ok(())
+}
+
+/// Counts live sweeper threads, so tests can check that none leaks.
+mod sweeper_census {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+    pub(crate) struct Live;
+
+    impl Live {
+        pub(crate) fn new() -> Self {
+            LIVE.fetch_add(1, Ordering::SeqCst);
+            Live
+        }
+    }
+
+    impl Drop for Live {
+        fn drop(&mut self) {
+            LIVE.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn live() -> usize {
+        LIVE.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,266 @@
+use std::time::{Duration, Instant};
+
+use cache_core::{CacheLayer, Entry, Error, ManualClock, Pattern};
+use futures::executor::block_on;
+
+use super::*;
+
+fn layer_with_clock(clock: &Arc<ManualClock>) -> MemoryLayer {
+    MemoryLayer::builder()
+        .clock(clock.clone())
+        .sweep_interval(None)
+        .build()
+        .unwrap()
+}
+
+fn value(entry: Option<Entry>) -> Option<Vec<u8>> {
+    entry.map(|entry| entry.value().to_vec())
+}
+
+#[test]
+fn set_get_delete() {
+    block_on(async {
+        let layer = MemoryLayer::new();
+        layer.set("a", Entry::new(&b"1"[..])).await.unwrap();
+        assert_eq!(value(layer.get("a").await.unwrap()), Some(b"1".to_vec()));
+        assert!(layer.delete("a").await.unwrap());
+        assert!(!layer.delete("a").await.unwrap());
+        assert_eq!(layer.get("a").await.unwrap(), None);
+        let stats = layer.stats();
+        assert_eq!(
+            (stats.hits, stats.misses, stats.sets, stats.removals),
+            (1, 1, 1, 1)
+        );
+        assert_eq!(stats.bytes, 0);
+    });
+}
+
+#[test]
+fn expired_entries_are_never_returned_and_are_counted() {
+    block_on(async {
+        let clock = ManualClock::shared();
+        let layer = layer_with_clock(&clock);
+        let expires = clock.now() + Duration::from_millis(100);
+        layer
+            .set("k", Entry::new(&b"v"[..]).expires_at(expires))
+            .await
+            .unwrap();
+        clock.advance(Duration::from_millis(99));
+        assert!(layer.get("k").await.unwrap().is_some());
+        clock.advance(Duration::from_millis(1));
+        assert!(
+            layer.get("k").await.unwrap().is_none(),
+            "dead at its expiry instant"
+        );
+        let stats = layer.stats();
+        assert_eq!(stats.expirations, 1);
+        assert_eq!(stats.entries, 0);
+        assert_eq!(stats.bytes, 0);
+    });
+}
+
+#[test]
+fn an_already_expired_write_removes_the_old_value() {
+    block_on(async {
+        let clock = ManualClock::shared();
+        let layer = layer_with_clock(&clock);
+        layer.set("k", Entry::new(&b"old"[..])).await.unwrap();
+        layer
+            .set("k", Entry::new(&b"new"[..]).expires_at(clock.now()))
+            .await
+            .unwrap();
+        assert_eq!(layer.get("k").await.unwrap(), None);
+    });
+}
+
+#[test]
+fn sweep_reclaims_expired_entries() {
+    block_on(async {
+        let clock = ManualClock::shared();
+        let layer = layer_with_clock(&clock);
+        for i in 0..50 {
+            let ttl = Duration::from_secs(if i % 2 == 0 { 1 } else { 100 });
+            let entry = Entry::new(vec![0u8; 10]).expires_at(clock.now() + ttl);
+            layer.set(&format!("k{i}"), entry).await.unwrap();
+        }
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(layer.sweep_expired(), 25);
+        assert_eq!(layer.len(), 25);
+        let stats = layer.stats();
+        assert_eq!(stats.expirations, 25);
+        // Odd keys survive: k1..k9 (2 bytes each), k11..k49 (3 bytes each), 10-byte values.
+        assert_eq!(stats.bytes, 5 * 2 + 20 * 3 + 25 * 10);
+    });
+}
+
+#[test]
+fn sweeper_thread_reclaims_in_the_background_and_stops_on_drop() {
+    let baseline = sweeper_census::live();
+    let layer = MemoryLayer::builder()
+        .sweep_interval(Some(Duration::from_millis(5)))
+        .build()
+        .unwrap();
+    let expires = Instant::now() + Duration::from_millis(20);
+    block_on(layer.set("k", Entry::new(&b"v"[..]).expires_at(expires))).unwrap();
+    // Other tests start sweepers too, so only wait for ours to do its job...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while layer.stats().expirations == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        layer.stats().expirations,
+        1,
+        "the sweeper removed the entry without a read"
+    );
+    assert!(sweeper_census::live() > baseline.saturating_sub(1));
+    // ...and check that dropping the layer stops its thread.
+    let thread_count_before = sweeper_census::live();
+    drop(layer);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sweeper_census::live() >= thread_count_before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        sweeper_census::live() < thread_count_before,
+        "the sweeper outlived its layer"
+    );
+}
+
+#[test]
+fn oversized_values_are_refused_loudly_and_the_old_value_is_removed() {
+    block_on(async {
+        let layer = MemoryLayer::builder()
+            .max_entries(1000)
+            .max_bytes(64 * 1024)
+            .shards(4)
+            .sweep_interval(None)
+            .build()
+            .unwrap();
+        let limit = layer.max_entry_bytes();
+        assert!(limit > 1024 && limit < 64 * 1024, "limit {limit}");
+        let key = "big";
+        let fits = vec![7u8; (limit - key.len() as u64) as usize];
+        layer.set(key, Entry::new(fits.clone())).await.unwrap();
+        assert_eq!(
+            value(layer.get(key).await.unwrap()),
+            Some(fits),
+            "a value at the limit is kept"
+        );
+
+        let too_big = vec![7u8; (limit - key.len() as u64 + 1) as usize];
+        let error = layer.set(key, Entry::new(too_big)).await.unwrap_err();
+        assert!(
+            matches!(error, Error::ValueTooLarge { size, limit: l, .. } if size == limit + 1 && l == limit)
+        );
+        assert!(error.is_refusal());
+        assert_eq!(
+            layer.get(key).await.unwrap(),
+            None,
+            "no stale value after a refused write"
+        );
+        let stats = layer.stats();
+        assert_eq!(stats.rejections, 1);
+        assert_eq!(stats.bytes, 0);
+    });
+}
+
+#[test]
+fn entry_and_byte_bounds_both_hold() {
+    block_on(async {
+        let layer = MemoryLayer::builder()
+            .max_entries(100)
+            .max_bytes(1_000_000)
+            .sweep_interval(None)
+            .build()
+            .unwrap();
+        for i in 0..1000 {
+            layer
+                .set(&format!("key:{i}"), Entry::new(vec![1u8; 16]))
+                .await
+                .unwrap();
+            assert!(layer.len() <= 100, "{} entries", layer.len());
+        }
+        let stats = layer.stats();
+        assert!(stats.evictions >= 900, "{stats:?}");
+        assert_eq!(stats.entries, layer.len() as u64);
+
+        let layer = MemoryLayer::builder()
+            .max_entries(10_000)
+            .max_bytes(10_000)
+            .sweep_interval(None)
+            .build()
+            .unwrap();
+        for i in 0..1000 {
+            layer
+                .set(&format!("key:{i:04}"), Entry::new(vec![1u8; 92]))
+                .await
+                .unwrap();
+            assert!(layer.stats().bytes <= 10_000);
+        }
+        assert!(layer.len() <= 100);
+    });
+}
+
+#[test]
+fn replacing_a_value_is_not_an_eviction() {
+    block_on(async {
+        let layer = MemoryLayer::new();
+        layer.set("k", Entry::new(vec![0u8; 10])).await.unwrap();
+        layer.set("k", Entry::new(vec![0u8; 30])).await.unwrap();
+        let stats = layer.stats();
+        assert_eq!(stats.evictions, 0);
+        assert_eq!(stats.bytes, 31);
+        assert_eq!(stats.entries, 1);
+    });
+}
+
+#[test]
+fn invalidate_by_pattern_and_literal() {
+    block_on(async {
+        let layer = MemoryLayer::new();
+        for key in [
+            "reviews:offer:1:page:0",
+            "reviews:offer:1:page:1",
+            "reviews:offer:12:page:0",
+            "rating:offer:1",
+            "weird*key",
+        ] {
+            layer.set(key, Entry::new(&b"x"[..])).await.unwrap();
+        }
+        let removed = layer
+            .invalidate(&Pattern::new("reviews:offer:1:*"))
+            .await
+            .unwrap();
+        assert_eq!(removed, 2);
+        assert!(
+            layer
+                .get("reviews:offer:12:page:0")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            layer
+                .invalidate(&Pattern::exact("weird*key"))
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(layer.get("rating:offer:1").await.unwrap().is_some());
+        assert_eq!(layer.stats().removals, 3);
+    });
+}
+
+#[test]
+fn bad_configurations_are_errors() {
+    assert!(MemoryLayer::builder().max_entries(1).build().is_err());
+    assert!(MemoryLayer::builder().max_bytes(0).build().is_err());
+    assert!(
+        MemoryLayer::builder()
+            .sweep_interval(Some(Duration::ZERO))
+            .build()
+            .is_err()
+    );
+    let error = MemoryLayer::builder().max_entries(0).build().unwrap_err();
+    assert!(error.to_string().contains("max_entries"), "{error}");
+}
