@@ -1,0 +1,2 @@
+//! L2 benchmark (filled in next).
+fn main() {}

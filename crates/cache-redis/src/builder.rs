@@ -1,0 +1,450 @@
+//! Configuration of a [`RedisLayer`]: a builder whose setters say their
+//! defaults and whose `build()` validates instead of panicking.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_core::{Clock, Error, Result, system_clock};
+
+use crate::RedisLayer;
+use crate::layer::{Inner, Stats};
+use crate::pool::{Node, PoolSettings, Target};
+
+/// Where reads go first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ReadFrom {
+    /// The primary, then the replicas in the order they were added when the
+    /// primary fails. Reads see every completed write. The default.
+    #[default]
+    Primary,
+    /// The replicas in order, then the primary. Takes read load off the
+    /// primary, at the price of replication lag: a read right after a write
+    /// may miss it or see the previous value.
+    ReplicasFirst,
+}
+
+#[derive(Debug, Clone)]
+enum Topology {
+    Standalone {
+        primary: String,
+        replicas: Vec<String>,
+    },
+    Cluster {
+        nodes: Vec<String>,
+    },
+}
+
+/// Builds a [`RedisLayer`]. Start from [`RedisLayer::builder`] (one server,
+/// optionally with replicas) or [`RedisLayer::cluster_builder`].
+///
+/// ```no_run
+/// # async fn demo() -> cache_core::Result<()> {
+/// use std::time::Duration;
+/// use cache_redis::{ReadFrom, RedisLayer};
+///
+/// let layer = RedisLayer::builder("redis://:secret@10.0.0.1:6379")
+///     .replica("redis://:secret@10.0.0.2:6379")
+///     .read_from(ReadFrom::Primary)
+///     .namespace("offers:v1:")
+///     .timeout(Duration::from_millis(200))
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "a builder does nothing until `build()` is awaited"]
+#[derive(Debug, Clone)]
+pub struct RedisLayerBuilder {
+    topology: Topology,
+    name: String,
+    namespace: String,
+    read_from: ReadFrom,
+    timeout: Duration,
+    connect_timeout: Duration,
+    pool_max_open: usize,
+    pool_min_idle: usize,
+    idle_timeout: Option<Duration>,
+    max_value_size: usize,
+    compress_above: Option<usize>,
+    scan_count: usize,
+    node_retry_after: Duration,
+    clock: Arc<dyn Clock>,
+    /// Replicas added to a Cluster builder, an error reported by `build()`.
+    cluster_replicas: Vec<String>,
+}
+
+/// The largest string Redis stores (`proto-max-bulk-len`'s default).
+const REDIS_MAX_BULK: usize = 512 * 1024 * 1024;
+
+impl RedisLayerBuilder {
+    fn new(topology: Topology) -> Self {
+        RedisLayerBuilder {
+            topology,
+            name: "redis".into(),
+            namespace: "cache:".into(),
+            read_from: ReadFrom::Primary,
+            timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(1),
+            pool_max_open: 2,
+            pool_min_idle: 1,
+            idle_timeout: Some(Duration::from_secs(300)),
+            max_value_size: 16 * 1024 * 1024,
+            compress_above: None,
+            scan_count: 1000,
+            node_retry_after: Duration::from_secs(1),
+            clock: system_clock(),
+            cluster_replicas: Vec::new(),
+        }
+    }
+
+    pub(crate) fn standalone(url: impl Into<String>) -> Self {
+        Self::new(Topology::Standalone {
+            primary: url.into(),
+            replicas: Vec::new(),
+        })
+    }
+
+    pub(crate) fn cluster(nodes: Vec<String>) -> Self {
+        Self::new(Topology::Cluster { nodes })
+    }
+
+    /// Adds a replica of the primary (a `redis://` or `rediss://` URL).
+    /// Reads fall back to replicas in the order they were added. Default:
+    /// none. Not available in Cluster mode (`build()` returns an error).
+    pub fn replica(mut self, url: impl Into<String>) -> Self {
+        match &mut self.topology {
+            Topology::Standalone { replicas, .. } => replicas.push(url.into()),
+            Topology::Cluster { .. } => {
+                // Reported by `build()`.
+                self.cluster_replicas.push(url.into());
+            }
+        }
+        self
+    }
+
+    /// Where reads go first. Default: [`ReadFrom::Primary`].
+    pub fn read_from(mut self, read_from: ReadFrom) -> Self {
+        self.read_from = read_from;
+        self
+    }
+
+    /// The layer's name in stats, logs and errors. Default: `"redis"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The prefix of every key the layer reads or writes, taken literally
+    /// (glob characters in it are escaped in `SCAN MATCH`). Two layers with
+    /// different namespaces on one server never see each other's keys.
+    /// Default: `"cache:"`. An empty namespace makes the whole database the
+    /// layer's, including for pattern invalidation.
+    ///
+    /// In Cluster mode keep `{`/`}` out of it unless you mean to put every
+    /// key in one hash slot.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// How long one operation may take before it fails with
+    /// [`Error::Timeout`]: a hung server costs a caller at most this. Covers
+    /// waiting for a connection, the round trip, and a read's fallback to
+    /// replicas. For `invalidate`, it bounds each SCAN / UNLINK round trip
+    /// (the number of keys has no bound). Default: 500 ms.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long opening a connection may take. Default: 1 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The most connections per node (mobc's `max_open`). Each one is a
+    /// multiplexed connection shared by every concurrent request, handed out
+    /// round-robin; one already carries hundreds of thousands of requests a
+    /// second. Default: 2.
+    pub fn pool_max_open(mut self, max_open: usize) -> Self {
+        self.pool_max_open = max_open;
+        self
+    }
+
+    /// Connections opened by `build()` and kept open while idle. With at
+    /// least one, `build()` fails fast on a bad URL, a wrong password or an
+    /// unreachable primary; with 0, `build()` touches no server and the
+    /// first request connects. Default: 1.
+    pub fn pool_min_idle(mut self, min_idle: usize) -> Self {
+        self.pool_min_idle = min_idle;
+        self
+    }
+
+    /// A connection unused for this long is handed back to the pool, which
+    /// checks it with `PING` before it is used again, and closes idle
+    /// pooled connections after this long. `None` keeps connections forever.
+    /// Default: 5 minutes.
+    pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.idle_timeout = timeout.into();
+        self
+    }
+
+    /// The largest value (in bytes, before compression) the layer stores. A
+    /// larger one is refused with [`Error::ValueTooLarge`] and any old value
+    /// under the key is deleted. Default: 16 MiB; at most 512 MiB.
+    pub fn max_value_size(mut self, bytes: usize) -> Self {
+        self.max_value_size = bytes;
+        self
+    }
+
+    /// Compresses values of at least this many bytes with lz4 (only when
+    /// that makes them smaller). The entry header says whether a value is
+    /// compressed, so old and new values read side by side. Default: `None`
+    /// (no compression). Requires the `lz4` feature; without it, `build()`
+    /// returns an error if this is set.
+    pub fn compress_above(mut self, bytes: impl Into<Option<usize>>) -> Self {
+        self.compress_above = bytes.into();
+        self
+    }
+
+    /// The `COUNT` hint of each `SCAN` during pattern invalidation: keys
+    /// examined per round trip. Default: 1000.
+    pub fn scan_count(mut self, count: usize) -> Self {
+        self.scan_count = count;
+        self
+    }
+
+    /// After a node fails, reads skip it (while another node is available)
+    /// for this long, so a hung primary costs one timeout rather than one
+    /// per read. Default: 1 s.
+    pub fn node_retry_after(mut self, after: Duration) -> Self {
+        self.node_retry_after = after;
+        self
+    }
+
+    /// The clock on which entry expiries are read and written. Share one
+    /// clock between all the layers of a cache. Default: the system clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Validates the configuration, opens `pool_min_idle` connections to the
+    /// primary (or the Cluster) and returns the layer.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid setting or URL; [`Error::Backend`] or
+    /// [`Error::Timeout`] when the first connections cannot be opened.
+    pub async fn build(self) -> Result<RedisLayer> {
+        self.validate()?;
+        #[cfg(feature = "tls")]
+        {
+            // Several providers may be compiled in; pick ring unless the
+            // application already chose one.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let settings = PoolSettings {
+            max_open: self.pool_max_open,
+            min_idle: self.pool_min_idle,
+            connect_timeout: self.connect_timeout,
+            idle_timeout: self.idle_timeout,
+        };
+        let connection_config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            // The layer bounds every call itself (`timeout`).
+            .set_response_timeout(None);
+        let open = |url: &str| -> Result<Node> {
+            let client = redis::Client::open(url).map_err(|err| url_error(url, &err))?;
+            Ok(Node::new(
+                redact(url),
+                Target::Single(client, connection_config.clone()),
+                &settings,
+            ))
+        };
+        let (primary, replicas, standalone) = match &self.topology {
+            Topology::Standalone { primary, replicas } => {
+                let replicas = replicas
+                    .iter()
+                    .map(|url| open(url))
+                    .collect::<Result<Vec<_>>>()?;
+                (open(primary)?, replicas, true)
+            }
+            Topology::Cluster { nodes } => {
+                let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                    .connection_timeout(self.connect_timeout)
+                    .response_timeout(self.timeout)
+                    .retries(2)
+                    .build()
+                    .map_err(|err| {
+                        Error::config(format!("cannot use the Cluster nodes {nodes:?}: {err}"))
+                    })?;
+                let label = format!("cluster({})", redact(&nodes[0]));
+                (
+                    Node::new(label, Target::Cluster(client), &settings),
+                    Vec::new(),
+                    false,
+                )
+            }
+        };
+        let name: Arc<str> = Arc::from(self.name.as_str());
+        let warm = tokio::time::timeout(
+            self.connect_timeout + self.timeout,
+            primary.warm_up(self.pool_min_idle),
+        )
+        .await;
+        match warm {
+            Err(_) => return Err(Error::timeout(name, self.connect_timeout + self.timeout)),
+            Ok(Err(err)) => return Err(crate::layer::pool_error(&name, primary.label(), err)),
+            Ok(Ok(())) => {}
+        }
+        let inner = Inner {
+            match_prefix: cache_core::escape(&self.namespace),
+            namespace: self.namespace,
+            name,
+            primary,
+            replicas,
+            standalone,
+            read_from: self.read_from,
+            timeout: self.timeout,
+            max_value_size: self.max_value_size,
+            compress_above: self.compress_above,
+            scan_count: self.scan_count,
+            node_retry_after: self.node_retry_after,
+            clock: self.clock,
+            stats: Stats::default(),
+        };
+        Ok(RedisLayer {
+            inner: Arc::new(inner),
+        })
+    }
+
+    fn validate(&self) -> Result<()> {
+        let fail = |message: String| Err(Error::config(message));
+        if self.timeout.is_zero() {
+            return fail("timeout must be greater than zero".into());
+        }
+        if self.connect_timeout.is_zero() {
+            return fail("connect_timeout must be greater than zero".into());
+        }
+        if self.pool_max_open == 0 {
+            return fail("pool_max_open must be at least 1".into());
+        }
+        if self.pool_min_idle > self.pool_max_open {
+            return fail(format!(
+                "pool_min_idle ({}) must not exceed pool_max_open ({})",
+                self.pool_min_idle, self.pool_max_open
+            ));
+        }
+        if self.idle_timeout.is_some_and(|t| t.is_zero()) {
+            return fail("idle_timeout must be greater than zero, or None".into());
+        }
+        if self.max_value_size == 0 || self.max_value_size > REDIS_MAX_BULK - 16 {
+            return fail(format!(
+                "max_value_size must be between 1 byte and 512 MiB (got {})",
+                self.max_value_size
+            ));
+        }
+        if self.scan_count == 0 {
+            return fail("scan_count must be at least 1".into());
+        }
+        if self.compress_above.is_some() && !cfg!(feature = "lz4") {
+            return fail(
+                "compress_above needs the `lz4` feature of cache-redis \
+                 (cache-redis = { features = [\"lz4\"] })"
+                    .into(),
+            );
+        }
+        if self.compress_above == Some(0) {
+            return fail("compress_above must be at least 1 byte, or None".into());
+        }
+        match &self.topology {
+            Topology::Standalone { .. } => {}
+            Topology::Cluster { nodes } => {
+                if nodes.is_empty() {
+                    return fail("a Cluster needs at least one node URL".into());
+                }
+                if !self.cluster_replicas.is_empty() {
+                    return fail(
+                        "replica() is for a standalone primary; a Cluster finds its \
+                         replicas itself"
+                            .into(),
+                    );
+                }
+                if self.read_from != ReadFrom::Primary {
+                    return fail("ReadFrom::ReplicasFirst is not supported in Cluster mode".into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn url_error(url: &str, err: &redis::RedisError) -> Error {
+    let hint = if url.starts_with("rediss://") && !cfg!(feature = "tls") {
+        " (rediss:// needs the `tls` feature of cache-redis)"
+    } else {
+        ""
+    };
+    Error::config(format!("invalid Redis URL `{}`: {err}{hint}", redact(url)))
+}
+
+/// The URL without its password, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cache_core::CacheLayer;
+
+    #[test]
+    fn redact_hides_credentials() {
+        assert_eq!(redact("redis://u:p@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+
+    #[tokio::test]
+    async fn invalid_settings_are_errors_not_panics() {
+        let base = || RedisLayer::builder("redis://127.0.0.1:1").pool_min_idle(0);
+        let cases = [
+            base().timeout(Duration::ZERO),
+            base().connect_timeout(Duration::ZERO),
+            base().pool_max_open(0),
+            base().pool_max_open(1).pool_min_idle(2),
+            base().idle_timeout(Duration::ZERO),
+            base().max_value_size(0),
+            base().scan_count(0),
+            base().compress_above(0),
+            RedisLayer::builder("not a url").pool_min_idle(0),
+            RedisLayer::cluster_builder(Vec::<String>::new()),
+            RedisLayer::cluster_builder(["redis://127.0.0.1:1"]).replica("redis://127.0.0.1:2"),
+            RedisLayer::cluster_builder(["redis://127.0.0.1:1"]).read_from(ReadFrom::ReplicasFirst),
+        ];
+        for builder in cases {
+            let debug = format!("{builder:?}");
+            match builder.build().await {
+                Err(Error::Config(_)) => {}
+                other => panic!("expected a config error for {debug}, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn lazy_build_touches_no_server() {
+        let layer = RedisLayer::builder("redis://127.0.0.1:1")
+            .pool_min_idle(0)
+            .timeout(Duration::from_millis(300))
+            .build()
+            .await
+            .expect("no connection is opened");
+        let err = layer.get("k").await.expect_err("nothing listens on port 1");
+        assert_eq!(err.layer(), Some("redis"));
+    }
+}

@@ -1,0 +1,669 @@
+//! `RedisLayer`: the `CacheLayer` implementation.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cache_core::{CacheLayer, Clock, Counter, Entry, Error, LayerStats, Pattern, Result};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{RedisError, RedisResult, Value};
+
+use crate::builder::{ReadFrom, RedisLayerBuilder};
+use crate::codec::{self, DecodeError};
+use crate::pool::{Conn, Node};
+
+/// A cache tier in Redis: a standalone server (optionally with replicas) or
+/// a Cluster. See the [crate docs](crate) for a tour.
+///
+/// Cloning is cheap and shares the connections and counters.
+#[derive(Clone)]
+pub struct RedisLayer {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+pub(crate) struct Stats {
+    hits: Counter,
+    misses: Counter,
+    sets: Counter,
+    removals: Counter,
+    rejections: Counter,
+    corrupt: Counter,
+    errors: Counter,
+}
+
+pub(crate) struct Inner {
+    pub(crate) name: Arc<str>,
+    pub(crate) namespace: String,
+    /// The namespace escaped for `SCAN MATCH`.
+    pub(crate) match_prefix: String,
+    pub(crate) primary: Node,
+    pub(crate) replicas: Vec<Node>,
+    pub(crate) standalone: bool,
+    pub(crate) read_from: ReadFrom,
+    pub(crate) timeout: Duration,
+    pub(crate) max_value_size: usize,
+    pub(crate) compress_above: Option<usize>,
+    pub(crate) scan_count: usize,
+    pub(crate) node_retry_after: Duration,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) stats: Stats,
+}
+
+impl fmt::Debug for RedisLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        f.debug_struct("RedisLayer")
+            .field("name", &inner.name)
+            .field("namespace", &inner.namespace)
+            .field("primary", &inner.primary.label())
+            .field(
+                "replicas",
+                &inner.replicas.iter().map(Node::label).collect::<Vec<_>>(),
+            )
+            .field("read_from", &inner.read_from)
+            .field("timeout", &inner.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLayer {
+    /// A builder for a layer over one Redis server (add replicas with
+    /// [`RedisLayerBuilder::replica`]).
+    ///
+    /// The URL is `redis://[user][:password@]host[:port][/db]`, or
+    /// `rediss://...` for TLS with the `tls` feature. User and password are
+    /// sent with `AUTH` (ACL users included).
+    pub fn builder(url: impl Into<String>) -> RedisLayerBuilder {
+        RedisLayerBuilder::standalone(url)
+    }
+
+    /// A builder for a layer over a Redis Cluster, seeded with the URLs of
+    /// some of its nodes (one reachable node is enough; the client discovers
+    /// the rest).
+    pub fn cluster_builder<I, S>(nodes: I) -> RedisLayerBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisLayerBuilder::cluster(nodes.into_iter().map(Into::into).collect())
+    }
+
+    /// The namespace every key of this layer lives in.
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    /// The Redis key under which `key` is stored (namespace + key).
+    pub fn redis_key(&self, key: &str) -> String {
+        self.inner.key(key)
+    }
+}
+
+/// What one GET + PTTL pair said.
+enum Read {
+    Hit(Entry),
+    Miss,
+    /// Not an entry of ours: a counted miss, and the key is removed.
+    Corrupt,
+}
+
+impl Inner {
+    fn key(&self, key: &str) -> String {
+        let mut full = String::with_capacity(self.namespace.len() + key.len());
+        full.push_str(&self.namespace);
+        full.push_str(key);
+        full
+    }
+
+    fn backend(&self, node: &Node, err: RedisError) -> Error {
+        Error::backend(self.name.clone(), format!("{} ({})", err, node.label()))
+    }
+
+    fn timed_out(&self) -> Error {
+        Error::timeout(self.name.clone(), self.timeout)
+    }
+
+    /// One attempt on one node, without a timeout.
+    async fn attempt<T, F, Fut>(&self, node: &Node, op: &F) -> Result<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let handle = node
+            .get()
+            .await
+            .map_err(|err| pool_error(&self.name, node.label(), err))?;
+        let result = op(handle.conn.clone()).await;
+        node.report(&handle, result.as_ref().err());
+        result.map_err(|err| self.backend(node, err))
+    }
+
+    /// A write (or a delete, or a scan step) on the primary, bounded by the timeout.
+    async fn on_primary<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let result =
+            match tokio::time::timeout(self.timeout, self.attempt(&self.primary, &op)).await {
+                Ok(result) => result,
+                Err(_) => Err(self.timed_out()),
+            };
+        if result.is_err() {
+            self.stats.errors.incr();
+        }
+        result
+    }
+
+    /// A read: nodes in preference order, those that failed recently last;
+    /// the first answer wins. The whole call is bounded by the timeout.
+    async fn read<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        if self.replicas.is_empty() {
+            return self.on_primary(op).await;
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut order: Vec<&Node> = Vec::with_capacity(self.replicas.len() + 1);
+        match self.read_from {
+            ReadFrom::Primary => {
+                order.push(&self.primary);
+                order.extend(self.replicas.iter());
+            }
+            ReadFrom::ReplicasFirst => {
+                order.extend(self.replicas.iter());
+                order.push(&self.primary);
+            }
+        }
+        // Stable: healthy nodes keep their order and go first.
+        order.sort_by_key(|node| node.is_down());
+        let mut last_error = None;
+        for node in order {
+            match tokio::time::timeout_at(deadline, self.attempt(node, &op)).await {
+                Ok(Ok(value)) => {
+                    node.mark_up();
+                    return Ok(value);
+                }
+                Ok(Err(err)) => {
+                    node.mark_down(self.node_retry_after);
+                    tracing::debug!(layer = %self.name, node = node.label(), error = %err, "read failed, trying the next node");
+                    last_error = Some(err);
+                }
+                Err(_) => {
+                    node.mark_down(self.node_retry_after);
+                    last_error = Some(self.timed_out());
+                    break;
+                }
+            }
+        }
+        self.stats.errors.incr();
+        Err(last_error.unwrap_or_else(|| self.timed_out()))
+    }
+
+    /// Turns a GET + PTTL pair into an entry. `sent_at` is the clock reading
+    /// taken before the request left: the server measured the TTL later, so
+    /// `sent_at + pttl` is never past the key's real expiry.
+    fn read_pair(&self, value: Value, pttl: Value, sent_at: Instant) -> RedisResult<Read> {
+        let raw = match value {
+            Value::Nil => return Ok(Read::Miss),
+            Value::BulkString(bytes) => bytes,
+            Value::ServerError(err) if err.code() == "WRONGTYPE" => return Ok(Read::Corrupt),
+            Value::ServerError(err) => return Err(err.into()),
+            _ => return Ok(Read::Corrupt),
+        };
+        let pttl: i64 = match pttl {
+            Value::ServerError(err) => return Err(err.into()),
+            other => redis::from_redis_value(other)?,
+        };
+        let expires_at = match pttl {
+            // Gone (expired or deleted) between the two commands.
+            -2 => return Ok(Read::Miss),
+            ms if ms < 0 => None,
+            0 => return Ok(Read::Miss),
+            ms => Some(sent_at + Duration::from_millis(ms as u64)),
+        };
+        match codec::decode(Bytes::from(raw), self.max_value_size) {
+            Ok(value) => Ok(Read::Hit(Entry::new(value).expires_at(expires_at))),
+            Err(DecodeError::Corrupt) => Ok(Read::Corrupt),
+            Err(DecodeError::Unsupported) => Ok(Read::Miss),
+        }
+    }
+
+    /// Counts a read and, for unreadable bytes, removes the key.
+    async fn settle(&self, full_key: &str, read: Read) -> Option<Entry> {
+        match read {
+            Read::Hit(entry) => {
+                self.stats.hits.incr();
+                Some(entry)
+            }
+            Read::Miss => {
+                self.stats.misses.incr();
+                None
+            }
+            Read::Corrupt => {
+                self.stats.misses.incr();
+                self.stats.corrupt.incr();
+                tracing::warn!(layer = %self.name, key = full_key, "unreadable bytes under a key; removing it");
+                // Best effort: the read already answered "miss".
+                let _ = self
+                    .on_primary(|mut conn| async move {
+                        redis::cmd("UNLINK")
+                            .arg(full_key)
+                            .query_async::<i64>(&mut conn)
+                            .await
+                    })
+                    .await;
+                None
+            }
+        }
+    }
+
+    /// The command that stores `entry` under `full_key`, or `None` when the
+    /// entry has already expired (by the layer's clock, to the millisecond).
+    fn set_command(&self, full_key: &str, entry: &Entry, now: Instant) -> Option<redis::Cmd> {
+        let ttl_ms = match entry.expiry() {
+            None => None,
+            Some(at) => {
+                // Rounded down: Redis never keeps a value past its expiry.
+                let ms = at.saturating_duration_since(now).as_millis();
+                if ms == 0 {
+                    return None;
+                }
+                Some(ms.min(i64::MAX as u128) as u64)
+            }
+        };
+        let bytes = codec::encode(entry.value(), self.compress_above);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(full_key).arg(bytes);
+        if let Some(ms) = ttl_ms {
+            cmd.arg("PX").arg(ms);
+        }
+        Some(cmd)
+    }
+
+    fn too_large(&self, entry: &Entry) -> Option<Error> {
+        (entry.len() > self.max_value_size).then(|| {
+            self.stats.rejections.incr();
+            Error::ValueTooLarge {
+                layer: self.name.clone(),
+                size: entry.len() as u64,
+                limit: self.max_value_size as u64,
+            }
+        })
+    }
+
+    async fn unlink(&self, full_keys: &[&str]) -> Result<u64> {
+        let removed: u64 = self
+            .on_primary(|mut conn| async move {
+                redis::cmd("UNLINK")
+                    .arg(full_keys)
+                    .query_async::<u64>(&mut conn)
+                    .await
+            })
+            .await?;
+        self.stats.removals.add(removed);
+        Ok(removed)
+    }
+
+    /// SCAN MATCH + UNLINK over one server (or one Cluster primary, by address).
+    async fn scan_and_unlink(&self, glob: &str, address: Option<(&str, u16)>) -> Result<u64> {
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = self
+                .on_primary(|mut conn| async move {
+                    let mut scan = redis::cmd("SCAN");
+                    scan.arg(cursor)
+                        .arg("MATCH")
+                        .arg(glob)
+                        .arg("COUNT")
+                        .arg(self.scan_count);
+                    match (address, &mut conn) {
+                        (Some((host, port)), Conn::Cluster(cluster)) => {
+                            let routing =
+                                RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                                    host: host.to_owned(),
+                                    port,
+                                });
+                            let value = cluster.route_command(scan, routing).await?;
+                            Ok(redis::from_redis_value(value)?)
+                        }
+                        _ => scan.query_async(&mut conn).await,
+                    }
+                })
+                .await?;
+            if !keys.is_empty() {
+                let keys = &keys;
+                let count: u64 = self
+                    .on_primary(|mut conn| async move {
+                        redis::cmd("UNLINK")
+                            .arg(keys)
+                            .query_async::<u64>(&mut conn)
+                            .await
+                    })
+                    .await?;
+                removed += count;
+                self.stats.removals.add(count);
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// The `host:port` of every Cluster primary that serves slots.
+    async fn cluster_primaries(&self) -> Result<Vec<(String, u16)>> {
+        let nodes: String = self
+            .on_primary(|mut conn| async move {
+                let Conn::Cluster(cluster) = &mut conn else {
+                    unreachable!("only called in Cluster mode")
+                };
+                let value = cluster
+                    .route_command(
+                        redis::cmd("CLUSTER").arg("NODES").clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                    )
+                    .await?;
+                Ok(redis::from_redis_value(value)?)
+            })
+            .await?;
+        Ok(parse_cluster_primaries(&nodes))
+    }
+}
+
+/// Parses `CLUSTER NODES`: `<id> <ip:port@cport[,hostname]> <flags> <primary> ... <slots>`.
+fn parse_cluster_primaries(nodes: &str) -> Vec<(String, u16)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            if !flags.split(',').any(|flag| flag == "master")
+                || flags
+                    .split(',')
+                    .any(|flag| flag == "fail" || flag == "noaddr")
+                || fields.len() < 9
+            {
+                return None;
+            }
+            let address = fields[1].split(['@', ',']).next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect()
+}
+
+pub(crate) fn pool_error(layer: &Arc<str>, node: &str, err: mobc::Error<RedisError>) -> Error {
+    match err {
+        mobc::Error::Inner(err) => Error::backend(layer.clone(), format!("{err} ({node})")),
+        mobc::Error::Timeout => Error::backend(
+            layer.clone(),
+            format!("no connection to {node} within the connect timeout"),
+        ),
+        mobc::Error::BadConn => Error::backend(layer.clone(), format!("bad connection to {node}")),
+        mobc::Error::PoolClosed => {
+            Error::unavailable(layer.clone(), format!("the pool of {node} is closed"))
+        }
+    }
+}
+
+fn get_pipeline(full_keys: &[String]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for key in full_keys {
+        pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
+    }
+    pipe.ignore_errors();
+    pipe
+}
+
+#[async_trait::async_trait]
+impl CacheLayer for RedisLayer {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Entry>> {
+        let inner = &*self.inner;
+        let full_key = inner.key(key);
+        let sent_at = inner.clock.now();
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&full_key).cmd("PTTL").arg(&full_key);
+        let pipe = &pipe;
+        let read = inner
+            .read(|mut conn| async move {
+                let (value, pttl): (Value, Value) = pipe.query_async(&mut conn).await?;
+                inner.read_pair(value, pttl, sent_at)
+            })
+            .await?;
+        Ok(inner.settle(&full_key, read).await)
+    }
+
+    async fn set(&self, key: &str, entry: Entry) -> Result<()> {
+        let inner = &*self.inner;
+        let full_key = inner.key(key);
+        if let Some(refused) = inner.too_large(&entry) {
+            // A refused write must not leave the previous value readable.
+            inner.unlink(&[&full_key]).await?;
+            return Err(refused);
+        }
+        let Some(cmd) = inner.set_command(&full_key, &entry, inner.clock.now()) else {
+            inner.unlink(&[&full_key]).await?;
+            return Ok(());
+        };
+        let cmd = &cmd;
+        inner
+            .on_primary(|mut conn| async move { cmd.query_async::<()>(&mut conn).await })
+            .await?;
+        inner.stats.sets.incr();
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let full_key = self.inner.key(key);
+        Ok(self.inner.unlink(&[&full_key]).await? > 0)
+    }
+
+    async fn invalidate(&self, pattern: &Pattern) -> Result<u64> {
+        let inner = &*self.inner;
+        if let Some(key) = pattern.literal() {
+            return Ok(u64::from(self.delete(key).await?));
+        }
+        let glob = format!("{}{}", inner.match_prefix, pattern.as_str());
+        if inner.standalone {
+            return inner.scan_and_unlink(&glob, None).await;
+        }
+        let mut removed = 0;
+        for (host, port) in inner.cluster_primaries().await? {
+            removed += inner.scan_and_unlink(&glob, Some((&host, port))).await?;
+        }
+        Ok(removed)
+    }
+
+    async fn get_many(&self, keys: &[&str]) -> Vec<Result<Option<Entry>>> {
+        let inner = &*self.inner;
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let full_keys: Vec<String> = keys.iter().map(|key| inner.key(key)).collect();
+        let sent_at = inner.clock.now();
+        let reads: Result<Vec<RedisResult<Read>>> = if inner.standalone {
+            // One pipeline, one round trip.
+            let pipe = &get_pipeline(&full_keys);
+            inner
+                .read(|mut conn| async move {
+                    let values: Vec<Value> = pipe.query_async(&mut conn).await?;
+                    let mut values = values.into_iter();
+                    let mut reads = Vec::with_capacity(values.len() / 2);
+                    while let (Some(value), Some(pttl)) = (values.next(), values.next()) {
+                        reads.push(inner.read_pair(value, pttl, sent_at));
+                    }
+                    Ok(reads)
+                })
+                .await
+        } else {
+            // A pipeline must stay in one slot: one per key, all in flight at
+            // once over the multiplexed cluster connection.
+            let full_keys = &full_keys;
+            inner
+                .read(|conn| async move {
+                    let requests = full_keys.iter().map(|key| {
+                        let mut conn = conn.clone();
+                        async move {
+                            let pipe = get_pipeline(std::slice::from_ref(key));
+                            let (value, pttl): (Value, Value) = pipe.query_async(&mut conn).await?;
+                            inner.read_pair(value, pttl, sent_at)
+                        }
+                    });
+                    Ok(futures::future::join_all(requests).await)
+                })
+                .await
+        };
+        let reads = match reads {
+            Ok(reads) if reads.len() == keys.len() => reads,
+            Ok(_) => {
+                let err = Error::backend(inner.name.clone(), "short pipeline reply");
+                return keys.iter().map(|_| Err(err.clone())).collect();
+            }
+            Err(err) => return keys.iter().map(|_| Err(err.clone())).collect(),
+        };
+        let mut results = Vec::with_capacity(keys.len());
+        for (full_key, read) in full_keys.iter().zip(reads) {
+            results.push(match read {
+                Ok(read) => Ok(inner.settle(full_key, read).await),
+                Err(err) => {
+                    inner.stats.errors.incr();
+                    Err(inner.backend(&inner.primary, err))
+                }
+            });
+        }
+        results
+    }
+
+    async fn set_many(&self, entries: &[(&str, Entry)]) -> Vec<Result<()>> {
+        let inner = &*self.inner;
+        let now = inner.clock.now();
+        let full_keys: Vec<String> = entries.iter().map(|(key, _)| inner.key(key)).collect();
+        // Per entry: the command to send, and the result to report once it is sent.
+        let mut commands = Vec::with_capacity(entries.len());
+        let mut outcomes: Vec<Result<()>> = Vec::with_capacity(entries.len());
+        for ((_, entry), full_key) in entries.iter().zip(&full_keys) {
+            let (cmd, outcome) = match inner.too_large(entry) {
+                Some(refused) => (unlink_cmd(full_key), Err(refused)),
+                None => match inner.set_command(full_key, entry, now) {
+                    Some(cmd) => (cmd, Ok(())),
+                    None => (unlink_cmd(full_key), Ok(())),
+                },
+            };
+            commands.push(cmd);
+            outcomes.push(outcome);
+        }
+        let replies: Result<Vec<Value>> = if inner.standalone {
+            let mut pipe = redis::pipe();
+            for cmd in &commands {
+                pipe.add_command(cmd.clone());
+            }
+            pipe.ignore_errors();
+            let pipe = &pipe;
+            inner
+                .on_primary(|mut conn| async move { pipe.query_async(&mut conn).await })
+                .await
+        } else {
+            let commands = &commands;
+            inner
+                .on_primary(|conn| async move {
+                    let requests = commands.iter().map(|cmd| {
+                        let mut conn = conn.clone();
+                        async move {
+                            match cmd.query_async::<Value>(&mut conn).await {
+                                Ok(value) => value,
+                                Err(err) => Value::SimpleString(format!("ERR {err}")),
+                            }
+                        }
+                    });
+                    Ok(futures::future::join_all(requests).await)
+                })
+                .await
+        };
+        let replies = match replies {
+            Ok(replies) => replies,
+            Err(err) => return entries.iter().map(|_| Err(err.clone())).collect(),
+        };
+        outcomes
+            .into_iter()
+            .zip(&commands)
+            .zip(replies)
+            .map(|((outcome, cmd), reply)| {
+                let is_set = cmd.args_iter().next() == Some(redis::Arg::Simple(b"SET"));
+                match reply {
+                    Value::ServerError(err) => {
+                        inner.stats.errors.incr();
+                        Err(inner.backend(&inner.primary, err.into()))
+                    }
+                    Value::SimpleString(text) if text.starts_with("ERR ") => {
+                        inner.stats.errors.incr();
+                        Err(Error::backend(inner.name.clone(), text))
+                    }
+                    Value::Int(removed) => {
+                        inner.stats.removals.add(removed.max(0) as u64);
+                        outcome
+                    }
+                    _ => {
+                        if is_set && outcome.is_ok() {
+                            inner.stats.sets.incr();
+                        }
+                        outcome
+                    }
+                }
+            })
+            .collect()
+    }
+
+    fn stats(&self) -> LayerStats {
+        let stats = &self.inner.stats;
+        let mut snapshot = LayerStats::default();
+        snapshot.hits = stats.hits.get();
+        snapshot.misses = stats.misses.get();
+        snapshot.sets = stats.sets.get();
+        snapshot.removals = stats.removals.get();
+        snapshot.rejections = stats.rejections.get();
+        snapshot.corrupt = stats.corrupt.get();
+        snapshot.errors = stats.errors.get();
+        snapshot
+    }
+}
+
+fn unlink_cmd(full_key: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("UNLINK");
+    cmd.arg(full_key);
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_are_parsed() {
+        let nodes = "\
+07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@31004,host4 slave e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238317239 4 connected
+67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 127.0.0.1:30002@31002 master - 0 1426238316232 2 connected 5461-10922
+292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f 127.0.0.1:30003@31003 master - 0 1426238318243 3 connected 10923-16383
+e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
+824fe116063bc5fcf9f4ffd895bc17aee7731ac3 127.0.0.1:30006@31006 master,fail - 0 1426238317741 6 connected 12000";
+        let primaries = parse_cluster_primaries(nodes);
+        assert_eq!(
+            primaries,
+            vec![
+                ("127.0.0.1".to_owned(), 30002),
+                ("127.0.0.1".to_owned(), 30003),
+                ("127.0.0.1".to_owned(), 30001),
+            ]
+        );
+    }
+}

@@ -1,0 +1,86 @@
+//! A Redis tier for layered caches: the shared L2 under a process-local L1.
+//!
+//! [`RedisLayer`] implements [`cache_core::CacheLayer`] over the async
+//! [`redis`] client. Stack it under `cache-memory` with `cache-tiered`, or
+//! use it alone.
+//!
+//! ```no_run
+//! # async fn demo() -> cache_core::Result<()> {
+//! use std::time::{Duration, Instant};
+//! use cache_core::{CacheLayer, Entry, Pattern, escape};
+//! use cache_redis::RedisLayer;
+//!
+//! let redis = RedisLayer::builder("redis://127.0.0.1:6379")
+//!     .namespace("offers:")
+//!     .timeout(Duration::from_millis(200))
+//!     .build()
+//!     .await?;
+//!
+//! let expires = Instant::now() + Duration::from_secs(300);
+//! redis.set("reviews:offer:42:page:0", Entry::new(&b"[...]"[..]).expires_at(expires)).await?;
+//! let hit = redis.get("reviews:offer:42:page:0").await?.expect("just written");
+//! assert!(hit.expiry().is_some()); // the remaining TTL travels with the value
+//!
+//! // Everything about offer 42, whatever characters the id holds:
+//! let removed = redis.invalidate(&Pattern::new(format!("reviews:offer:{}:*", escape("42")))).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Topologies
+//! - One server: [`RedisLayer::builder`]`(url)`.
+//! - A primary with replicas: add [`replica`](RedisLayerBuilder::replica)
+//!   URLs. Writes go to the primary; reads go to the primary and fall back to
+//!   the replicas in order when it fails, or go to replicas first with
+//!   [`ReadFrom::ReplicasFirst`]. A node that failed is skipped by reads
+//!   for [`node_retry_after`](RedisLayerBuilder::node_retry_after).
+//! - A Cluster: [`RedisLayer::cluster_builder`]`([urls])`. Keys are spread
+//!   over slots by the client; batch calls and pattern invalidation cover
+//!   every primary.
+//!
+//! # What is stored
+//! Under `namespace + key`, a three-byte header (magic `0xCA`, format
+//! version `1`, flags: bit 0 = lz4) and the value bytes. The entry's expiry
+//! is the key's Redis expiry (`SET ... PX`, milliseconds, rounded down); a
+//! read pipelines `GET` and `PTTL` in one round trip and turns the remaining
+//! TTL into an absolute instant on the layer's [`Clock`](cache_core::Clock),
+//! taken before the request was sent, so a value copied into an L1 never
+//! outlives its Redis copy. Bytes that are not such an entry (written by
+//! something else, a different version, a key of another type) are a miss,
+//! counted in [`LayerStats::corrupt`](cache_core::LayerStats::corrupt), and
+//! the key is removed.
+//!
+//! # Failure behaviour
+//! Every call is bounded by the [`timeout`](RedisLayerBuilder::timeout)
+//! and fails with [`cache_core::Error::Timeout`] after it; connection and
+//! server failures are [`cache_core::Error::Backend`]. A composer's
+//! `FailurePolicy` decides what to do with them. Values over
+//! [`max_value_size`](RedisLayerBuilder::max_value_size) are refused with
+//! [`cache_core::Error::ValueTooLarge`] without being sent.
+//!
+//! # Connections
+//! Each node has a [`mobc`] pool of redis `MultiplexedConnection`s (a
+//! Cluster has one of cluster connections). Requests share a few leased
+//! connections round-robin instead of checking one out each: a multiplexed
+//! connection pipelines the requests of every task using it, which is where
+//! its throughput comes from. See `docs/redis.md` for the measurements.
+//!
+//! # Features
+//! - `tls`: `rediss://` URLs, through rustls with the ring provider.
+//! - `lz4`: [`compress_above`](RedisLayerBuilder::compress_above).
+//!
+//! # Pattern invalidation
+//! `invalidate` runs `SCAN MATCH <escaped namespace><pattern> COUNT n` in
+//! bounded batches and `UNLINK`s what it finds; it never uses `KEYS`.
+//! Patterns have [`cache_core::Pattern`] semantics, the same as every other
+//! layer; build them from user ids with [`cache_core::escape`]. A pattern
+//! without wildcards is a single `UNLINK`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod builder;
+mod codec;
+mod layer;
+mod pool;
+
+pub use builder::{ReadFrom, RedisLayerBuilder};
+pub use layer::RedisLayer;
