@@ -70,6 +70,14 @@ pub trait FailurePolicy: Send + Sync + fmt::Debug {
 
     /// What to do with a failed or rejected call.
     fn on_failure(&self, error: &Error) -> FailureAction;
+
+    /// Whether this policy uses [`admit`](FailurePolicy::admit) and
+    /// [`record`](FailurePolicy::record). A policy that returns `false` is
+    /// only asked `on_failure`, which spares every call two clock reads.
+    /// Default: `true`.
+    fn observes_calls(&self) -> bool {
+        true
+    }
 }
 
 /// Treat a failing tier as a miss and skip writes to it: the cache keeps
@@ -79,6 +87,10 @@ pub trait FailurePolicy: Send + Sync + fmt::Debug {
 pub struct FailOpen;
 
 impl FailurePolicy for FailOpen {
+    fn observes_calls(&self) -> bool {
+        false
+    }
+
     fn on_failure(&self, _error: &Error) -> FailureAction {
         FailureAction::Ignore
     }
@@ -89,6 +101,10 @@ impl FailurePolicy for FailOpen {
 pub struct FailClosed;
 
 impl FailurePolicy for FailClosed {
+    fn observes_calls(&self) -> bool {
+        false
+    }
+
     fn on_failure(&self, _error: &Error) -> FailureAction {
         FailureAction::Propagate
     }

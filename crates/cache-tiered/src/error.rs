@@ -1,0 +1,35 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a [`TieredCache`](crate::TieredCache) call can fail with.
+///
+/// Cheap to clone, so a loader failure reaches every caller that waited on it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A tier failed and its [`FailurePolicy`](cache_core::FailurePolicy)
+    /// chose to fail closed, or a value could not be serialized.
+    ///
+    /// Fail open (`FailOpen`, or a circuit breaker) to treat an unhealthy
+    /// tier as a miss instead.
+    #[error(transparent)]
+    Cache(#[from] cache_core::Error),
+    /// The loader of [`get_or_compute`](crate::TieredCache::get_or_compute)
+    /// failed. Nothing was cached; the next call runs the loader again.
+    #[error("loader failed: {0}")]
+    Loader(Arc<dyn std::error::Error + Send + Sync>),
+    /// The loader did not finish within the configured
+    /// [`loader_timeout`](crate::TieredCacheBuilder::loader_timeout).
+    #[error("loader did not finish within {0:?}")]
+    LoaderTimeout(Duration),
+}
+
+impl Error {
+    /// Whether the loader failed or timed out (as opposed to a tier).
+    pub fn is_loader(&self) -> bool {
+        matches!(self, Error::Loader(_) | Error::LoaderTimeout(_))
+    }
+}
+
+/// A convenient alias for results of [`TieredCache`](crate::TieredCache) calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

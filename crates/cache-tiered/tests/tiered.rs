@@ -1,0 +1,415 @@
+//! Behaviour of the composer over real memory layers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_core::{CacheLayer, Clock, Entry, FailClosed, ManualClock, Pattern};
+use cache_memory::MemoryLayer;
+use cache_test_support::layers::{Fault, FaultyLayer, HoldableLayer};
+use cache_tiered::{Error, Tier, TieredCache};
+use futures::FutureExt;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Offer {
+    id: u64,
+    title: String,
+}
+
+fn offer(id: u64) -> Offer {
+    Offer {
+        id,
+        title: format!("offer {id}"),
+    }
+}
+
+fn memory(name: &str, clock: &Arc<ManualClock>) -> MemoryLayer {
+    MemoryLayer::builder()
+        .name(name)
+        .clock(clock.clone())
+        .sweep_interval(None)
+        .build()
+        .unwrap()
+}
+
+const TTL: Duration = Duration::from_secs(300);
+
+#[tokio::test]
+async fn a_lower_hit_fills_upward_with_the_remaining_expiry_never_more() {
+    let clock = ManualClock::shared();
+    let (l1, l2) = (memory("l1", &clock), memory("l2", &clock));
+    let cache = TieredCache::builder()
+        .layer(l1.clone())
+        .layer(l2.clone())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    cache.set("offer:1", &offer(1), TTL).await.unwrap();
+    l1.delete("offer:1").await.unwrap();
+    clock.advance(Duration::from_secs(100));
+
+    assert_eq!(cache.get::<Offer>("offer:1").await.unwrap(), Some(offer(1)));
+    let in_l1 = l1.get("offer:1").await.unwrap().expect("filled into L1");
+    let in_l2 = l2.get("offer:1").await.unwrap().unwrap();
+    assert_eq!(in_l1.expiry(), in_l2.expiry());
+    assert_eq!(in_l1.remaining(clock.now()), Some(Duration::from_secs(200)));
+
+    clock.advance(Duration::from_secs(200));
+    assert_eq!(
+        cache.get::<Offer>("offer:1").await.unwrap(),
+        None,
+        "expired in both"
+    );
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses), (1, 1));
+    assert_eq!(stats.tiers[0].fills, 1);
+    assert_eq!(stats.tiers[1].hits, 1);
+}
+
+#[tokio::test]
+async fn ttl_caps_bound_each_tier() {
+    let clock = ManualClock::shared();
+    let (l1, l2) = (memory("l1", &clock), memory("l2", &clock));
+    let cache = TieredCache::builder()
+        .tier(Tier::new(l1.clone()).ttl_cap(Duration::from_secs(10)))
+        .layer(l2.clone())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    cache.set("k", &1u32, TTL).await.unwrap();
+    let now = clock.now();
+    assert_eq!(
+        l1.get("k").await.unwrap().unwrap().remaining(now),
+        Some(Duration::from_secs(10))
+    );
+    assert_eq!(
+        l2.get("k").await.unwrap().unwrap().remaining(now),
+        Some(TTL)
+    );
+    clock.advance(Duration::from_secs(11));
+    assert!(l1.get("k").await.unwrap().is_none());
+    assert_eq!(
+        cache.get::<u32>("k").await.unwrap(),
+        Some(1),
+        "L2 still has it"
+    );
+    assert_eq!(
+        l1.get("k").await.unwrap().unwrap().remaining(clock.now()),
+        Some(Duration::from_secs(10)),
+        "refilled, capped again"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_lower_tier_keeps_upper_tiers_from_holding_the_value() {
+    let clock = ManualClock::shared();
+    let l1 = memory("l1", &clock);
+    let l2 = Arc::new(FaultyLayer::new(Arc::new(memory("l2", &clock))));
+    let cache = TieredCache::builder()
+        .layer(l1.clone())
+        .tier(Tier::shared(l2.clone()))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    cache.set("k", &1u32, TTL).await.unwrap();
+    l2.set_fault(Fault::Fail);
+    // Fail open: no error, but L1 must not keep a value L2 could not take.
+    cache.set("k", &2u32, TTL).await.unwrap();
+    assert!(l1.get("k").await.unwrap().is_none());
+    assert_eq!(
+        cache.get::<u32>("k").await.unwrap(),
+        None,
+        "L2 failing reads as a miss"
+    );
+    assert_eq!(cache.stats().tiers[1].errors, 2, "the write and the read");
+}
+
+#[tokio::test]
+async fn fail_closed_returns_the_error() {
+    let clock = ManualClock::shared();
+    let l2 = Arc::new(FaultyLayer::new(Arc::new(memory("l2", &clock))));
+    let cache = TieredCache::builder()
+        .layer(memory("l1", &clock))
+        .tier(Tier::shared(l2.clone()).policy(FailClosed))
+        .build()
+        .unwrap();
+    l2.set_fault(Fault::Fail);
+    let error = cache.get::<u32>("k").await.unwrap_err();
+    assert!(
+        matches!(&error, Error::Cache(e) if e.layer() == Some("l2")),
+        "{error}"
+    );
+    assert!(cache.set("k", &1u32, TTL).await.is_err());
+    assert!(cache.delete("k").await.is_err());
+    let loaded = cache
+        .get_or_compute("k", TTL, || async { Ok::<_, std::io::Error>(1u32) })
+        .await;
+    assert!(loaded.is_err(), "fail closed also on the loader's write");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_tier_costs_at_most_its_timeout() {
+    let clock = ManualClock::shared();
+    let l2 = Arc::new(FaultyLayer::new(Arc::new(memory("l2", &clock))));
+    let cache = TieredCache::builder()
+        .layer(memory("l1", &clock))
+        .tier(Tier::shared(l2.clone()).timeout(Duration::from_millis(50)))
+        .build()
+        .unwrap();
+    l2.set_fault(Fault::Hang);
+    let started = tokio::time::Instant::now();
+    let value = cache
+        .get_or_compute("k", TTL, || async { Ok::<_, std::io::Error>(7u32) })
+        .await
+        .unwrap();
+    assert_eq!(value, 7);
+    // One timed-out read and one timed-out write.
+    assert_eq!(started.elapsed(), Duration::from_millis(100));
+    assert_eq!(cache.stats().tiers[1].errors, 2);
+}
+
+#[tokio::test]
+async fn delete_and_invalidate_reach_every_tier() {
+    let clock = ManualClock::shared();
+    let (l1, l2) = (memory("l1", &clock), memory("l2", &clock));
+    let cache = TieredCache::builder()
+        .layer(l1.clone())
+        .layer(l2.clone())
+        .build()
+        .unwrap();
+    for key in [
+        "reviews:offer:1:page:0",
+        "reviews:offer:1:page:1",
+        "reviews:offer:2:page:0",
+    ] {
+        cache.set(key, &0u8, TTL).await.unwrap();
+    }
+    assert!(cache.delete("reviews:offer:2:page:0").await.unwrap());
+    assert!(!cache.delete("reviews:offer:2:page:0").await.unwrap());
+    assert_eq!(
+        cache
+            .invalidate(&Pattern::new("reviews:offer:1:*"))
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(l1.is_empty() && l2.is_empty());
+}
+
+#[tokio::test]
+async fn schema_bumps_serializer_changes_and_garbage_read_as_misses() {
+    let clock = ManualClock::shared();
+    let (l1, l2) = (memory("l1", &clock), memory("l2", &clock));
+    let v1 = TieredCache::builder()
+        .layer(l1.clone())
+        .layer(l2.clone())
+        .schema_version::<Offer>(1)
+        .build()
+        .unwrap();
+    v1.set("offer:1", &offer(1), TTL).await.unwrap();
+
+    // The next deploy changed Offer's shape and bumped its schema version.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    struct OfferV2 {
+        id: u64,
+        title: String,
+        price_cents: u64,
+    }
+    let v2 = TieredCache::builder()
+        .layer(l1.clone())
+        .layer(l2.clone())
+        .schema_version::<OfferV2>(2)
+        .build()
+        .unwrap();
+    assert!(v2.get::<OfferV2>("offer:1").await.unwrap().is_none());
+    assert!(
+        l1.is_empty() && l2.is_empty(),
+        "old entries are evicted from every tier"
+    );
+    assert_eq!(v2.stats().tiers[0].undecodable, 1);
+
+    // Garbage under a key (another writer, a bug): a miss, never a panic.
+    l2.set("offer:2", Entry::new(vec![1u8, 1, 0, 0, 0, 0, 0xFF, 0xFF]))
+        .await
+        .unwrap();
+    assert!(v1.get::<Offer>("offer:2").await.unwrap().is_none());
+    l2.set("offer:3", Entry::new(vec![])).await.unwrap();
+    assert!(v1.get::<Offer>("offer:3").await.unwrap().is_none());
+}
+
+#[cfg(feature = "json")]
+#[tokio::test]
+async fn json_and_postcard_entries_do_not_mix() {
+    let clock = ManualClock::shared();
+    let l1 = memory("l1", &clock);
+    let json = TieredCache::builder()
+        .layer(l1.clone())
+        .serializer(cache_core::Json)
+        .build()
+        .unwrap();
+    json.set("k", &offer(1), TTL).await.unwrap();
+    assert!(
+        l1.get("k")
+            .await
+            .unwrap()
+            .unwrap()
+            .value()
+            .windows(5)
+            .any(|w| w == b"offer")
+    );
+    let postcard = TieredCache::builder().layer(l1.clone()).build().unwrap();
+    assert!(postcard.get::<Offer>("k").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn batch_reads_and_writes_keep_per_key_results_apart() {
+    let clock = ManualClock::shared();
+    let (l1, l2) = (memory("l1", &clock), memory("l2", &clock));
+    let cache = TieredCache::builder()
+        .layer(l1.clone())
+        .layer(l2.clone())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let written = cache
+        .set_many(&[("a", offer(1)), ("b", offer(2)), ("c", offer(3))], TTL)
+        .await;
+    assert!(written.iter().all(Result::is_ok));
+    l1.delete("b").await.unwrap();
+    l1.delete("c").await.unwrap();
+    l2.delete("c").await.unwrap();
+
+    let found = cache.get_many::<Offer>(&["a", "b", "c", "d"]).await;
+    let found: Vec<_> = found.into_iter().map(Result::unwrap).collect();
+    assert_eq!(found, vec![Some(offer(1)), Some(offer(2)), None, None]);
+    assert!(
+        l1.get("b").await.unwrap().is_some(),
+        "the L2 hit was filled into L1"
+    );
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses), (2, 2));
+    assert_eq!(stats.tiers[1].hits, 1);
+}
+
+#[tokio::test]
+async fn an_l1_refusing_an_oversized_value_is_not_an_error() {
+    let clock = ManualClock::shared();
+    let small = MemoryLayer::builder()
+        .max_bytes(4096)
+        .max_entries(16)
+        .sweep_interval(None)
+        .build()
+        .unwrap();
+    let l2 = memory("l2", &clock);
+    let cache = TieredCache::builder()
+        .layer(small.clone())
+        .layer(l2.clone())
+        .build()
+        .unwrap();
+    let big = vec![7u8; 10_000];
+    cache.set("big", &big, TTL).await.unwrap();
+    assert!(small.get("big").await.unwrap().is_none());
+    assert_eq!(cache.get::<Vec<u8>>("big").await.unwrap(), Some(big));
+    assert_eq!(
+        small.stats().rejections,
+        2,
+        "the write and the fill were refused"
+    );
+}
+
+/// The seed's fire-and-forget L1 population let an L2 read that raced with
+/// a delete write the deleted value back into L1. Here the read is held
+/// between reading L2 and filling L1 while the delete runs.
+#[tokio::test]
+async fn a_fill_racing_with_a_delete_does_not_resurrect_the_value() {
+    for mutation in ["delete", "set", "invalidate"] {
+        let clock = ManualClock::shared();
+        let l1 = memory("l1", &clock);
+        let l2 = Arc::new(HoldableLayer::new(Arc::new(memory("l2", &clock))));
+        let cache = TieredCache::builder()
+            .layer(l1.clone())
+            .tier(Tier::shared(l2.clone()))
+            .build()
+            .unwrap();
+        cache.set("k", &1u32, TTL).await.unwrap();
+        l1.delete("k").await.unwrap();
+
+        l2.hold_next_get();
+        let mut racing_get = Box::pin(cache.get::<u32>("k"));
+        assert!(
+            (&mut racing_get).now_or_never().is_none(),
+            "held after reading L2"
+        );
+        assert_eq!(l2.held(), 1);
+        match mutation {
+            "delete" => drop(cache.delete("k").await.unwrap()),
+            "set" => cache.set("k", &2u32, TTL).await.unwrap(),
+            _ => drop(cache.invalidate(&Pattern::new("*")).await.unwrap()),
+        }
+        l2.release();
+        assert_eq!(
+            racing_get.await.unwrap(),
+            Some(1),
+            "the read itself saw the old value"
+        );
+        let expected = if mutation == "set" { Some(2) } else { None };
+        assert_eq!(
+            cache.get::<u32>("k").await.unwrap(),
+            expected,
+            "after a racing {mutation}"
+        );
+        assert_eq!(cache.stats().tiers[0].fills_discarded, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_loader_racing_with_a_delete_is_returned_but_not_cached() {
+    let clock = ManualClock::shared();
+    let l1 = memory("l1", &clock);
+    let cache = TieredCache::builder().layer(l1.clone()).build().unwrap();
+    let value = cache
+        .get_or_compute("k", TTL, || async {
+            // The data changes and is invalidated while we load the old copy.
+            cache.delete("k").await.unwrap();
+            Ok::<_, std::io::Error>(1u32)
+        })
+        .await
+        .unwrap();
+    assert_eq!(value, 1);
+    assert!(l1.get("k").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn stats_report_each_tier_and_the_hit_ratio() {
+    let clock = ManualClock::shared();
+    let cache = TieredCache::builder()
+        .layer(memory("l1", &clock))
+        .layer(memory("l2", &clock))
+        .build()
+        .unwrap();
+    cache.set("k", &1u8, TTL).await.unwrap();
+    for _ in 0..3 {
+        cache.get::<u8>("k").await.unwrap();
+    }
+    cache.get::<u8>("missing").await.unwrap();
+    let stats = cache.stats();
+    assert_eq!(stats.hit_ratio(), 0.75);
+    assert_eq!(stats.tiers.len(), 2);
+    assert_eq!(stats.tiers[0].name, "l1");
+    assert_eq!(stats.tiers[0].layer.hits, 3);
+    assert_eq!(stats.tiers[1].misses, 1);
+}
+
+#[test]
+fn building_without_tiers_is_an_error() {
+    assert!(TieredCache::builder().build().is_err());
+    let clock: Arc<dyn Clock> = ManualClock::shared();
+    assert!(
+        TieredCache::builder()
+            .clock(clock)
+            .layer(MemoryLayer::new())
+            .loader_timeout(Duration::ZERO)
+            .build()
+            .is_err()
+    );
+}
