@@ -162,6 +162,7 @@ impl CircuitBreaker {
     /// Report how the call ended through the [`Permit`]; a permit dropped
     /// without a report counts as abandoned (and frees its trial slot), so
     /// a cancelled caller never holds a slot forever.
+    #[inline]
     pub fn try_acquire(&self) -> Option<Permit<'_>> {
         self.acquire().map(|word| Permit {
             breaker: self,
@@ -262,7 +263,6 @@ impl CircuitBreaker {
             let word = self.word.load(Ordering::Acquire);
             match kind_of(word) {
                 StateKind::Closed => {
-                    self.counters.calls.incr();
                     return Some(word);
                 }
                 StateKind::Open => {
@@ -281,7 +281,6 @@ impl CircuitBreaker {
                     half_open.in_flight = 1;
                     let admitted = self.word.load(Ordering::Acquire);
                     drop(half_open);
-                    self.counters.calls.incr();
                     self.announce(change, "recovery timeout passed");
                     return Some(admitted);
                 }
@@ -292,7 +291,6 @@ impl CircuitBreaker {
                     }
                     if half_open.in_flight < self.settings.half_open_max_calls {
                         half_open.in_flight += 1;
-                        self.counters.calls.incr();
                         return Some(word);
                     }
                     self.counters.rejections.incr();
@@ -577,6 +575,7 @@ impl Permit<'_> {
 
     /// The call succeeded after `elapsed` (a failure if that is longer
     /// than the slow-call duration).
+    #[inline]
     pub fn success(self, elapsed: Duration) {
         let verdict = self.breaker.judge_success(elapsed);
         self.finish(verdict);
@@ -593,6 +592,7 @@ impl Permit<'_> {
         self.finish(Verdict::Refusal);
     }
 
+    #[inline]
     fn finish(mut self, verdict: Verdict) {
         self.done = true;
         self.breaker.complete(Some(self.word), verdict);
@@ -600,6 +600,7 @@ impl Permit<'_> {
 }
 
 impl Drop for Permit<'_> {
+    #[inline]
     fn drop(&mut self) {
         if !self.done {
             self.breaker.complete(Some(self.word), Verdict::Abandoned);

@@ -8,15 +8,16 @@ use crate::StateKind;
 /// [`CircuitBreaker::stats`](crate::CircuitBreaker::stats).
 ///
 /// Every counter counts from the breaker's creation. An admitted call ends
-/// as exactly one of a success, a failure, a refusal or an abandonment, so
-/// once no call is in flight
-/// `calls == successes + failures + refusals + abandoned`.
+/// as exactly one of a success, a failure, a refusal or an abandonment, and
+/// is counted when it ends: `calls == successes + failures + refusals +
+/// abandoned`, and calls still in flight are in none of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BreakerStats {
     /// The state when the snapshot was taken.
     pub state: StateKind,
-    /// Calls admitted (let through to the guarded call).
+    /// Admitted calls that have ended (the sum of the next four counters;
+    /// calls still in flight are not counted yet).
     pub calls: u64,
     /// Admitted calls that succeeded in time.
     pub successes: u64,
@@ -39,7 +40,6 @@ pub struct BreakerStats {
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) calls: Counter,
     pub(crate) successes: Counter,
     pub(crate) failures: Counter,
     pub(crate) slow_calls: Counter,
@@ -51,14 +51,19 @@ pub(crate) struct Counters {
 
 impl Counters {
     pub(crate) fn snapshot(&self, state: StateKind) -> BreakerStats {
+        // One counter bump per call on the hot path: `calls` is derived.
+        let successes = self.successes.get();
+        let failures = self.failures.get();
+        let refusals = self.refusals.get();
+        let abandoned = self.abandoned.get();
         BreakerStats {
             state,
-            calls: self.calls.get(),
-            successes: self.successes.get(),
-            failures: self.failures.get(),
+            calls: successes + failures + refusals + abandoned,
+            successes,
+            failures,
             slow_calls: self.slow_calls.get(),
-            refusals: self.refusals.get(),
-            abandoned: self.abandoned.get(),
+            refusals,
+            abandoned,
             rejections: self.rejections.get(),
             state_changes: self.state_changes.get(),
         }
