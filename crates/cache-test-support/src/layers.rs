@@ -41,6 +41,11 @@ impl HoldableLayer {
         self.armed.store(true, Ordering::SeqCst);
     }
 
+    /// Disarms a hold that no `get` took (the read was answered above).
+    pub fn disarm(&self) {
+        self.armed.store(false, Ordering::SeqCst);
+    }
+
     /// Lets one held `get` finish.
     pub fn release(&self) {
         self.gate.add_permits(1);
