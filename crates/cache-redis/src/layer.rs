@@ -132,13 +132,22 @@ impl Inner {
         F: Fn(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let handle = node
-            .get()
-            .await
-            .map_err(|err| pool_error(&self.name, node.label(), err))?;
-        let result = op(handle.conn.clone()).await;
-        node.report(&handle, result.as_ref().err());
-        result.map_err(|err| self.backend(node, err))
+        // Every command the layer sends is idempotent (GET, PTTL, SET, UNLINK,
+        // SCAN), so a request that met a dead connection (a restarted server,
+        // a dropped socket) is sent once more on a fresh one.
+        let mut retried = false;
+        loop {
+            let handle = node
+                .get()
+                .await
+                .map_err(|err| pool_error(&self.name, node.label(), err))?;
+            let result = op(handle.conn.clone()).await;
+            let broken = node.report(&handle, result.as_ref().err());
+            match result {
+                Err(_) if broken && !retried => retried = true,
+                result => return result.map_err(|err| self.backend(node, err)),
+            }
+        }
     }
 
     /// A write (or a delete, or a scan step) on the primary, bounded by the timeout.
@@ -434,6 +443,8 @@ impl CacheLayer for RedisLayer {
         let sent_at = inner.clock.now();
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(&full_key).cmd("PTTL").arg(&full_key);
+        // A key of another type answers GET with WRONGTYPE: corrupt, not a failure.
+        pipe.ignore_errors();
         let pipe = &pipe;
         let read = inner
             .read(|mut conn| async move {

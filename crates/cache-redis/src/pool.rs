@@ -289,16 +289,19 @@ impl Node {
         }
     }
 
-    /// Reports the outcome of a request made on `handle`.
-    pub(crate) fn report(&self, handle: &Handle, error: Option<&RedisError>) {
-        if let Some(error) = error
-            && (error.is_io_error()
+    /// Reports the outcome of a request made on `handle`; returns whether
+    /// the connection was broken (and so dropped).
+    pub(crate) fn report(&self, handle: &Handle, error: Option<&RedisError>) -> bool {
+        let broken = error.is_some_and(|error| {
+            error.is_io_error()
                 || error.is_connection_dropped()
                 || error.is_connection_refusal()
-                || error.is_unrecoverable_error())
-        {
+                || error.is_unrecoverable_error()
+        });
+        if broken {
             self.release(handle.slot, handle.id, true);
         }
+        broken
     }
 
     /// Marks the node as failing: reads prefer other nodes for `for_`.

@@ -288,13 +288,31 @@ impl ReplicatedRedis {
         ReplicatedRedis { primary, replica }
     }
 
-    /// Waits until the replica has applied everything the primary has written
-    /// so far (`WAIT 1`), at most `timeout`.
+    /// Waits until the replica has applied everything the primary has
+    /// written so far (its replication offset caught up), at most `timeout`.
+    /// Returns whether it did.
     pub fn wait_for_replica(&self, timeout: Duration) -> bool {
-        let answer = self
-            .primary
-            .cli(&["WAIT", "1", &timeout.as_millis().to_string()]);
-        answer.trim() == "1"
+        let offset = |server: &RedisServer, field: &str| -> Option<u64> {
+            server
+                .cli(&["INFO", "replication"])
+                .lines()
+                .find_map(|line| line.strip_prefix(field))
+                .and_then(|value| value.trim().parse().ok())
+        };
+        let target = offset(&self.primary, "master_repl_offset:");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let applied = offset(&self.replica, "slave_repl_offset:");
+            if let (Some(target), Some(applied)) = (target, applied)
+                && applied >= target
+            {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(POLL);
+        }
     }
 }
 
@@ -419,7 +437,7 @@ fn require_binaries() {
     }
 }
 
-/// Whether a server on `port` answers `PING` with `+PONG`.
+/// Whether a server on `port` answers `PING`.
 fn ping(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
@@ -428,8 +446,10 @@ fn ping(port: u16) -> bool {
     if stream.write_all(b"PING\r\n").is_err() {
         return false;
     }
-    let mut reply = [0u8; 7];
-    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+    // `+PONG`, or `-NOAUTH ...` from a server that wants a password: either
+    // way it is up.
+    let mut reply = [0u8; 1];
+    stream.read_exact(&mut reply).is_ok() && matches!(reply[0], b'+' | b'-')
 }
 
 /// A port in 15000..30000 that is free now, and whose cluster bus port
