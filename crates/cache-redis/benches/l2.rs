@@ -1,2 +1,316 @@
-//! L2 benchmark (filled in next).
-fn main() {}
+//! L2 throughput: RedisLayer beside the raw redis crate and `redis-benchmark`.
+//!
+//! One throwaway `redis-server` serves every client in the run. For GET and
+//! SET of 256-byte values at 1, 16 and 64 concurrent tasks it measures ops/s
+//! of
+//! - `layer`: `RedisLayer::get` / `set` (entry with a 5-minute expiry);
+//! - `raw`: one `MultiplexedConnection` shared by the tasks, sending the
+//!   same Redis commands the layer sends (GET + PTTL pipelined; SET ... PX);
+//! - `raw_plain_get`: the raw connection sending a bare GET, for context;
+//! - `redis_benchmark`: `redis-benchmark -d 256 -c N -t get,set`
+//!   (one connection per client, no pipelining).
+//!
+//! The figures and the ratio layer ÷ raw go to `target/bench/l2.json`;
+//! criterion then times single calls for its own report.
+//!
+//! Run: `cargo bench -p cache-redis --bench l2` (about two minutes).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cache_core::{CacheLayer, Entry};
+use cache_redis::RedisLayer;
+use cache_test_support::redis::RedisServer;
+use criterion::Criterion;
+use redis::aio::MultiplexedConnection;
+
+const VALUE_SIZE: usize = 256;
+const KEYS: usize = 1000;
+const CONCURRENCY: [usize; 3] = [1, 16, 64];
+/// Each client/op/concurrency is measured `ROUNDS` times for `ROUND`,
+/// interleaved, and the median kept.
+const ROUNDS: usize = 3;
+const ROUND: Duration = Duration::from_millis(700);
+const TARGET_RATIO: f64 = 0.9;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Op {
+    Get,
+    Set,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Set => "set",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Client {
+    Layer,
+    Raw,
+    RawPlainGet,
+}
+
+struct Fixture {
+    layer: RedisLayer,
+    raw: MultiplexedConnection,
+    keys: Arc<Vec<String>>,
+    value: Arc<Vec<u8>>,
+}
+
+fn key(n: usize) -> String {
+    format!("k{n}")
+}
+
+async fn one_op(
+    fixture: &Fixture,
+    raw: &mut MultiplexedConnection,
+    client: Client,
+    op: Op,
+    n: usize,
+) {
+    let key = &fixture.keys[n % KEYS];
+    match (client, op) {
+        (Client::Layer, Op::Get) => {
+            let hit = fixture.layer.get(key).await.expect("layer get");
+            assert!(hit.is_some());
+        }
+        (Client::Layer, Op::Set) => {
+            let entry = Entry::new(fixture.value.to_vec())
+                .expires_at(Instant::now() + Duration::from_secs(300));
+            fixture.layer.set(key, entry).await.expect("layer set");
+        }
+        (Client::Raw, Op::Get) => {
+            let full = fixture.layer.redis_key(key);
+            let (value, pttl): (Option<Vec<u8>>, i64) = redis::pipe()
+                .cmd("GET")
+                .arg(&full)
+                .cmd("PTTL")
+                .arg(&full)
+                .query_async(raw)
+                .await
+                .expect("raw get");
+            assert!(value.is_some() && pttl != -2);
+        }
+        (Client::RawPlainGet, _) => {
+            let full = fixture.layer.redis_key(key);
+            let value: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(&full)
+                .query_async(raw)
+                .await
+                .expect("raw get");
+            assert!(value.is_some());
+        }
+        (Client::Raw, Op::Set) => {
+            let full = fixture.layer.redis_key(key);
+            // The same bytes the layer would store: header + value.
+            let mut stored = Vec::with_capacity(VALUE_SIZE + 3);
+            stored.extend_from_slice(&[0xCA, 1, 0]);
+            stored.extend_from_slice(&fixture.value);
+            let () = redis::cmd("SET")
+                .arg(&full)
+                .arg(stored)
+                .arg("PX")
+                .arg(300_000u64)
+                .query_async(raw)
+                .await
+                .expect("raw set");
+        }
+    }
+}
+
+/// Ops per second of `concurrency` tasks running `op` for `ROUND`.
+async fn throughput(fixture: &Arc<Fixture>, client: Client, op: Op, concurrency: usize) -> f64 {
+    let started = Instant::now();
+    let end = started + ROUND;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|task| {
+            let fixture = fixture.clone();
+            tokio::spawn(async move {
+                let mut raw = fixture.raw.clone();
+                let mut done = 0u64;
+                let mut n = task * 7919;
+                while Instant::now() < end {
+                    one_op(&fixture, &mut raw, client, op, n).await;
+                    n += 1;
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.expect("bench task");
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    values[values.len() / 2]
+}
+
+/// `redis-benchmark` ops/s for `op` at `clients` connections, if it is installed.
+fn redis_benchmark(port: u16, op: Op, clients: usize) -> Option<f64> {
+    let requests = (clients * 15_000).clamp(15_000, 100_000);
+    let output = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-d", &VALUE_SIZE.to_string()])
+        .args(["-c", &clients.to_string()])
+        .args(["-n", &requests.to_string()])
+        .args(["-t", op.name(), "--csv"])
+        .output()
+        .ok()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // "test","rps",...  then  "GET","81234.56",...
+    stdout.lines().find_map(|line| {
+        let mut fields = line.split(',').map(|f| f.trim_matches('"'));
+        let test = fields.next()?;
+        let rps = fields.next()?;
+        test.eq_ignore_ascii_case(op.name())
+            .then(|| rps.parse().ok())
+            .flatten()
+    })
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let server = RedisServer::start();
+    let fixture = runtime.block_on(async {
+        // The default configuration, unless L2_BENCH_POOL_MAX_OPEN says otherwise.
+        let mut builder = RedisLayer::builder(server.url()).namespace("bench:");
+        if let Some(max_open) = std::env::var("L2_BENCH_POOL_MAX_OPEN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            builder = builder.pool_max_open(max_open);
+        }
+        let layer = builder.build().await.expect("layer");
+        let raw = redis::Client::open(server.url())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("raw connection");
+        let fixture = Arc::new(Fixture {
+            layer,
+            raw,
+            keys: Arc::new((0..KEYS).map(key).collect()),
+            value: Arc::new(vec![b'x'; VALUE_SIZE]),
+        });
+        let mut raw = fixture.raw.clone();
+        for n in 0..KEYS {
+            one_op(&fixture, &mut raw, Client::Layer, Op::Set, n).await;
+        }
+        fixture
+    });
+
+    let mut results = Vec::new();
+    for op in [Op::Get, Op::Set] {
+        for concurrency in CONCURRENCY {
+            let mut layer = Vec::new();
+            let mut raw = Vec::new();
+            let mut plain = Vec::new();
+            runtime.block_on(async {
+                // Warm up both paths.
+                throughput(&fixture, Client::Layer, op, concurrency).await;
+                throughput(&fixture, Client::Raw, op, concurrency).await;
+                for _ in 0..ROUNDS {
+                    layer.push(throughput(&fixture, Client::Layer, op, concurrency).await);
+                    raw.push(throughput(&fixture, Client::Raw, op, concurrency).await);
+                    if op == Op::Get {
+                        plain
+                            .push(throughput(&fixture, Client::RawPlainGet, op, concurrency).await);
+                    }
+                }
+            });
+            let (layer, raw) = (median(layer), median(raw));
+            let plain = (!plain.is_empty()).then(|| median(plain));
+            let benchmark = redis_benchmark(server.port(), op, concurrency);
+            let ratio = layer / raw;
+            println!(
+                "l2 {:>3} c={concurrency:<2}  layer {layer:>9.0} ops/s  raw {raw:>9.0} ops/s  \
+                 ratio {ratio:.3}  raw plain GET {}  redis-benchmark {}",
+                op.name(),
+                plain.map_or("-".into(), |p| format!("{p:.0}")),
+                benchmark.map_or("-".into(), |b| format!("{b:.0}")),
+            );
+            results.push(serde_json::json!({
+                "op": op.name(),
+                "concurrency": concurrency,
+                "layer_ops_per_sec": layer.round(),
+                "raw_ops_per_sec": raw.round(),
+                "raw_plain_get_ops_per_sec": plain.map(f64::round),
+                "redis_benchmark_ops_per_sec": benchmark.map(f64::round),
+                "ratio_layer_to_raw": (ratio * 1000.0).round() / 1000.0,
+                "ratio_layer_to_redis_benchmark": benchmark.map(|b| (layer / b * 1000.0).round() / 1000.0),
+                "meets_target": ratio >= TARGET_RATIO,
+            }));
+        }
+    }
+    let server_version = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let report = serde_json::json!({
+        "bench": "l2",
+        "description": "RedisLayer vs the raw redis crate (one MultiplexedConnection, same commands) vs redis-benchmark; 256-byte values; one local redis-server",
+        "value_size": VALUE_SIZE,
+        "round_ms": ROUND.as_millis() as u64,
+        "rounds": ROUNDS,
+        "server": server_version,
+        "target_ratio": TARGET_RATIO,
+        "meets_target": results.iter().all(|r| r["meets_target"] == true),
+        "results": results,
+    });
+    let dir = target_dir().join("bench");
+    std::fs::create_dir_all(&dir).expect("create target/bench");
+    let path = dir.join("l2.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report).expect("json"))
+        .expect("write l2.json");
+    println!("wrote {}", path.display());
+
+    // Criterion's own report: the latency of one call, layer vs raw.
+    let mut criterion = Criterion::default()
+        .configure_from_args()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    let mut group = criterion.benchmark_group("l2_single_call");
+    for (name, client, op) in [
+        ("layer_get", Client::Layer, Op::Get),
+        ("raw_get", Client::Raw, Op::Get),
+        ("layer_set", Client::Layer, Op::Set),
+        ("raw_set", Client::Raw, Op::Set),
+    ] {
+        group.bench_function(name, |b| {
+            let mut n = 0;
+            b.to_async(&runtime).iter(|| {
+                n += 1;
+                let fixture = &fixture;
+                let mut raw = fixture.raw.clone();
+                async move { one_op(fixture, &mut raw, client, op, n).await }
+            });
+        });
+    }
+    group.finish();
+    criterion.final_summary();
+    drop(server);
+}

@@ -1,0 +1,91 @@
+//! RedisLayer against a real three-primary Redis Cluster.
+//!
+//! Needs `redis-server` and `redis-cli` on PATH (`apt-get install -y redis-server`).
+
+use std::time::{Duration, Instant};
+
+use cache_core::{CacheLayer, Entry, Pattern, escape};
+use cache_redis::RedisLayer;
+use cache_test_support::redis::RedisCluster;
+
+#[tokio::test]
+async fn cluster_get_set_delete_invalidate_across_slots() {
+    let cluster = RedisCluster::start();
+    let redis = RedisLayer::cluster_builder(cluster.urls())
+        .namespace("c:")
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+
+    // 600 keys spread over the slots of all three primaries.
+    let ids = ["*", "u?", "[x]", r"a\b", "plain"];
+    let keys: Vec<String> = (0..600)
+        .map(|n| format!("reviews:author:{}:page:{n}", ids[n % ids.len()]))
+        .collect();
+    let expires = Instant::now() + Duration::from_secs(60);
+    for key in &keys[..300] {
+        redis
+            .set(key, Entry::new(key.as_bytes().to_vec()).expires_at(expires))
+            .await
+            .unwrap();
+    }
+    let batch: Vec<(&str, Entry)> = keys[300..]
+        .iter()
+        .map(|key| (key.as_str(), Entry::new(key.as_bytes().to_vec())))
+        .collect();
+    assert!(redis.set_many(&batch).await.iter().all(Result::is_ok));
+    for node in cluster.nodes() {
+        let held: u64 = node.cli(&["DBSIZE"]).trim().parse().unwrap();
+        assert!(held > 100, "node {} holds only {held} keys", node.port());
+    }
+    assert_eq!(cluster.total_keys(), 600);
+
+    for key in keys.iter().step_by(7) {
+        let entry = redis.get(key).await.unwrap().expect("written");
+        assert_eq!(entry.value().as_ref(), key.as_bytes());
+    }
+    let first = redis.get(&keys[0]).await.unwrap().unwrap();
+    assert!(first.expiry().unwrap() <= expires);
+    assert!(first.expiry().unwrap() > expires - Duration::from_secs(5));
+    assert_eq!(redis.get(&keys[599]).await.unwrap().unwrap().expiry(), None);
+
+    let mut wanted: Vec<&str> = keys.iter().map(String::as_str).collect();
+    wanted.push("missing");
+    let got = redis.get_many(&wanted).await;
+    assert_eq!(got.len(), 601);
+    for (key, result) in wanted.iter().zip(&got).take(600) {
+        assert_eq!(
+            result.as_ref().unwrap().as_ref().unwrap().value().as_ref(),
+            key.as_bytes()
+        );
+    }
+    assert!(got[600].as_ref().unwrap().is_none());
+
+    assert!(redis.delete(&keys[1]).await.unwrap());
+    assert!(redis.get(&keys[1]).await.unwrap().is_none());
+    assert_eq!(cluster.total_keys(), 599);
+
+    // Pattern invalidation scans every primary.
+    let pattern = Pattern::new(format!("reviews:author:{}:*", escape("*")));
+    let live: Vec<&String> = keys
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| *n != 1)
+        .map(|(_, k)| k)
+        .collect();
+    let expected = live.iter().filter(|key| pattern.matches(key)).count() as u64;
+    assert_eq!(expected, 120);
+    assert_eq!(redis.invalidate(&pattern).await.unwrap(), expected);
+    assert_eq!(cluster.total_keys(), 599 - expected);
+    let glob = Pattern::new("reviews:author:?[?x]*:page:1*");
+    let expected = live
+        .iter()
+        .filter(|key| !pattern.matches(key) && glob.matches(key))
+        .count() as u64;
+    assert!(expected > 0);
+    assert_eq!(redis.invalidate(&glob).await.unwrap(), expected);
+    let before = cluster.total_keys();
+    assert_eq!(redis.invalidate(&Pattern::new("*")).await.unwrap(), before);
+    assert_eq!(cluster.total_keys(), 0);
+}
