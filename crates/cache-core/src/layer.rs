@@ -87,6 +87,19 @@ pub trait CacheLayer: Send + Sync + fmt::Debug {
     /// Removes every key matching `pattern`; returns how many were removed.
     async fn invalidate(&self, pattern: &Pattern) -> Result<u64>;
 
+    /// Answers a read at once, without awaiting, if this layer can: an
+    /// in-process layer can, a remote one cannot. `None` means "call
+    /// [`get`](CacheLayer::get)". Default: `None`.
+    ///
+    /// Composers try this first on every read, which spares an in-memory
+    /// tier the boxed future of an async call on the hottest path there is.
+    /// It must be cheap and must never block; it keeps the same contract as
+    /// `get` (never an expired entry).
+    fn get_now(&self, key: &str) -> Option<Result<Option<Entry>>> {
+        let _ = key;
+        None
+    }
+
     /// Reads several keys at once. The result has one slot per key, in
     /// order, so that a failure for one key stays apart from the others.
     ///

@@ -463,9 +463,8 @@ mod tests {
         proptest::string::string_regex("[ab\\-\\^\\*\\?\\[\\]\\\\]{0,8}").unwrap()
     }
 
+    // Case count from PROPTEST_CASES (`cargo xtask proptest --cases N`).
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
-
         #[test]
         fn matches_like_redis(pattern in glob_strategy(), key in key_strategy()) {
             prop_assert_eq!(

@@ -133,7 +133,7 @@ impl MemoryLayer {
         self.inner.counters.removals.add(removed);
     }
 
-    fn get_now(&self, key: &str) -> Option<Entry> {
+    fn lookup(&self, key: &str) -> Option<Entry> {
         let inner = &*self.inner;
         let Some(entry) = inner.store.get(key) else {
             inner.counters.misses.incr();
@@ -281,7 +281,11 @@ impl CacheLayer for MemoryLayer {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Entry>> {
-        Ok(self.get_now(key))
+        Ok(self.lookup(key))
+    }
+
+    fn get_now(&self, key: &str) -> Option<Result<Option<Entry>>> {
+        Some(Ok(self.lookup(key)))
     }
 
     async fn set(&self, key: &str, entry: Entry) -> Result<()> {
@@ -302,7 +306,7 @@ impl CacheLayer for MemoryLayer {
     }
 
     async fn get_many(&self, keys: &[&str]) -> Vec<Result<Option<Entry>>> {
-        keys.iter().map(|key| Ok(self.get_now(key))).collect()
+        keys.iter().map(|key| Ok(self.lookup(key))).collect()
     }
 
     async fn set_many(&self, entries: &[(&str, Entry)]) -> Vec<Result<()>> {

@@ -97,8 +97,7 @@ impl<S: Serializer> TieredCache<S> {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        let found = self.lookup::<T>(key, self.envelope::<T>(), None).await?;
-        Ok(found.map(|value| T::clone(&value)))
+        self.lookup::<T>(key, self.envelope::<T>(), None).await
     }
 
     /// Stores `value` under `key` in every tier for `ttl` (each tier's cap
@@ -139,7 +138,7 @@ impl<S: Serializer> TieredCache<S> {
     {
         let envelope = self.envelope::<T>();
         if let Some(value) = self.lookup::<T>(key, envelope, None).await? {
-            return Ok(T::clone(&value));
+            return Ok(value);
         }
         let counters = &self.shared.counters;
         let mut loader = Some(loader);
@@ -173,8 +172,9 @@ impl<S: Serializer> TieredCache<S> {
             // A flight that ended between our miss and our joining has filled
             // the top tier; look there before loading again.
             if let Some(value) = self.lookup::<T>(key, envelope, Some(1)).await? {
-                leader.finish(Ok(value.clone()));
-                return Ok(T::clone(&value));
+                counters.coalesced.incr();
+                leader.finish(Ok(Arc::new(value.clone())));
+                return Ok(value);
             }
             let loader = loader.take().expect("a caller leads at most once");
             let outcome = self.load(key, ttl, envelope, loader).await;
@@ -232,7 +232,7 @@ impl<S: Serializer> TieredCache<S> {
     {
         let envelope = self.envelope::<T>();
         let shared = &*self.shared;
-        let mut results: Vec<Result<Option<Arc<T>>>> = keys.iter().map(|_| Ok(None)).collect();
+        let mut results: Vec<Result<Option<T>>> = keys.iter().map(|_| Ok(None)).collect();
         let mut missing: Vec<usize> = (0..keys.len()).collect();
         let mut tickets: Vec<Option<Ticket>> = vec![None; keys.len()];
         // (key index, depth found at, entry) for the fills.
@@ -288,15 +288,11 @@ impl<S: Serializer> TieredCache<S> {
             missing = still_missing;
         }
         let hits = results.iter().filter(|r| matches!(r, Ok(Some(_)))).count();
-        shared.counters.hits.add(hits as u64);
         shared.counters.misses.add((keys.len() - hits) as u64);
         if !found_below.is_empty() {
             self.fill_many(keys, &found_below, &tickets).await;
         }
         results
-            .into_iter()
-            .map(|result| result.map(|found| found.map(|value| T::clone(&value))))
-            .collect()
     }
 
     /// Stores several values for `ttl`, with one call per tier. One result
@@ -335,7 +331,7 @@ impl<S: Serializer> TieredCache<S> {
         let c = &shared.counters;
         let mut stats = TieredStats::default();
         stats.tiers = shared.tiers.iter().map(Tier::stats).collect();
-        stats.hits = c.hits.get();
+        stats.hits = stats.tiers.iter().map(|tier| tier.hits).sum();
         stats.misses = c.misses.get();
         stats.loads = c.loads.get();
         stats.load_errors = c.load_errors.get();
@@ -383,9 +379,9 @@ impl<S: Serializer> TieredCache<S> {
         key: &str,
         envelope: Envelope,
         depth_limit: Option<usize>,
-    ) -> Result<Option<Arc<T>>>
+    ) -> Result<Option<T>>
     where
-        T: DeserializeOwned + Send + Sync + 'static,
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
         let shared = &*self.shared;
         let tiers = &shared.tiers[..depth_limit
@@ -397,7 +393,7 @@ impl<S: Serializer> TieredCache<S> {
                 // Before reading anything that may be copied upward.
                 ticket = Some(shared.guard.ticket(key));
             }
-            let Some(found) = tier.call(tier.layer.get(key)).await? else {
+            let Some(found) = tier.read(key).await? else {
                 continue;
             };
             let Some(entry) = found else {
@@ -408,14 +404,20 @@ impl<S: Serializer> TieredCache<S> {
                 self.discard_undecodable(tier, key).await;
                 continue;
             };
-            tier.counters.hits.incr();
-            shared.counters.hits.incr();
+            // The overall hit count is the sum of the tiers' (see `stats`);
+            // a partial walk is get_or_compute re-checking, counted as coalesced.
+            if depth_limit.is_none() {
+                tier.counters.hits.incr();
+            }
             if let Some(ticket) = ticket {
                 self.fill(key, &entry, depth, &ticket).await;
             }
             return Ok(Some(value));
         }
-        shared.counters.misses.incr();
+        // A partial walk is get_or_compute re-checking the top tier: not a read of its own.
+        if depth_limit.is_none() {
+            shared.counters.misses.incr();
+        }
         Ok(None)
     }
 

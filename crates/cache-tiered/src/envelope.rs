@@ -58,14 +58,17 @@ impl Envelope {
 
     /// The value in `entry`, or `None` if the bytes are not a value of this
     /// envelope (other format, serializer or schema; garbage).
-    pub(crate) fn decode<S, T>(self, serializer: &S, entry: &Entry) -> Option<Arc<T>>
+    ///
+    /// The first decode remembers the value on the entry; later reads of
+    /// the same stored entry clone it instead of decoding.
+    pub(crate) fn decode<S, T>(self, serializer: &S, entry: &Entry) -> Option<T>
     where
         S: Serializer,
-        T: DeserializeOwned + Any + Send + Sync,
+        T: DeserializeOwned + Clone + Any + Send + Sync,
     {
         let tag = self.memo_tag();
-        if let Some(value) = entry.decoded::<T>(tag) {
-            return Some(value);
+        if let Some(value) = entry.decoded_ref::<T>(tag) {
+            return Some(value.clone());
         }
         let bytes = entry.value();
         let (header, payload) = bytes.split_at_checked(HEADER_LEN)?;
@@ -75,8 +78,8 @@ impl Envelope {
         {
             return None;
         }
-        let value = Arc::new(serializer.decode::<T>(payload).ok()?);
-        entry.remember_decoded(tag, value.clone());
+        let value: T = serializer.decode(payload).ok()?;
+        entry.remember_decoded(tag, Arc::new(value.clone()));
         Some(value)
     }
 
@@ -97,7 +100,11 @@ mod tests {
         let bytes = v1.encode(&Postcard, &(7u32, "x".to_owned())).unwrap();
         let entry = Entry::new(bytes.clone());
         let decoded = v1.decode::<_, (u32, String)>(&Postcard, &entry).unwrap();
-        assert_eq!(*decoded, (7, "x".to_owned()));
+        assert_eq!(decoded, (7, "x".to_owned()));
+        assert!(
+            entry.decoded_ref::<(u32, String)>(v1.memo_tag()).is_some(),
+            "memoized"
+        );
 
         let fresh = || Entry::new(bytes.clone());
         let v2 = Envelope::new::<Postcard>(2);

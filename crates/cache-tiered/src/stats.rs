@@ -68,7 +68,6 @@ pub(crate) struct TierCounters {
 
 #[derive(Debug, Default)]
 pub(crate) struct CacheCounters {
-    pub(crate) hits: Counter,
     pub(crate) misses: Counter,
     pub(crate) loads: Counter,
     pub(crate) load_errors: Counter,

@@ -1,0 +1,267 @@
+//! The L1 hit path: a typed `TieredCache::get` over a `MemoryLayer`, beside
+//! a raw `quick_cache::sync::Cache::get` and a `moka::sync::Cache::get` of
+//! the same ~200-byte value, on one thread and on two.
+//!
+//! Two value shapes: `Arc<Offer>` (what a hot cache should hold: a hit is a
+//! reference count) and a plain `Offer` (a hit clones the struct).
+//! Ratios (ours / theirs, lower is better) go to `target/bench/l1.json`.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cache_memory::MemoryLayer;
+use cache_tiered::TieredCache;
+use criterion::{Criterion, criterion_group};
+use serde::{Deserialize, Serialize};
+
+const KEYS: usize = 10_000;
+const TTL: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Offer {
+    id: u64,
+    price_cents: u64,
+    rating: f32,
+    title: String,
+    description: String,
+    tags: Vec<u32>,
+}
+
+fn offer(id: u64) -> Offer {
+    Offer {
+        id,
+        price_cents: 1999 + id,
+        rating: 4.5,
+        title: format!("Offer number {id:06} - a fairly ordinary title"),
+        description: format!(
+            "A description of offer {id:06}, long enough to make the value about two hundred bytes \
+             once serialized."
+        ),
+        tags: vec![1, 2, 3, 4],
+    }
+}
+
+fn keys() -> Vec<String> {
+    (0..KEYS).map(|i| format!("offer:{i}")).collect()
+}
+
+/// Runs `get` over the keys `iters` times on each of `threads` threads and
+/// returns the wall time: per iteration, `threads` gets ran at once.
+fn run_threads<G>(threads: usize, iters: u64, keys: &Arc<Vec<String>>, get: G) -> Duration
+where
+    G: Fn(&str) + Send + Sync + Clone + 'static,
+{
+    let start_line = Arc::new(std::sync::Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (keys, get, start_line) = (keys.clone(), get.clone(), start_line.clone());
+            std::thread::spawn(move || {
+                start_line.wait();
+                for i in 0..iters as usize {
+                    get(&keys[(i * 7 + t * 4099) % KEYS]);
+                }
+            })
+        })
+        .collect();
+    start_line.wait();
+    let started = Instant::now();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    started.elapsed()
+}
+
+/// The same for the typed async get: each thread drives its own
+/// current-thread runtime, awaiting gets in a loop as a request handler would.
+fn typed_get<T>(
+    threads: usize,
+    iters: u64,
+    keys: &Arc<Vec<String>>,
+    cache: &TieredCache,
+) -> Duration
+where
+    T: serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let start_line = Arc::new(std::sync::Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (keys, cache, start_line) = (keys.clone(), cache.clone(), start_line.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    start_line.wait();
+                    for i in 0..iters as usize {
+                        let key = &keys[(i * 7 + t * 4099) % KEYS];
+                        black_box(cache.get::<T>(key).await.unwrap().unwrap());
+                    }
+                });
+            })
+        })
+        .collect();
+    start_line.wait();
+    let started = Instant::now();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    started.elapsed()
+}
+
+fn l1_get(c: &mut Criterion) {
+    let keys = Arc::new(keys());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+
+    let tiered = TieredCache::builder()
+        .layer(
+            MemoryLayer::builder()
+                .max_entries(2 * KEYS as u64)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let tiered_arc = TieredCache::builder()
+        .layer(
+            MemoryLayer::builder()
+                .max_entries(2 * KEYS as u64)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let raw = Arc::new(quick_cache::sync::Cache::<String, Offer>::new(2 * KEYS));
+    let raw_arc = Arc::new(quick_cache::sync::Cache::<String, Arc<Offer>>::new(
+        2 * KEYS,
+    ));
+    let moka = moka::sync::Cache::<String, Offer>::new(2 * KEYS as u64);
+    let moka_arc = moka::sync::Cache::<String, Arc<Offer>>::new(2 * KEYS as u64);
+    runtime.block_on(async {
+        for (i, key) in keys.iter().enumerate() {
+            let value = offer(i as u64);
+            tiered.set(key, &value, TTL).await.unwrap();
+            tiered_arc
+                .set(key, &Arc::new(value.clone()), TTL)
+                .await
+                .unwrap();
+            raw.insert(key.clone(), value.clone());
+            raw_arc.insert(key.clone(), Arc::new(value.clone()));
+            moka.insert(key.clone(), value.clone());
+            moka_arc.insert(key.clone(), Arc::new(value));
+        }
+        // The first hit of each key decodes and memoizes; measure the steady state.
+        for key in keys.iter() {
+            tiered.get::<Offer>(key).await.unwrap().unwrap();
+            tiered_arc.get::<Arc<Offer>>(key).await.unwrap().unwrap();
+        }
+    });
+
+    let mut group = c.benchmark_group("l1_get");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    for threads in [1usize, 2] {
+        group.bench_function(format!("tiered_arc_{threads}t"), |b| {
+            b.iter_custom(|iters| typed_get::<Arc<Offer>>(threads, iters, &keys, &tiered_arc))
+        });
+        group.bench_function(format!("quick_cache_arc_{threads}t"), |b| {
+            let raw = raw_arc.clone();
+            b.iter_custom(|iters| {
+                let raw = raw.clone();
+                run_threads(threads, iters, &keys, move |key| {
+                    black_box(raw.get(key).unwrap());
+                })
+            })
+        });
+        group.bench_function(format!("moka_arc_{threads}t"), |b| {
+            b.iter_custom(|iters| {
+                let moka = moka_arc.clone();
+                run_threads(threads, iters, &keys, move |key| {
+                    black_box(moka.get(key).unwrap());
+                })
+            })
+        });
+        group.bench_function(format!("tiered_owned_{threads}t"), |b| {
+            b.iter_custom(|iters| typed_get::<Offer>(threads, iters, &keys, &tiered))
+        });
+        group.bench_function(format!("quick_cache_owned_{threads}t"), |b| {
+            b.iter_custom(|iters| {
+                let raw = raw.clone();
+                run_threads(threads, iters, &keys, move |key| {
+                    black_box(raw.get(key).unwrap());
+                })
+            })
+        });
+        group.bench_function(format!("moka_owned_{threads}t"), |b| {
+            b.iter_custom(|iters| {
+                let moka = moka.clone();
+                run_threads(threads, iters, &keys, move |key| {
+                    black_box(moka.get(key).unwrap());
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, l1_get);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    if let Err(error) = write_ratios() {
+        eprintln!("could not write the ratios: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
+        PathBuf::from,
+    )
+}
+
+/// Mean nanoseconds per iteration, as criterion recorded it.
+fn mean_ns(id: &str) -> Result<f64, String> {
+    let path = target_dir().join(format!("criterion/l1_get/{id}/new/estimates.json"));
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    json["mean"]["point_estimate"]
+        .as_f64()
+        .ok_or_else(|| format!("{}: no mean", path.display()))
+}
+
+fn write_ratios() -> Result<(), String> {
+    let mut report = serde_json::Map::new();
+    for shape in ["arc", "owned"] {
+        for threads in [1, 2] {
+            let ours = mean_ns(&format!("tiered_{shape}_{threads}t"))?;
+            let raw = mean_ns(&format!("quick_cache_{shape}_{threads}t"))?;
+            let moka = mean_ns(&format!("moka_{shape}_{threads}t"))?;
+            report.insert(
+                format!("{shape}_{threads}t"),
+                serde_json::json!({
+                    "tiered_ns": ours,
+                    "quick_cache_ns": raw,
+                    "moka_ns": moka,
+                    "tiered_over_quick_cache": ours / raw,
+                    "tiered_over_moka": ours / moka,
+                    "target": "tiered_over_quick_cache <= 2.0 and tiered_over_moka < 1.0",
+                    "met": ours / raw <= 2.0 && ours < moka,
+                }),
+            );
+        }
+    }
+    let dir = target_dir().join("bench");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("l1.json"), &text).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(())
+}
