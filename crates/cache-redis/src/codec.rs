@@ -146,8 +146,14 @@ mod tests {
         assert_eq!(small[2], 0);
         assert_eq!(decode(Bytes::from(small), 1 << 20).unwrap(), &value[..100]);
         // Incompressible data is stored plain.
-        let noise: Vec<u8> = (0..4096u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 32) as u8
+            })
             .collect();
         assert_eq!(encode(&noise, Some(1))[2], 0);
     }
