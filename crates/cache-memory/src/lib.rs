@@ -140,7 +140,7 @@ impl MemoryLayer {
             return None;
         };
         // Read the clock only for entries that can expire: the hit path is hot.
-        if entry.expiry().is_some_and(|at| at <= inner.clock.now()) {
+        if entry.expiry().is_some_and(|at| inner.clock.has_passed(at)) {
             if let Some((_, removed)) = inner.store.remove_if(key, |stored| stored.ptr_eq(&entry)) {
                 inner.forget_bytes(key, &removed);
                 inner.counters.expirations.incr();

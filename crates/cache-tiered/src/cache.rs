@@ -12,6 +12,7 @@ use crate::envelope::Envelope;
 use crate::flight::{Flights, Role};
 use crate::guard::{FillGuard, Ticket};
 use crate::stats::{CacheCounters, TieredStats};
+use crate::tier::TierRead;
 use crate::{Error, Result, Tier};
 
 /// A cache made of stacked tiers, fastest first.
@@ -97,7 +98,17 @@ impl<S: Serializer> TieredCache<S> {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        self.lookup::<T>(key, self.envelope::<T>(), None).await
+        let envelope = self.envelope::<T>();
+        // The hottest path there is, an L1 hit, answered without entering
+        // the general walk (and its futures).
+        let top = self.shared.tiers[0].read_now(key);
+        if let Some(Ok(Some(Some(entry)))) = &top
+            && let Some(value) = envelope.decode::<S, T>(&self.shared.serializer, entry)
+        {
+            self.shared.tiers[0].counters.hits.incr();
+            return Ok(Some(value));
+        }
+        self.lookup::<T>(key, envelope, None, top).await
     }
 
     /// Stores `value` under `key` in every tier for `ttl` (each tier's cap
@@ -137,7 +148,7 @@ impl<S: Serializer> TieredCache<S> {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let envelope = self.envelope::<T>();
-        if let Some(value) = self.lookup::<T>(key, envelope, None).await? {
+        if let Some(value) = self.lookup::<T>(key, envelope, None, None).await? {
             return Ok(value);
         }
         let counters = &self.shared.counters;
@@ -171,7 +182,7 @@ impl<S: Serializer> TieredCache<S> {
             };
             // A flight that ended between our miss and our joining has filled
             // the top tier; look there before loading again.
-            if let Some(value) = self.lookup::<T>(key, envelope, Some(1)).await? {
+            if let Some(value) = self.lookup::<T>(key, envelope, Some(1), None).await? {
                 counters.coalesced.incr();
                 leader.finish(Ok(Arc::new(value.clone())));
                 return Ok(value);
@@ -373,12 +384,14 @@ impl<S: Serializer> TieredCache<S> {
     }
 
     /// Walks the tiers top-down (the first `depth_limit` of them, if set);
-    /// fills the tiers above a lower hit.
+    /// fills the tiers above a lower hit. `top` is the top tier's answer if
+    /// the caller already has it.
     async fn lookup<T>(
         &self,
         key: &str,
         envelope: Envelope,
         depth_limit: Option<usize>,
+        mut top: Option<TierRead>,
     ) -> Result<Option<T>>
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
@@ -393,7 +406,11 @@ impl<S: Serializer> TieredCache<S> {
                 // Before reading anything that may be copied upward.
                 ticket = Some(shared.guard.ticket(key));
             }
-            let Some(found) = tier.read(key).await? else {
+            let answer = match top.take() {
+                Some(answer) => answer,
+                None => tier.read(key).await,
+            };
+            let Some(found) = answer? else {
                 continue;
             };
             let Some(entry) = found else {

@@ -9,6 +9,10 @@ use cache_core::{
 
 use crate::stats::{TierCounters, TierStats};
 
+/// The outcome of reading one tier: `Ok(Some(found))` if it answered,
+/// `Ok(None)` if it failed and fails open, `Err` if it fails closed.
+pub(crate) type TierRead = Result<Option<Option<Entry>>, Error>;
+
 /// One tier of a [`TieredCache`](crate::TieredCache): a layer with its
 /// failure policy, an optional TTL cap and an optional call timeout.
 ///
@@ -86,19 +90,24 @@ impl Tier {
     }
 
     /// A read of `key`, with the same outcomes as [`call`](Tier::call).
-    ///
-    /// An in-process layer answers through `get_now`, without the boxed
-    /// future of an async call, when there is no policy or timeout to apply.
-    pub(crate) async fn read(&self, key: &str) -> Result<Option<Option<Entry>>, Error> {
-        if !self.observed && self.timeout.is_none() {
-            if let Some(answer) = self.layer.get_now(key) {
-                return match answer {
-                    Ok(found) => Ok(Some(found)),
-                    Err(error) => self.failed(error),
-                };
-            }
+    pub(crate) async fn read(&self, key: &str) -> TierRead {
+        match self.read_now(key) {
+            Some(answer) => answer,
+            None => self.call(self.layer.get(key)).await,
         }
-        self.call(self.layer.get(key)).await
+    }
+
+    /// The read of `key`, if the layer answers at once (`get_now`, an
+    /// in-process layer) and the tier has no policy or timeout to apply.
+    /// Spares the hottest path the boxed future of an async call.
+    pub(crate) fn read_now(&self, key: &str) -> Option<TierRead> {
+        if self.observed || self.timeout.is_some() {
+            return None;
+        }
+        Some(match self.layer.get_now(key)? {
+            Ok(found) => Ok(Some(found)),
+            Err(error) => self.failed(error),
+        })
     }
 
     /// Runs one call to the layer under the tier's policy and timeout.
