@@ -57,24 +57,25 @@ fn test() -> Result {
 }
 
 fn proptest(cases: u32) -> Result {
-    let root = root();
     let cases = cases.to_string();
-    // Pattern's property tests live beside the matcher.
+    let vars = [("PROPTEST_CASES", cases.as_str())];
+    // The same packages and features as `test`, so the build is reused.
+    // Pattern's property tests live beside the matcher...
     cargo_env(
-        &["test", "-p", "cache-core", "--lib", "pattern::"],
-        &[("PROPTEST_CASES", &cases)],
+        &[
+            "test",
+            "--workspace",
+            "--all-features",
+            "--lib",
+            "pattern::",
+        ],
+        &vars,
     )?;
-    // Every crate's model-based tests live in tests/model.rs.
-    for krate in crates(&root)? {
-        if krate.join("tests/model.rs").is_file() {
-            let name = krate.file_name().unwrap().to_string_lossy().into_owned();
-            cargo_env(
-                &["test", "-p", &name, "--test", "model"],
-                &[("PROPTEST_CASES", &cases)],
-            )?;
-        }
-    }
-    Ok(())
+    // ...and every crate's model-based tests in tests/model.rs.
+    cargo_env(
+        &["test", "--workspace", "--all-features", "--test", "model"],
+        &vars,
+    )
 }
 
 fn lint() -> Result {
