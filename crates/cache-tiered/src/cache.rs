@@ -22,7 +22,8 @@ use crate::{Error, Result, Tier};
 ///   [`ttl_cap`](Tier::ttl_cap)), never more.
 /// - **set** writes through every tier, lowest (shared) first, so that no
 ///   upper tier holds a value the shared tier lacks: if a lower tier fails,
-///   the tiers above it drop the key instead of taking the value.
+///   the tiers above it drop the key instead of taking the value (or take
+///   it briefly, see [`degraded_ttl`](TieredCacheBuilder::degraded_ttl)).
 /// - **delete** and **invalidate** reach every tier.
 /// - **get_or_compute** runs one loader call per key however many callers
 ///   miss at once (single-flight).
@@ -74,6 +75,7 @@ struct Shared<S> {
     guard: FillGuard,
     flights: Flights,
     loader_timeout: Option<Duration>,
+    degraded_ttl: Option<Duration>,
     counters: CacheCounters,
 }
 
@@ -86,6 +88,7 @@ impl TieredCache<Postcard> {
             clock: system_clock(),
             schemas: Vec::new(),
             loader_timeout: None,
+            degraded_ttl: None,
         }
     }
 }
@@ -514,7 +517,8 @@ impl<S: Serializer> TieredCache<S> {
 
     /// Writes entries through every tier, lowest first. When a tier fails
     /// for a key, the tiers above it drop that key rather than take a value
-    /// the lower tier lacks. With a ticket (loader results), a write that a
+    /// the lower tier lacks (or, with a degraded TTL and a failure the
+    /// policy ignores, take it for that long). With a ticket (loader results), a write that a
     /// concurrent mutation overtook is undone and goes no further up.
     async fn write_through(
         &self,
@@ -524,19 +528,24 @@ impl<S: Serializer> TieredCache<S> {
         let shared = &*self.shared;
         let now = shared.clock.now();
         let mut results: Vec<Result<()>> = entries.iter().map(|_| Ok(())).collect();
-        // Per entry: still being written upward?
-        let mut live = vec![true; entries.len()];
+        let mut state = vec![Written::Fully; entries.len()];
         for tier in shared.tiers.iter().rev() {
             let batch: Vec<(usize, (&str, Entry))> = entries
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| live[*i])
-                .map(|(i, (key, entry))| (i, (*key, tier.cap(entry.clone(), now))))
+                .filter_map(|(i, (key, entry))| {
+                    let entry = tier.cap(entry.clone(), now);
+                    match (state[i], shared.degraded_ttl) {
+                        (Written::Fully, _) => Some((i, (*key, entry))),
+                        (Written::Degraded, Some(ttl)) => Some((i, (*key, entry.capped(now, ttl)))),
+                        _ => None,
+                    }
+                })
                 .collect();
             let dead: Vec<&str> = entries
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| !live[*i])
+                .filter(|(i, _)| state[*i] == Written::Stopped)
                 .map(|(_, (key, _))| *key)
                 .collect();
             for key in dead {
@@ -568,12 +577,15 @@ impl<S: Serializer> TieredCache<S> {
                         if let Some(ticket) = ticket
                             && !self.keep_fill(tier, key, ticket).await
                         {
-                            live[*i] = false;
+                            state[*i] = Written::Stopped;
                         }
                     }
-                    Ok(None) => live[*i] = false,
+                    // Failed and ignored: the tiers above drop the key, or
+                    // hold the value briefly if degraded writes are on.
+                    Ok(None) if shared.degraded_ttl.is_some() => state[*i] = Written::Degraded,
+                    Ok(None) => state[*i] = Written::Stopped,
                     Err(error) => {
-                        live[*i] = false;
+                        state[*i] = Written::Stopped;
                         results[*i] = Err(error.into());
                     }
                 }
@@ -626,6 +638,19 @@ impl<S: Serializer> TieredCache<S> {
         }
         Ok(value)
     }
+}
+
+/// How far a write-through got, per entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// Every tier so far took it.
+    Fully,
+    /// A lower tier failed and fails open; the tiers above take the value
+    /// for at most the degraded TTL.
+    Degraded,
+    /// A lower tier failed (or a racing mutation overtook the write); the
+    /// tiers above drop the key.
+    Stopped,
 }
 
 /// `get_many` as one tier call: a batch in which every key failed counts as
@@ -696,6 +721,7 @@ pub struct TieredCacheBuilder<S = Postcard> {
     clock: Arc<dyn Clock>,
     schemas: Vec<(TypeId, u32)>,
     loader_timeout: Option<Duration>,
+    degraded_ttl: Option<Duration>,
 }
 
 impl<S: Serializer> TieredCacheBuilder<S> {
@@ -719,6 +745,7 @@ impl<S: Serializer> TieredCacheBuilder<S> {
             clock: self.clock,
             schemas: self.schemas,
             loader_timeout: self.loader_timeout,
+            degraded_ttl: self.degraded_ttl,
         }
     }
 
@@ -747,6 +774,21 @@ impl<S: Serializer> TieredCacheBuilder<S> {
         self
     }
 
+    /// Keeps the upper tiers useful while a lower one is down.
+    ///
+    /// By default, when a lower tier fails a write and its policy fails
+    /// open (a dead Redis, an open breaker), the tiers above it drop the key
+    /// rather than hold a value the shared tier lacks. During an outage that
+    /// leaves L1 empty of anything new, and every request goes to the
+    /// loader. With a degraded TTL the tiers above take the value anyway,
+    /// for at most this long: the service keeps answering from L1, and the
+    /// instances converge again within the TTL once the shared tier is back.
+    /// Default: off.
+    pub fn degraded_ttl(mut self, ttl: Duration) -> Self {
+        self.degraded_ttl = Some(ttl);
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> Result<TieredCache<S>, cache_core::Error> {
         if self.tiers.is_empty() {
@@ -768,6 +810,7 @@ impl<S: Serializer> TieredCacheBuilder<S> {
                 guard: FillGuard::new(),
                 flights: Flights::default(),
                 loader_timeout: self.loader_timeout,
+                degraded_ttl: self.degraded_ttl,
                 counters: CacheCounters::default(),
             }),
         })
@@ -780,6 +823,7 @@ impl<S: fmt::Debug> fmt::Debug for TieredCacheBuilder<S> {
             .field("tiers", &self.tiers)
             .field("serializer", &self.serializer)
             .field("loader_timeout", &self.loader_timeout)
+            .field("degraded_ttl", &self.degraded_ttl)
             .finish()
     }
 }

@@ -125,6 +125,55 @@ async fn a_failing_lower_tier_keeps_upper_tiers_from_holding_the_value() {
 }
 
 #[tokio::test]
+async fn with_a_degraded_ttl_l1_keeps_serving_while_l2_is_down() {
+    let clock = ManualClock::shared();
+    let l1 = memory("l1", &clock);
+    let l2 = Arc::new(FaultyLayer::new(Arc::new(memory("l2", &clock))));
+    let cache = TieredCache::builder()
+        .layer(l1.clone())
+        .tier(Tier::shared(l2.clone()))
+        .clock(clock.clone())
+        .degraded_ttl(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    l2.set_fault(Fault::Fail);
+    let loads = std::sync::atomic::AtomicU32::new(0);
+    let load = || async {
+        loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok::<_, std::io::Error>(7u32)
+    };
+    assert_eq!(cache.get_or_compute("k", TTL, load).await.unwrap(), 7);
+    assert_eq!(cache.get_or_compute("k", TTL, load).await.unwrap(), 7);
+    assert_eq!(
+        loads.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "served from L1"
+    );
+    let in_l1 = l1.get("k").await.unwrap().unwrap();
+    assert_eq!(
+        in_l1.remaining(clock.now()),
+        Some(Duration::from_secs(5)),
+        "for the degraded TTL only"
+    );
+
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(cache.get_or_compute("k", TTL, load).await.unwrap(), 7);
+    assert_eq!(
+        loads.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "reloaded after the degraded TTL"
+    );
+
+    // Once L2 is back, writes are whole again.
+    l2.set_fault(Fault::None);
+    cache.set("k", &8u32, TTL).await.unwrap();
+    assert_eq!(
+        l1.get("k").await.unwrap().unwrap().remaining(clock.now()),
+        Some(TTL)
+    );
+}
+
+#[tokio::test]
 async fn fail_closed_returns_the_error() {
     let clock = ManualClock::shared();
     let l2 = Arc::new(FaultyLayer::new(Arc::new(memory("l2", &clock))));
