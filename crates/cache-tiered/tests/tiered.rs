@@ -32,18 +32,24 @@ fn memory(name: &str, clock: &Arc<ManualClock>) -> MemoryLayer {
         .unwrap()
 }
 
-const TTL: Duration = Duration::from_secs(300);
-
-#[tokio::test]
-async fn a_lower_hit_fills_upward_with_the_remaining_expiry_never_more() {
-    let clock = ManualClock::shared();
-    let (l1, l2) = (memory("l1", &clock), memory("l2", &clock));
+/// Two memory tiers on one manual clock; the layers are handed back too.
+fn two_tiers(clock: &Arc<ManualClock>) -> (TieredCache, MemoryLayer, MemoryLayer) {
+    let (l1, l2) = (memory("l1", clock), memory("l2", clock));
     let cache = TieredCache::builder()
         .layer(l1.clone())
         .layer(l2.clone())
         .clock(clock.clone())
         .build()
         .unwrap();
+    (cache, l1, l2)
+}
+
+const TTL: Duration = Duration::from_secs(300);
+
+#[tokio::test]
+async fn a_lower_hit_fills_upward_with_the_remaining_expiry_never_more() {
+    let clock = ManualClock::shared();
+    let (cache, l1, l2) = two_tiers(&clock);
     cache.set("offer:1", &offer(1), TTL).await.unwrap();
     l1.delete("offer:1").await.unwrap();
     clock.advance(Duration::from_secs(100));
@@ -220,12 +226,7 @@ async fn a_hung_tier_costs_at_most_its_timeout() {
 #[tokio::test]
 async fn delete_and_invalidate_reach_every_tier() {
     let clock = ManualClock::shared();
-    let (l1, l2) = (memory("l1", &clock), memory("l2", &clock));
-    let cache = TieredCache::builder()
-        .layer(l1.clone())
-        .layer(l2.clone())
-        .build()
-        .unwrap();
+    let (cache, l1, l2) = two_tiers(&clock);
     for key in [
         "reviews:offer:1:page:0",
         "reviews:offer:1:page:1",
@@ -313,13 +314,7 @@ async fn json_and_postcard_entries_do_not_mix() {
 #[tokio::test]
 async fn batch_reads_and_writes_keep_per_key_results_apart() {
     let clock = ManualClock::shared();
-    let (l1, l2) = (memory("l1", &clock), memory("l2", &clock));
-    let cache = TieredCache::builder()
-        .layer(l1.clone())
-        .layer(l2.clone())
-        .clock(clock.clone())
-        .build()
-        .unwrap();
+    let (cache, l1, l2) = two_tiers(&clock);
     let written = cache
         .set_many(&[("a", offer(1)), ("b", offer(2)), ("c", offer(3))], TTL)
         .await;
