@@ -19,7 +19,7 @@ type Result<T = ()> = std::result::Result<T, String>;
 const USAGE: &str = "usage: cargo xtask <test | proptest [--cases N] | lint | bench | deny | ci>";
 
 /// Property-test cases per test in `cargo xtask ci`.
-const CI_PROPTEST_CASES: u32 = 2000;
+const CI_PROPTEST_CASES: u32 = 5000;
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
