@@ -150,10 +150,10 @@ impl<S: Serializer> TieredCache<S> {
         Fut: Future<Output = Result<T, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let envelope = self.envelope::<T>();
-        if let Some(value) = self.lookup::<T>(key, envelope, None, None).await? {
+        if let Some(value) = self.get::<T>(key).await? {
             return Ok(value);
         }
+        let envelope = self.envelope::<T>();
         let counters = &self.shared.counters;
         let mut loader = Some(loader);
         loop {
@@ -518,8 +518,9 @@ impl<S: Serializer> TieredCache<S> {
     /// Writes entries through every tier, lowest first. When a tier fails
     /// for a key, the tiers above it drop that key rather than take a value
     /// the lower tier lacks (or, with a degraded TTL and a failure the
-    /// policy ignores, take it for that long). With a ticket (loader results), a write that a
-    /// concurrent mutation overtook is undone and goes no further up.
+    /// policy ignores, take it for that long). With a ticket (loader
+    /// results), a write that a concurrent mutation overtook is undone and
+    /// goes no further up.
     async fn write_through(
         &self,
         entries: &[(&str, Entry)],
