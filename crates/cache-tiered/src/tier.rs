@@ -79,7 +79,9 @@ impl Tier {
 
     /// The longest a call to this tier may take before it counts as failed
     /// with [`Error::Timeout`]. Layers usually have their own timeout; this
-    /// one also covers custom layers that lack one. Default: none.
+    /// one also covers custom layers that lack one. It uses tokio's timer,
+    /// so the runtime needs its time driver (`enable_time`, on by default
+    /// with `#[tokio::main]`). Default: none.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
