@@ -3,7 +3,7 @@
 //! ```text
 //! cargo xtask test               every test of every crate (installs redis-server if it can)
 //! cargo xtask proptest [--cases N]  the property tests (tests/model.rs of each crate, Pattern's)
-//! cargo xtask lint               rustfmt --check, clippy with warnings denied
+//! cargo xtask lint               rustfmt --check, clippy and rustdoc with warnings denied
 //! cargo xtask bench              the criterion benchmarks; ratios to target/bench/summary.json
 //! cargo xtask deny               cargo-deny: bans, licenses, sources (installs cargo-deny)
 //! cargo xtask ci                 what CI runs: lint, test, proptest, quickstart, deny
@@ -88,7 +88,12 @@ fn lint() -> Result {
         "--",
         "-D",
         "warnings",
-    ])
+    ])?;
+    // Broken intra-doc links and malformed doc comments fail too.
+    cargo_env(
+        &["doc", "--workspace", "--no-deps", "--all-features"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )
 }
 
 fn bench() -> Result {
