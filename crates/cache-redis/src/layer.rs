@@ -12,7 +12,7 @@ use redis::{RedisError, RedisResult, Value};
 
 use crate::builder::{ReadFrom, RedisLayerBuilder};
 use crate::codec::{self, DecodeError};
-use crate::pool::{Conn, Node};
+use crate::pool::{Conn, Lent, Node};
 
 /// A cache tier in Redis: a standalone server (optionally with replicas) or
 /// a Cluster. See the [crate docs](crate) for a tour.
@@ -127,9 +127,9 @@ impl Inner {
     }
 
     /// One attempt on one node, without a timeout.
-    async fn attempt<T, F, Fut>(&self, node: &Node, op: &F) -> Result<T>
+    async fn attempt<'a, T, F, Fut>(&self, node: &'a Node, op: &F) -> Result<T>
     where
-        F: Fn(Conn) -> Fut,
+        F: Fn(Lent<'a>) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         // Every command the layer sends is idempotent (GET, PTTL, SET, UNLINK,
@@ -137,12 +137,13 @@ impl Inner {
         // a dropped socket) is sent once more on a fresh one.
         let mut retried = false;
         loop {
-            let handle = node
+            let conn = node
                 .get()
                 .await
                 .map_err(|err| pool_error(&self.name, node.label(), err))?;
-            let result = op(handle.conn.clone()).await;
-            let broken = node.report(&handle, result.as_ref().err());
+            let ticket = conn.ticket();
+            let result = op(conn).await;
+            let broken = node.report(ticket, result.as_ref().err());
             match result {
                 Err(_) if broken && !retried => retried = true,
                 result => return result.map_err(|err| self.backend(node, err)),
@@ -151,9 +152,9 @@ impl Inner {
     }
 
     /// A write (or a delete, or a scan step) on the primary, bounded by the timeout.
-    async fn on_primary<T, F, Fut>(&self, op: F) -> Result<T>
+    async fn on_primary<'a, T, F, Fut>(&'a self, op: F) -> Result<T>
     where
-        F: Fn(Conn) -> Fut,
+        F: Fn(Lent<'a>) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let result =
@@ -169,9 +170,9 @@ impl Inner {
 
     /// A read: nodes in preference order, those that failed recently last;
     /// the first answer wins. The whole call is bounded by the timeout.
-    async fn read<T, F, Fut>(&self, op: F) -> Result<T>
+    async fn read<'a, T, F, Fut>(&'a self, op: F) -> Result<T>
     where
-        F: Fn(Conn) -> Fut,
+        F: Fn(Lent<'a>) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         if self.replicas.is_empty() {
@@ -332,7 +333,7 @@ impl Inner {
                         .arg(glob)
                         .arg("COUNT")
                         .arg(self.scan_count);
-                    match (address, &mut conn) {
+                    match (address, &mut *conn) {
                         (Some((host, port)), Conn::Cluster(cluster)) => {
                             let routing =
                                 RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
@@ -370,7 +371,7 @@ impl Inner {
     async fn cluster_primaries(&self) -> Result<Vec<(String, u16)>> {
         let nodes: String = self
             .on_primary(|mut conn| async move {
-                let Conn::Cluster(cluster) = &mut conn else {
+                let Conn::Cluster(cluster) = &mut *conn else {
                     unreachable!("only called in Cluster mode")
                 };
                 let value = cluster
