@@ -116,29 +116,19 @@ fn l1_get(c: &mut Criterion) {
         .build()
         .unwrap();
 
-    let tiered = TieredCache::builder()
-        .layer(
-            MemoryLayer::builder()
-                .max_entries(2 * KEYS as u64)
-                .build()
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
-    let tiered_arc = TieredCache::builder()
-        .layer(
-            MemoryLayer::builder()
-                .max_entries(2 * KEYS as u64)
-                .build()
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
-    let raw = Arc::new(quick_cache::sync::Cache::<String, Offer>::new(2 * KEYS));
+    let l1 = || {
+        let layer = MemoryLayer::builder().max_entries(2 * KEYS as u64).build();
+        TieredCache::builder()
+            .layer(layer.unwrap())
+            .build()
+            .unwrap()
+    };
+    let (tiered, tiered_arc) = (l1(), l1());
+    let raw_owned = Arc::new(quick_cache::sync::Cache::<String, Offer>::new(2 * KEYS));
     let raw_arc = Arc::new(quick_cache::sync::Cache::<String, Arc<Offer>>::new(
         2 * KEYS,
     ));
-    let moka = moka::sync::Cache::<String, Offer>::new(2 * KEYS as u64);
+    let moka_owned = moka::sync::Cache::<String, Offer>::new(2 * KEYS as u64);
     let moka_arc = moka::sync::Cache::<String, Arc<Offer>>::new(2 * KEYS as u64);
     runtime.block_on(async {
         for (i, key) in keys.iter().enumerate() {
@@ -148,9 +138,9 @@ fn l1_get(c: &mut Criterion) {
                 .set(key, &Arc::new(value.clone()), TTL)
                 .await
                 .unwrap();
-            raw.insert(key.clone(), value.clone());
+            raw_owned.insert(key.clone(), value.clone());
             raw_arc.insert(key.clone(), Arc::new(value.clone()));
-            moka.insert(key.clone(), value.clone());
+            moka_owned.insert(key.clone(), value.clone());
             moka_arc.insert(key.clone(), Arc::new(value));
         }
         // The first hit of each key decodes and memoizes; measure the steady state.
@@ -169,44 +159,48 @@ fn l1_get(c: &mut Criterion) {
         group.bench_function(format!("tiered_arc_{threads}t"), |b| {
             b.iter_custom(|iters| typed_get::<Arc<Offer>>(threads, iters, &keys, &tiered_arc))
         });
-        group.bench_function(format!("quick_cache_arc_{threads}t"), |b| {
-            let raw = raw_arc.clone();
-            b.iter_custom(|iters| {
-                let raw = raw.clone();
-                run_threads(threads, iters, &keys, move |key| {
-                    black_box(raw.get(key).unwrap());
-                })
-            })
+        let raw = raw_arc.clone();
+        bench_sync(&mut group, "quick_cache_arc", threads, &keys, move |key| {
+            black_box(raw.get(key).unwrap());
         });
-        group.bench_function(format!("moka_arc_{threads}t"), |b| {
-            b.iter_custom(|iters| {
-                let moka = moka_arc.clone();
-                run_threads(threads, iters, &keys, move |key| {
-                    black_box(moka.get(key).unwrap());
-                })
-            })
+        let moka = moka_arc.clone();
+        bench_sync(&mut group, "moka_arc", threads, &keys, move |key| {
+            black_box(moka.get(key).unwrap());
         });
         group.bench_function(format!("tiered_owned_{threads}t"), |b| {
             b.iter_custom(|iters| typed_get::<Offer>(threads, iters, &keys, &tiered))
         });
-        group.bench_function(format!("quick_cache_owned_{threads}t"), |b| {
-            b.iter_custom(|iters| {
-                let raw = raw.clone();
-                run_threads(threads, iters, &keys, move |key| {
-                    black_box(raw.get(key).unwrap());
-                })
-            })
-        });
-        group.bench_function(format!("moka_owned_{threads}t"), |b| {
-            b.iter_custom(|iters| {
-                let moka = moka.clone();
-                run_threads(threads, iters, &keys, move |key| {
-                    black_box(moka.get(key).unwrap());
-                })
-            })
+        let raw = raw_owned.clone();
+        bench_sync(
+            &mut group,
+            "quick_cache_owned",
+            threads,
+            &keys,
+            move |key| {
+                black_box(raw.get(key).unwrap());
+            },
+        );
+        let moka = moka_owned.clone();
+        bench_sync(&mut group, "moka_owned", threads, &keys, move |key| {
+            black_box(moka.get(key).unwrap());
         });
     }
     group.finish();
+}
+
+/// Benchmarks a synchronous `get` on `threads` threads as `{name}_{threads}t`.
+fn bench_sync<G>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    threads: usize,
+    keys: &Arc<Vec<String>>,
+    get: G,
+) where
+    G: Fn(&str) + Send + Sync + Clone + 'static,
+{
+    group.bench_function(format!("{name}_{threads}t"), |b| {
+        b.iter_custom(|iters| run_threads(threads, iters, keys, get.clone()))
+    });
 }
 
 criterion_group!(benches, l1_get);
