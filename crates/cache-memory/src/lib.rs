@@ -93,10 +93,14 @@ struct Counters {
 
 impl MemoryLayer {
     /// A layer with default bounds (100,000 entries, 128 MiB).
+    ///
+    /// # Panics
+    /// If the operating system cannot start the sweeper thread; use
+    /// [`builder`](MemoryLayer::builder) to get that as an error instead.
     pub fn new() -> Self {
         Self::builder()
             .build()
-            .expect("the default configuration is valid")
+            .expect("the default configuration is valid, and a sweeper thread could be started")
     }
 
     /// Starts a builder.
