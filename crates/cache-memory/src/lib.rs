@@ -78,6 +78,9 @@ struct Inner {
     bytes: AtomicI64,
     counters: Counters,
     sweeper: OnceLock<Thread>,
+    /// Set by the sweeper thread as it exits, so tests can see it stop.
+    #[cfg(test)]
+    sweeper_exited: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Default)]
@@ -499,6 +502,8 @@ impl MemoryLayerBuilder {
             bytes: AtomicI64::new(0),
             counters: Counters::default(),
             sweeper: OnceLock::new(),
+            #[cfg(test)]
+            sweeper_exited: Arc::default(),
         });
         if let Some(interval) = self.sweep_interval {
             spawn_sweeper(&inner, interval)?;
@@ -524,10 +529,13 @@ impl fmt::Debug for MemoryLayerBuilder {
 /// layer is dropped (the drop wakes it).
 fn spawn_sweeper(inner: &Arc<Inner>, interval: Duration) -> Result<()> {
     let weak: Weak<Inner> = Arc::downgrade(inner);
+    #[cfg(test)]
+    let exited = inner.sweeper_exited.clone();
     let handle = std::thread::Builder::new()
         .name(format!("{}-sweeper", inner.name))
         .spawn(move || {
-            let _live = sweeper_census::Live::new();
+            #[cfg(test)]
+            let _exit_signal = ExitSignal(exited);
             loop {
                 std::thread::park_timeout(interval);
                 let Some(inner) = weak.upgrade() else { break };
@@ -542,30 +550,14 @@ fn spawn_sweeper(inner: &Arc<Inner>, interval: Duration) -> Result<()> {
     Ok(())
 }
 
-/// Counts live sweeper threads, so tests can check that none leaks.
-mod sweeper_census {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+/// Raises the sweeper's exit flag when its thread ends, however it ends.
+#[cfg(test)]
+struct ExitSignal(Arc<std::sync::atomic::AtomicBool>);
 
-    static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-    pub(crate) struct Live;
-
-    impl Live {
-        pub(crate) fn new() -> Self {
-            LIVE.fetch_add(1, Ordering::SeqCst);
-            Live
-        }
-    }
-
-    impl Drop for Live {
-        fn drop(&mut self) {
-            LIVE.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn live() -> usize {
-        LIVE.load(Ordering::SeqCst)
+#[cfg(test)]
+impl Drop for ExitSignal {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
     }
 }
 
