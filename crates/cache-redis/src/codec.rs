@@ -33,28 +33,57 @@ pub(crate) enum DecodeError {
     Unsupported,
 }
 
+/// A value in its stored form (header, then payload), written straight
+/// into the command buffer as one argument: no intermediate copy.
+pub(crate) struct Stored<'a> {
+    flags: u8,
+    payload: std::borrow::Cow<'a, [u8]>,
+}
+
 /// Encodes `value` with the header, compressing it when the `lz4` feature is
 /// on, `compress_above` is set and the value is at least that long (and the
 /// compressed form is actually smaller).
-pub(crate) fn encode(value: &[u8], compress_above: Option<usize>) -> Vec<u8> {
+pub(crate) fn encode(value: &[u8], compress_above: Option<usize>) -> Stored<'_> {
     #[cfg(feature = "lz4")]
     if let Some(threshold) = compress_above
         && value.len() >= threshold
     {
         let compressed = lz4_flex::compress_prepend_size(value);
         if compressed.len() < value.len() {
-            let mut out = Vec::with_capacity(HEADER_LEN + compressed.len());
-            out.extend_from_slice(&[MAGIC, VERSION, FLAG_LZ4]);
-            out.extend_from_slice(&compressed);
-            return out;
+            return Stored {
+                flags: FLAG_LZ4,
+                payload: compressed.into(),
+            };
         }
     }
     #[cfg(not(feature = "lz4"))]
     let _ = compress_above;
-    let mut out = Vec::with_capacity(HEADER_LEN + value.len());
-    out.extend_from_slice(&[MAGIC, VERSION, 0]);
-    out.extend_from_slice(value);
-    out
+    Stored {
+        flags: 0,
+        payload: value.into(),
+    }
+}
+
+impl Stored<'_> {
+    /// The stored bytes as one buffer (tests and tools).
+    #[cfg(test)]
+    pub(crate) fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + self.payload.len());
+        out.extend_from_slice(&[MAGIC, VERSION, self.flags]);
+        out.extend_from_slice(&self.payload);
+        out
+    }
+}
+
+impl redis::ToRedisArgs for Stored<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write as _;
+        let mut arg = out.writer_for_next_arg();
+        // Writing into the command's in-memory buffer cannot fail.
+        arg.write_all(&[MAGIC, VERSION, self.flags])
+            .and_then(|()| arg.write_all(&self.payload))
+            .expect("writing to an in-memory buffer");
+    }
 }
 
 /// Decodes stored bytes into the value. `max_len` bounds the size a
@@ -96,16 +125,27 @@ fn decompress(_payload: &[u8], _max_len: usize) -> Result<Bytes, DecodeError> {
 mod tests {
     use super::*;
 
+    /// The bytes `encode` makes Redis store.
+    fn stored(value: &[u8], compress_above: Option<usize>) -> Vec<u8> {
+        encode(value, compress_above).to_vec()
+    }
+
+    #[test]
+    fn one_argument_holds_header_and_payload() {
+        let args = redis::ToRedisArgs::to_redis_args(&encode(b"abc", None));
+        assert_eq!(args, vec![vec![MAGIC, VERSION, 0, b'a', b'b', b'c']]);
+    }
+
     #[test]
     fn round_trip_plain() {
-        let encoded = encode(b"hello", None);
+        let encoded = stored(b"hello", None);
         assert_eq!(&encoded[..HEADER_LEN], &[MAGIC, VERSION, 0]);
         assert_eq!(
             decode(Bytes::from(encoded), 1 << 20).unwrap(),
             Bytes::from_static(b"hello")
         );
         assert_eq!(
-            decode(Bytes::from(encode(b"", None)), 0).unwrap(),
+            decode(Bytes::from(stored(b"", None)), 0).unwrap(),
             Bytes::new()
         );
     }
@@ -133,7 +173,7 @@ mod tests {
     #[test]
     fn lz4_round_trip_and_mixed_reads() {
         let value = vec![7u8; 10_000];
-        let compressed = encode(&value, Some(1024));
+        let compressed = stored(&value, Some(1024));
         assert_eq!(compressed[2], FLAG_LZ4);
         assert!(compressed.len() < value.len() / 10);
         assert_eq!(
@@ -142,7 +182,7 @@ mod tests {
         );
         // Below the threshold, or with compression off, values stay plain
         // and still read.
-        let small = encode(&value[..100], Some(1024));
+        let small = stored(&value[..100], Some(1024));
         assert_eq!(small[2], 0);
         assert_eq!(decode(Bytes::from(small), 1 << 20).unwrap(), &value[..100]);
         // Incompressible data is stored plain.
@@ -155,7 +195,7 @@ mod tests {
                 (state >> 32) as u8
             })
             .collect();
-        assert_eq!(encode(&noise, Some(1))[2], 0);
+        assert_eq!(stored(&noise, Some(1))[2], 0);
     }
 
     #[cfg(feature = "lz4")]
