@@ -421,8 +421,8 @@ async fn sigkill_then_restart() {
         assert_eq!(phase.errors, 0, "phase {i}: errors surfaced to callers");
     }
     // The breaker opened within its threshold, give or take the calls that
-    // were already in flight (each worker has at most two L2 calls: a get
-    // and the loader's write-through).
+    // were already in flight (each worker has at most one L2 call at a
+    // time: a get, or the loader's write-through).
     // (The breaker's own count: the tier's error counter is bumped just
     // after the breaker hears of the failure, so it may lag by a call.)
     let errors_to_open = at_open.breaker.failures - healthy.breaker.failures;
@@ -439,7 +439,14 @@ async fn sigkill_then_restart() {
         admitted_while_open <= 2 * WORKERS as u64,
         "{admitted_while_open} calls reached Redis while open"
     );
-    assert!(after_open.rejected - at_open.rejected >= PHASE_CALLS);
+    // And the load did ask L2: most calls miss the small L1 (32 entries over
+    // 400 keys) and each miss asks L2 once (a tier that failed open in a
+    // call is not written in the same call), which the open breaker rejects.
+    let rejected_while_open = after_open.rejected - at_open.rejected;
+    assert!(
+        rejected_while_open >= PHASE_CALLS * 3 / 4,
+        "only {rejected_while_open} L2 calls rejected while open"
+    );
     assert_open_phase_is_fast(&phases[2]);
     // Recovery went through half-open.
     println!("  recovery path {path:?}");
@@ -511,9 +518,11 @@ async fn sigstop_then_sigcont() {
         assert_eq!(phase.errors, 0, "phase {i}: errors surfaced to callers");
     }
     // No call waited on the frozen server past the operation timeout: a
-    // call makes at most two L2 calls (the read, and the loader's
-    // write-through), each cut off at the timeout.
-    let bound = 2 * OP_TIMEOUT + SLACK;
+    // call whose L2 read failed does not write the loaded value to L2, so
+    // it pays for the frozen server once (the read, or else the loader's
+    // write). The slack covers scheduling, and the rare caller that waited
+    // on its own read and then on a leader still writing.
+    let bound = OP_TIMEOUT + SLACK;
     for (i, phase) in phases.iter().enumerate() {
         assert!(
             max(phase) < bound,
@@ -530,7 +539,14 @@ async fn sigstop_then_sigcont() {
     );
     let admitted_while_open = after_open.breaker.calls - at_open.breaker.calls;
     assert!(admitted_while_open <= 2 * WORKERS as u64);
-    assert!(after_open.rejected - at_open.rejected >= PHASE_CALLS);
+    // And the load did ask L2: most calls miss the small L1 (32 entries over
+    // 400 keys) and each miss asks L2 once (a tier that failed open in a
+    // call is not written in the same call), which the open breaker rejects.
+    let rejected_while_open = after_open.rejected - at_open.rejected;
+    assert!(
+        rejected_while_open >= PHASE_CALLS * 3 / 4,
+        "only {rejected_while_open} L2 calls rejected while open"
+    );
     assert_open_phase_is_fast(&phases[2]);
     println!("  recovery path {path:?}");
     assert_recovery_path(&path);

@@ -101,6 +101,15 @@ impl<S: Serializer> TieredCache<S> {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
+        self.get_noting_failures(key, &mut 0).await
+    }
+
+    /// [`get`](TieredCache::get), adding to `failed` the tiers whose read
+    /// failed open.
+    async fn get_noting_failures<T>(&self, key: &str, failed: &mut TierSet) -> Result<Option<T>>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
         let envelope = self.envelope::<T>();
         // The hottest path there is, an L1 hit, answered without entering
         // the general walk (and its futures).
@@ -111,7 +120,7 @@ impl<S: Serializer> TieredCache<S> {
             self.shared.tiers[0].counters.hits.incr();
             return Ok(Some(value));
         }
-        self.lookup::<T>(key, envelope, None, top).await
+        self.lookup::<T>(key, envelope, None, top, failed).await
     }
 
     /// Stores `value` under `key` in every tier for `ttl` (each tier's cap
@@ -122,7 +131,7 @@ impl<S: Serializer> TieredCache<S> {
     {
         let entry = self.encode(value, ttl)?;
         let _mutation = self.shared.guard.mutate(key);
-        self.write_through(&[(key, entry)], None)
+        self.write_through(&[(key, entry)], None, 0)
             .await
             .pop()
             .unwrap_or(Ok(()))
@@ -138,6 +147,11 @@ impl<S: Serializer> TieredCache<S> {
     ///
     /// If the key is deleted, invalidated or written while the loader runs,
     /// the loaded value is returned but not cached: it may already be stale.
+    ///
+    /// A tier whose read failed open in this call (a dead or hung Redis, an
+    /// open breaker) is not written in it either, and counts as a failed
+    /// write: a caller pays for a failing tier once, never a timeout on the
+    /// read and another on the write.
     pub async fn get_or_compute<T, F, Fut, E>(
         &self,
         key: &str,
@@ -150,7 +164,10 @@ impl<S: Serializer> TieredCache<S> {
         Fut: Future<Output = Result<T, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        if let Some(value) = self.get::<T>(key).await? {
+        // Tiers whose read failed (a dead or hung Redis) are not written in
+        // this call either: a caller pays for a failing tier once, not twice.
+        let mut failed = 0;
+        if let Some(value) = self.get_noting_failures::<T>(key, &mut failed).await? {
             return Ok(value);
         }
         let envelope = self.envelope::<T>();
@@ -176,7 +193,7 @@ impl<S: Serializer> TieredCache<S> {
                         Err(_) => {
                             let loader = loader.take().expect("a follower never used its loader");
                             return self
-                                .load(key, ttl, envelope, loader)
+                                .load(key, ttl, envelope, loader, failed)
                                 .await
                                 .map(|v| T::clone(&v));
                         }
@@ -185,13 +202,16 @@ impl<S: Serializer> TieredCache<S> {
             };
             // A flight that ended between our miss and our joining has filled
             // the top tier; look there before loading again.
-            if let Some(value) = self.lookup::<T>(key, envelope, Some(1), None).await? {
+            if let Some(value) = self
+                .lookup::<T>(key, envelope, Some(1), None, &mut failed)
+                .await?
+            {
                 counters.coalesced.incr();
                 leader.finish(Ok(Arc::new(value.clone())));
                 return Ok(value);
             }
             let loader = loader.take().expect("a caller leads at most once");
-            let outcome = self.load(key, ttl, envelope, loader).await;
+            let outcome = self.load(key, ttl, envelope, loader, failed).await;
             leader.finish(
                 outcome
                     .clone()
@@ -332,7 +352,7 @@ impl<S: Serializer> TieredCache<S> {
             .iter()
             .map(|(key, _)| self.shared.guard.mutate(key))
             .collect();
-        let written = self.write_through(&entries, None).await;
+        let written = self.write_through(&entries, None, 0).await;
         for (slot, result) in slots.into_iter().zip(written) {
             results[slot] = result;
         }
@@ -395,6 +415,7 @@ impl<S: Serializer> TieredCache<S> {
         envelope: Envelope,
         depth_limit: Option<usize>,
         mut top: Option<TierRead>,
+        failed: &mut TierSet,
     ) -> Result<Option<T>>
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
@@ -414,6 +435,7 @@ impl<S: Serializer> TieredCache<S> {
                 None => tier.read(key).await,
             };
             let Some(found) = answer? else {
+                *failed |= 1 << depth;
                 continue;
             };
             let Some(entry) = found else {
@@ -525,12 +547,13 @@ impl<S: Serializer> TieredCache<S> {
         &self,
         entries: &[(&str, Entry)],
         ticket: Option<&Ticket>,
+        skip: TierSet,
     ) -> Vec<Result<()>> {
         let shared = &*self.shared;
         let now = shared.clock.now();
         let mut results: Vec<Result<()>> = entries.iter().map(|_| Ok(())).collect();
         let mut state = vec![Written::Fully; entries.len()];
-        for tier in shared.tiers.iter().rev() {
+        for (depth, tier) in shared.tiers.iter().enumerate().rev() {
             let batch: Vec<(usize, (&str, Entry))> = entries
                 .iter()
                 .enumerate()
@@ -553,6 +576,16 @@ impl<S: Serializer> TieredCache<S> {
                 let _ = tier.call(tier.layer.delete(key)).await;
             }
             if batch.is_empty() {
+                continue;
+            }
+            if skip & (1 << depth) != 0 {
+                // Failed open earlier in this call: a failed write, not retried.
+                for (i, _) in &batch {
+                    state[*i] = match shared.degraded_ttl {
+                        Some(_) => Written::Degraded,
+                        None => Written::Stopped,
+                    };
+                }
                 continue;
             }
             let outcomes: Vec<Result<Option<()>, cache_core::Error>> =
@@ -595,13 +628,15 @@ impl<S: Serializer> TieredCache<S> {
         results
     }
 
-    /// Runs a loader and caches its value (unless the key changed meanwhile).
+    /// Runs a loader and caches its value (unless the key changed
+    /// meanwhile), skipping the tiers in `failed`.
     async fn load<T, F, Fut, E>(
         &self,
         key: &str,
         ttl: Duration,
         envelope: Envelope,
         loader: F,
+        failed: TierSet,
     ) -> Result<Arc<T>>
     where
         T: Serialize + Send + Sync + 'static,
@@ -633,13 +668,19 @@ impl<S: Serializer> TieredCache<S> {
             Entry::new(envelope.encode(&shared.serializer, &*value)?).expires_at(self.expiry(ttl));
         envelope.remember(&entry, value.clone());
         if shared.guard.still_valid(&ticket) {
-            for result in self.write_through(&[(key, entry)], Some(&ticket)).await {
+            for result in self
+                .write_through(&[(key, entry)], Some(&ticket), failed)
+                .await
+            {
                 result?;
             }
         }
         Ok(value)
     }
 }
+
+/// A set of tiers by depth, one bit each (a cache has at most 64 tiers).
+type TierSet = u64;
 
 /// How far a write-through got, per entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -796,6 +837,11 @@ impl<S: Serializer> TieredCacheBuilder<S> {
         if self.tiers.is_empty() {
             return Err(cache_core::Error::config(
                 "a tiered cache needs at least one tier",
+            ));
+        }
+        if self.tiers.len() > TierSet::BITS as usize {
+            return Err(cache_core::Error::config(
+                "a tiered cache has at most 64 tiers",
             ));
         }
         if self.loader_timeout.is_some_and(|t| t.is_zero()) {
