@@ -100,9 +100,12 @@ async fn expiry_is_honoured_to_the_millisecond_range() {
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
-    // Redis expires at ms precision; the key may not go before its time.
+    // The key may not go before its time, but for two millisecond
+    // truncations: the layer rounds PX down (so Redis never keeps a value
+    // past its expiry), and Redis starts the TTL at its own clock truncated
+    // to the millisecond.
     assert!(
-        first_miss + Duration::from_millis(1) >= expires,
+        first_miss + Duration::from_millis(2) >= expires,
         "gone {:?} early",
         expires - first_miss
     );
