@@ -358,15 +358,26 @@ fn assert_recovery_path(path: &[StateKind]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_then_restart() {
+/// Runs the five phases under load (healthy; `fault` until the breaker
+/// opens; open; `heal` and recovery through half-open; closed again),
+/// prints the figures, and checks what every fault must show: no error
+/// reached a caller, the breaker opened within its threshold, an open
+/// breaker kept calls off Redis and was fast, and recovery went through
+/// half-open to closed with L2 hits resuming. Returns what each phase saw.
+async fn scenario(
+    namespace: &str,
+    title: &str,
+    names: [&str; 5],
+    fault: fn(&mut RedisServer),
+    heal: fn(&mut RedisServer),
+) -> Vec<Phase> {
     let Rig {
         mut server,
         cache,
         breaker,
         clock,
         mut changes,
-    } = rig("fi-kill:").await;
+    } = rig(namespace).await;
     let (load, workers) = Load::start(cache.clone());
 
     // 0: healthy.
@@ -375,9 +386,9 @@ async fn sigkill_then_restart() {
     assert!(healthy.hits > 0, "L2 answers reads the small L1 misses");
     assert_eq!(breaker.state().kind(), StateKind::Closed);
 
-    // 1: SIGKILL, until the breaker opens.
+    // 1: the fault, until the breaker opens.
     load.next_phase();
-    tokio::task::block_in_place(|| server.kill());
+    tokio::task::block_in_place(|| fault(&mut server));
     wait_for(&mut changes, StateKind::Open).await;
     let at_open = snap(&cache, &breaker);
 
@@ -386,9 +397,9 @@ async fn sigkill_then_restart() {
     load.run_calls(PHASE_CALLS).await;
     let after_open = snap(&cache, &breaker);
 
-    // 3: restart, step past the recovery timeout: half-open, then closed.
+    // 3: heal, step past the recovery timeout: half-open, then closed.
     load.next_phase();
-    tokio::task::block_in_place(|| server.restart());
+    tokio::task::block_in_place(|| heal(&mut server));
     let path = recover(&mut changes, &clock).await;
     let at_close = snap(&cache, &breaker);
 
@@ -398,23 +409,14 @@ async fn sigkill_then_restart() {
     let recovered = snap(&cache, &breaker);
 
     let phases = load.finish(workers, 5).await;
-    report(
-        "SIGKILL, then restart",
-        &[
-            "healthy",
-            "killed, until open",
-            "open",
-            "restarted, until closed",
-            "closed again",
-        ],
-        &phases,
-    );
+    report(title, &names, &phases);
     print_snap("after healthy", &healthy);
     print_snap("at open", &at_open);
     print_snap("after open phase", &after_open);
     print_snap("at close", &at_close);
     print_snap("after recovery", &recovered);
     println!("  loader calls {}", load.loads.load(Ordering::Relaxed));
+    println!("  recovery path {path:?}");
 
     // Callers never saw an error: values came from L1 or the loader.
     for (i, phase) in phases.iter().enumerate() {
@@ -432,8 +434,7 @@ async fn sigkill_then_restart() {
         "{errors_to_open} L2 errors before the breaker opened"
     );
     // Once open, no call went to Redis: the breaker admitted nothing (only
-    // calls in flight when it opened still ended), and every L2 call of
-    // the phase was rejected.
+    // calls in flight when it opened still ended).
     let admitted_while_open = after_open.breaker.calls - at_open.breaker.calls;
     assert!(
         admitted_while_open <= 2 * WORKERS as u64,
@@ -448,75 +449,49 @@ async fn sigkill_then_restart() {
         "only {rejected_while_open} L2 calls rejected while open"
     );
     assert_open_phase_is_fast(&phases[2]);
-    // Recovery went through half-open.
-    println!("  recovery path {path:?}");
     assert_recovery_path(&path);
     assert!(
         recovered.hits > at_close.hits,
-        "L2 hits resume after the restart"
+        "L2 hits resume after recovery"
     );
     assert_eq!(breaker.state().kind(), StateKind::Closed);
+    phases
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_then_restart() {
+    scenario(
+        "fi-kill:",
+        "SIGKILL, then restart",
+        [
+            "healthy",
+            "killed, until open",
+            "open",
+            "restarted, until closed",
+            "closed again",
+        ],
+        RedisServer::kill,
+        RedisServer::restart,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_then_sigcont() {
-    let Rig {
-        mut server,
-        cache,
-        breaker,
-        clock,
-        mut changes,
-    } = rig("fi-stop:").await;
-    let (load, workers) = Load::start(cache.clone());
-
-    // 0: healthy.
-    load.run_calls(PHASE_CALLS).await;
-    let healthy = snap(&cache, &breaker);
-    assert!(healthy.hits > 0);
-
-    // 1: SIGSTOP, until the breaker opens.
-    load.next_phase();
-    tokio::task::block_in_place(|| server.pause());
-    wait_for(&mut changes, StateKind::Open).await;
-    let at_open = snap(&cache, &breaker);
-
-    // 2: open.
-    load.next_phase();
-    load.run_calls(PHASE_CALLS).await;
-    let after_open = snap(&cache, &breaker);
-
-    // 3: SIGCONT, step past the recovery timeout: half-open, then closed.
-    load.next_phase();
-    tokio::task::block_in_place(|| server.resume());
-    let path = recover(&mut changes, &clock).await;
-    let at_close = snap(&cache, &breaker);
-
-    // 4: closed again.
-    load.next_phase();
-    load.run_calls(3 * PHASE_CALLS).await;
-    let recovered = snap(&cache, &breaker);
-
-    let phases = load.finish(workers, 5).await;
-    report(
+    let phases = scenario(
+        "fi-stop:",
         "SIGSTOP, then SIGCONT",
-        &[
+        [
             "healthy",
             "stopped, until open",
             "open",
             "continued, until closed",
             "closed again",
         ],
-        &phases,
-    );
-    print_snap("after healthy", &healthy);
-    print_snap("at open", &at_open);
-    print_snap("after open phase", &after_open);
-    print_snap("at close", &at_close);
-    print_snap("after recovery", &recovered);
-
-    for (i, phase) in phases.iter().enumerate() {
-        assert_eq!(phase.errors, 0, "phase {i}: errors surfaced to callers");
-    }
+        RedisServer::pause,
+        RedisServer::resume,
+    )
+    .await;
     // No call waited on the frozen server past the operation timeout: a
     // call whose L2 read failed does not write the loaded value to L2, so
     // it pays for the frozen server once (the read, or else the loader's
@@ -530,28 +505,4 @@ async fn sigstop_then_sigcont() {
             max(phase)
         );
     }
-    // Hung calls timed out and opened the breaker.
-    let errors_to_open = at_open.breaker.failures - healthy.breaker.failures;
-    assert!(errors_to_open >= u64::from(FAILURE_THRESHOLD));
-    assert!(
-        errors_to_open <= u64::from(FAILURE_THRESHOLD) + 2 * WORKERS as u64,
-        "{errors_to_open} L2 errors before the breaker opened"
-    );
-    let admitted_while_open = after_open.breaker.calls - at_open.breaker.calls;
-    assert!(admitted_while_open <= 2 * WORKERS as u64);
-    // And the load did ask L2: most calls miss the small L1 (32 entries over
-    // 400 keys) and each miss asks L2 once (a tier that failed open in a
-    // call is not written in the same call), which the open breaker rejects.
-    let rejected_while_open = after_open.rejected - at_open.rejected;
-    assert!(
-        rejected_while_open >= PHASE_CALLS * 3 / 4,
-        "only {rejected_while_open} L2 calls rejected while open"
-    );
-    assert_open_phase_is_fast(&phases[2]);
-    println!("  recovery path {path:?}");
-    assert_recovery_path(&path);
-    assert!(
-        recovered.hits > at_close.hits,
-        "L2 hits resume after SIGCONT"
-    );
 }
