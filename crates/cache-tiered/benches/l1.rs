@@ -8,7 +8,7 @@
 
 use std::hint::black_box;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use cache_memory::MemoryLayer;
@@ -47,22 +47,18 @@ fn keys() -> Vec<String> {
     (0..KEYS).map(|i| format!("offer:{i}")).collect()
 }
 
-/// Runs `get` over the keys `iters` times on each of `threads` threads and
-/// returns the wall time: per iteration, `threads` gets ran at once.
-fn run_threads<G>(threads: usize, iters: u64, keys: &Arc<Vec<String>>, get: G) -> Duration
+/// Starts `threads` threads, each running `work(thread_index, start_line)`;
+/// `work` waits on the start line once it is ready to measure. Returns the
+/// wall time from the start line to the last thread's end.
+fn time_threads<W>(threads: usize, work: W) -> Duration
 where
-    G: Fn(&str) + Send + Sync + Clone + 'static,
+    W: Fn(usize, &Barrier) + Send + Sync + Clone + 'static,
 {
-    let start_line = Arc::new(std::sync::Barrier::new(threads + 1));
+    let start_line = Arc::new(Barrier::new(threads + 1));
     let handles: Vec<_> = (0..threads)
         .map(|t| {
-            let (keys, get, start_line) = (keys.clone(), get.clone(), start_line.clone());
-            std::thread::spawn(move || {
-                start_line.wait();
-                for i in 0..iters as usize {
-                    get(&keys[(i * 7 + t * 4099) % KEYS]);
-                }
-            })
+            let (work, start_line) = (work.clone(), start_line.clone());
+            std::thread::spawn(move || work(t, &start_line))
         })
         .collect();
     start_line.wait();
@@ -71,6 +67,26 @@ where
         handle.join().unwrap();
     }
     started.elapsed()
+}
+
+/// The key thread `t` reads at iteration `i`.
+fn key_at(keys: &[String], t: usize, i: usize) -> &str {
+    &keys[(i * 7 + t * 4099) % KEYS]
+}
+
+/// Runs `get` over the keys `iters` times on each of `threads` threads and
+/// returns the wall time: per iteration, `threads` gets ran at once.
+fn run_threads<G>(threads: usize, iters: u64, keys: &Arc<Vec<String>>, get: G) -> Duration
+where
+    G: Fn(&str) + Send + Sync + Clone + 'static,
+{
+    let keys = keys.clone();
+    time_threads(threads, move |t, start_line| {
+        start_line.wait();
+        for i in 0..iters as usize {
+            get(key_at(&keys, t, i));
+        }
+    })
 }
 
 /// The same for the typed async get: each thread drives its own
@@ -84,30 +100,19 @@ fn typed_get<T>(
 where
     T: serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
 {
-    let start_line = Arc::new(std::sync::Barrier::new(threads + 1));
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let (keys, cache, start_line) = (keys.clone(), cache.clone(), start_line.clone());
-            std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async {
-                    start_line.wait();
-                    for i in 0..iters as usize {
-                        let key = &keys[(i * 7 + t * 4099) % KEYS];
-                        black_box(cache.get::<T>(key).await.unwrap().unwrap());
-                    }
-                });
-            })
-        })
-        .collect();
-    start_line.wait();
-    let started = Instant::now();
-    for handle in handles {
-        handle.join().unwrap();
-    }
-    started.elapsed()
+    let (keys, cache) = (keys.clone(), cache.clone());
+    time_threads(threads, move |t, start_line| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            start_line.wait();
+            for i in 0..iters as usize {
+                let key = key_at(&keys, t, i);
+                black_box(cache.get::<T>(key).await.unwrap().unwrap());
+            }
+        });
+    })
 }
 
 fn l1_get(c: &mut Criterion) {
