@@ -17,6 +17,9 @@
 //! its own report.
 //!
 //! Run: `cargo bench -p cache-redis --bench l2` (about two minutes).
+//! `L2_BENCH_ONLY=get@64,set@64` measures only those cases (a partial
+//! run's JSON says `"complete": false`); `L2_BENCH_POOL_MAX_OPEN=n` sets the
+//! layer's pool size.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -68,6 +71,7 @@ struct Fixture {
     raw: MultiplexedConnection,
     keys: Arc<Vec<String>>,
     value: Arc<Vec<u8>>,
+    server_pid: String,
 }
 
 fn key(n: usize) -> String {
@@ -131,8 +135,32 @@ async fn one_op(
     }
 }
 
-/// Ops per second of `concurrency` tasks running `op` for `ROUND`.
-async fn throughput(fixture: &Arc<Fixture>, client: Client, op: Op, concurrency: usize) -> f64 {
+/// One measured round: throughput, and the CPU time the client (this
+/// process) and the server spent per operation. The CPU figures tell a
+/// layer that costs the client more CPU from one that batches worse on the
+/// socket (which costs the server more).
+#[derive(Clone, Copy)]
+struct Sample {
+    ops_per_sec: f64,
+    client_ns_per_op: f64,
+    server_ns_per_op: f64,
+}
+
+/// Nanoseconds of CPU the threads of process `pid` (`"self"`: this one)
+/// have run so far, from `/proc/<pid>/task/*/schedstat` (Linux; 0 elsewhere).
+fn cpu_ns(pid: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// `concurrency` tasks running `op` for `ROUND`.
+async fn throughput(fixture: &Arc<Fixture>, client: Client, op: Op, concurrency: usize) -> Sample {
+    let (client_before, server_before) = (cpu_ns("self"), cpu_ns(&fixture.server_pid));
     let started = Instant::now();
     let end = started + ROUND;
     let tasks: Vec<_> = (0..concurrency)
@@ -155,7 +183,13 @@ async fn throughput(fixture: &Arc<Fixture>, client: Client, op: Op, concurrency:
     for task in tasks {
         total += task.await.expect("bench task");
     }
-    total as f64 / started.elapsed().as_secs_f64()
+    let elapsed = started.elapsed().as_secs_f64();
+    let ops = total.max(1) as f64;
+    Sample {
+        ops_per_sec: total as f64 / elapsed,
+        client_ns_per_op: cpu_ns("self").saturating_sub(client_before) as f64 / ops,
+        server_ns_per_op: cpu_ns(&fixture.server_pid).saturating_sub(server_before) as f64 / ops,
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -230,6 +264,7 @@ fn main() {
             raw,
             keys: Arc::new((0..KEYS).map(key).collect()),
             value: Arc::new(vec![b'x'; VALUE_SIZE]),
+            server_pid: server.pid().map_or_else(String::new, |pid| pid.to_string()),
         });
         let mut raw = fixture.raw.clone();
         for n in 0..KEYS {
@@ -240,8 +275,16 @@ fn main() {
 
     let load_before = load_average();
     let mut results = Vec::new();
+    let only = std::env::var("L2_BENCH_ONLY").ok();
     for op in [Op::Get, Op::Set] {
         for concurrency in CONCURRENCY {
+            let case = format!("{}@{concurrency}", op.name());
+            if only
+                .as_deref()
+                .is_some_and(|only| !only.split(',').any(|c| c.trim() == case))
+            {
+                continue;
+            }
             let mut layer = Vec::new();
             let mut raw = Vec::new();
             let mut plain = Vec::new();
@@ -263,10 +306,25 @@ fn main() {
                     }
                 }
             });
-            let round_ratios: Vec<f64> = layer.iter().zip(&raw).map(|(l, r)| l / r).collect();
+            let round_ratios: Vec<f64> = layer
+                .iter()
+                .zip(&raw)
+                .map(|(l, r)| l.ops_per_sec / r.ops_per_sec)
+                .collect();
             let ratio = median(round_ratios.clone());
-            let (layer, raw) = (median(layer), median(raw));
-            let plain = (!plain.is_empty()).then(|| median(plain));
+            let cpu = |samples: &[Sample], side: fn(&Sample) -> f64| {
+                median(samples.iter().map(side).collect()).round()
+            };
+            let client_cpu = (
+                cpu(&layer, |s| s.client_ns_per_op),
+                cpu(&raw, |s| s.client_ns_per_op),
+            );
+            let server_cpu = (
+                cpu(&layer, |s| s.server_ns_per_op),
+                cpu(&raw, |s| s.server_ns_per_op),
+            );
+            let (layer, raw) = (cpu(&layer, |s| s.ops_per_sec), cpu(&raw, |s| s.ops_per_sec));
+            let plain = (!plain.is_empty()).then(|| cpu(&plain, |s| s.ops_per_sec));
             let benchmark = redis_benchmark(server.port(), op, concurrency);
             println!(
                 "l2 {:>3} c={concurrency:<2}  layer {layer:>9.0} ops/s  raw {raw:>9.0} ops/s  \
@@ -275,12 +333,18 @@ fn main() {
                 plain.map_or("-".into(), |p| format!("{p:.0}")),
                 benchmark.map_or("-".into(), |b| format!("{b:.0}")),
             );
+            println!(
+                "         cpu ns/op  client: layer {} raw {}  server: layer {} raw {}",
+                client_cpu.0, client_cpu.1, server_cpu.0, server_cpu.1,
+            );
             results.push(serde_json::json!({
                 "op": op.name(),
                 "concurrency": concurrency,
-                "layer_ops_per_sec": layer.round(),
-                "raw_ops_per_sec": raw.round(),
-                "raw_plain_get_ops_per_sec": plain.map(f64::round),
+                "layer_ops_per_sec": layer,
+                "raw_ops_per_sec": raw,
+                "raw_plain_get_ops_per_sec": plain,
+                "client_cpu_ns_per_op": { "layer": client_cpu.0, "raw": client_cpu.1 },
+                "server_cpu_ns_per_op": { "layer": server_cpu.0, "raw": server_cpu.1 },
                 "redis_benchmark_ops_per_sec": benchmark.map(f64::round),
                 "ratio_layer_to_raw": (ratio * 1000.0).round() / 1000.0,
                 "ratio_per_round": round_ratios.iter().map(|r| (r * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
@@ -303,6 +367,7 @@ fn main() {
         "server": server_version,
         "load_average_1m": { "before": load_before, "after": load_average() },
         "target_ratio": TARGET_RATIO,
+        "complete": only.is_none(),
         "meets_target": results.iter().all(|r| r["meets_target"] == true),
         "results": results,
     });
@@ -312,8 +377,14 @@ fn main() {
     std::fs::write(&path, serde_json::to_string_pretty(&report).expect("json"))
         .expect("write l2.json");
     println!("wrote {}", path.display());
+    if only.is_none() {
+        single_call_latency(&runtime, &fixture);
+    }
+    drop(server);
+}
 
-    // Criterion's own report: the latency of one call, layer vs raw.
+/// Criterion's own report: the latency of one call, layer vs raw.
+fn single_call_latency(runtime: &tokio::runtime::Runtime, fixture: &Arc<Fixture>) {
     let mut criterion = Criterion::default()
         .configure_from_args()
         .sample_size(10)
@@ -328,9 +399,8 @@ fn main() {
     ] {
         group.bench_function(name, |b| {
             let mut n = 0;
-            b.to_async(&runtime).iter(|| {
+            b.to_async(runtime).iter(|| {
                 n += 1;
-                let fixture = &fixture;
                 let mut raw = fixture.raw.clone();
                 async move { one_op(fixture, &mut raw, client, op, n).await }
             });
@@ -338,5 +408,4 @@ fn main() {
     }
     group.finish();
     criterion.final_summary();
-    drop(server);
 }
