@@ -85,7 +85,7 @@ impl RedisLayerBuilder {
             read_from: ReadFrom::Primary,
             timeout: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(1),
-            pool_max_open: 2,
+            pool_max_open: 1,
             pool_min_idle: 1,
             idle_timeout: Some(Duration::from_secs(300)),
             max_value_size: 16 * 1024 * 1024,
@@ -165,8 +165,15 @@ impl RedisLayerBuilder {
 
     /// The most connections per node (mobc's `max_open`). Each one is a
     /// multiplexed connection shared by every concurrent request, handed out
-    /// round-robin; one already carries hundreds of thousands of requests a
-    /// second. Default: 2.
+    /// round-robin. Default: 1.
+    ///
+    /// One connection pipelines every request in flight into one stream,
+    /// which is what makes it fast: it carries hundreds of thousands of
+    /// requests a second. A second connection splits that stream in two
+    /// smaller batches, and Redis spends more CPU per request: measured at
+    /// 64 tasks on one machine, twice as much per GET, and 12–14% fewer GETs
+    /// a second (docs/redis.md). Raise it only when one connection's I/O
+    /// task is the bottleneck, on a client with many cores.
     pub fn pool_max_open(mut self, max_open: usize) -> Self {
         self.pool_max_open = max_open;
         self

@@ -11,7 +11,7 @@
 //! read back with `PTTL` in the same round trip, so the server's clock is the
 //! only one that matters.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 
 const MAGIC: u8 = 0xCA;
 const VERSION: u8 = 1;
@@ -65,6 +65,11 @@ pub(crate) fn encode(value: &[u8], compress_above: Option<usize>) -> Stored<'_> 
 }
 
 impl Stored<'_> {
+    /// Length of the stored bytes.
+    pub(crate) fn len(&self) -> usize {
+        HEADER_LEN + self.payload.len()
+    }
+
     /// The stored bytes as one buffer (tests and tools).
     #[cfg(test)]
     pub(crate) fn to_vec(&self) -> Vec<u8> {
@@ -88,7 +93,7 @@ impl redis::ToRedisArgs for Stored<'_> {
 
 /// Decodes stored bytes into the value. `max_len` bounds the size a
 /// compressed payload may claim, so garbage cannot make us allocate gigabytes.
-pub(crate) fn decode(raw: Bytes, max_len: usize) -> Result<Bytes, DecodeError> {
+pub(crate) fn decode(mut raw: Bytes, max_len: usize) -> Result<Bytes, DecodeError> {
     if raw.len() < HEADER_LEN || raw[0] != MAGIC || raw[1] != VERSION {
         return Err(DecodeError::Corrupt);
     }
@@ -97,7 +102,9 @@ pub(crate) fn decode(raw: Bytes, max_len: usize) -> Result<Bytes, DecodeError> {
         return Err(DecodeError::Corrupt);
     }
     if flags & FLAG_LZ4 == 0 {
-        return Ok(raw.slice(HEADER_LEN..));
+        // Moves the start: unlike `slice`, no shared buffer is allocated.
+        raw.advance(HEADER_LEN);
+        return Ok(raw);
     }
     decompress(&raw[HEADER_LEN..], max_len)
 }

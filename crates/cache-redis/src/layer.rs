@@ -259,18 +259,24 @@ impl Inner {
                 self.stats.misses.incr();
                 self.stats.corrupt.incr();
                 tracing::warn!(layer = %self.name, key = full_key, "unreadable bytes under a key; removing it");
-                // Best effort: the read already answered "miss".
-                let _ = self
-                    .on_primary(|mut conn| async move {
-                        redis::cmd("UNLINK")
-                            .arg(full_key)
-                            .query_async::<i64>(&mut conn)
-                            .await
-                    })
-                    .await;
+                // Best effort: the read already answered "miss". Boxed: a
+                // rare path, and inline it would double every read's future.
+                let _ = Box::pin(self.remove_corrupt(full_key)).await;
                 None
             }
         }
+    }
+
+    /// Removes a key holding unreadable bytes (counted as corrupt, not as
+    /// a removal: no user asked for it).
+    async fn remove_corrupt(&self, full_key: &str) -> Result<i64> {
+        self.on_primary(|mut conn| async move {
+            redis::cmd("UNLINK")
+                .arg(full_key)
+                .query_async::<i64>(&mut conn)
+                .await
+        })
+        .await
     }
 
     /// The command that stores `entry` under `full_key`, or `None` when the
@@ -288,7 +294,8 @@ impl Inner {
             }
         };
         let bytes = codec::encode(entry.value(), self.compress_above);
-        let mut cmd = redis::cmd("SET");
+        // SET, key, value, PX, up to 20 digits.
+        let mut cmd = command("SET", 5, full_key.len() + bytes.len() + 25);
         cmd.arg(full_key).arg(bytes);
         if let Some(ms) = ttl_ms {
             cmd.arg("PX").arg(ms);
@@ -423,10 +430,27 @@ pub(crate) fn pool_error(layer: &Arc<str>, node: &str, err: mobc::Error<RedisErr
     }
 }
 
-fn get_pipeline(full_keys: &[String]) -> redis::Pipeline {
-    let mut pipe = redis::pipe();
+/// `name` with room for `args` arguments (itself included) of `data` bytes
+/// in all: built argument by argument from empty, a command's two buffers
+/// were reallocated several times per request.
+fn command(name: &str, args: usize, data: usize) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(args, data);
+    cmd.arg(name);
+    cmd
+}
+
+/// GET and PTTL of each key, pipelined. A key of another type answers GET
+/// with WRONGTYPE, which is a corrupt entry rather than a failed call, so
+/// errors are left in the replies.
+fn get_pipeline<K: AsRef<str>>(full_keys: &[K]) -> redis::Pipeline {
+    let mut pipe = redis::Pipeline::with_capacity(2 * full_keys.len());
     for key in full_keys {
-        pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
+        let key = key.as_ref();
+        let mut get = command("GET", 2, key.len() + 3);
+        get.arg(key);
+        let mut pttl = command("PTTL", 2, key.len() + 4);
+        pttl.arg(key);
+        pipe.add_command(get).add_command(pttl);
     }
     pipe.ignore_errors();
     pipe
@@ -442,11 +466,7 @@ impl CacheLayer for RedisLayer {
         let inner = &*self.inner;
         let full_key = inner.key(key);
         let sent_at = inner.clock.now();
-        let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(&full_key).cmd("PTTL").arg(&full_key);
-        // A key of another type answers GET with WRONGTYPE: corrupt, not a failure.
-        pipe.ignore_errors();
-        let pipe = &pipe;
+        let pipe = &get_pipeline(&[&full_key]);
         let read = inner
             .read(|mut conn| async move {
                 let (value, pttl): (Value, Value) = pipe.query_async(&mut conn).await?;
@@ -576,7 +596,7 @@ impl CacheLayer for RedisLayer {
             outcomes.push(outcome);
         }
         let replies: Result<Vec<Value>> = if inner.standalone {
-            let mut pipe = redis::pipe();
+            let mut pipe = redis::Pipeline::with_capacity(commands.len());
             for cmd in &commands {
                 pipe.add_command(cmd.clone());
             }

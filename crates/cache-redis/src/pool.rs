@@ -31,7 +31,7 @@ use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
@@ -226,6 +226,25 @@ fn next_slot(slots: usize) -> usize {
     })
 }
 
+/// The time on the monotonic clock, read cheaply: every request reads it
+/// (for the idle timeout), and `Instant::now` cost a measurable share of a
+/// request. Linux's `CLOCK_MONOTONIC_COARSE` lags by a tick (a few ms),
+/// which the minute-scale idle timeout and the second-scale
+/// `node_retry_after` do not notice.
+#[cfg(target_os = "linux")]
+fn coarse_now() -> Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn coarse_now() -> Duration {
+    use std::sync::LazyLock;
+    use std::time::Instant;
+    static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
+    ORIGIN.elapsed()
+}
+
 /// Which lease a request used, to report its outcome.
 #[derive(Clone, Copy)]
 pub(crate) struct Ticket {
@@ -301,7 +320,8 @@ pub(crate) struct Node {
     slots: Box<[Slot]>,
     next_id: AtomicU64,
     idle_timeout_ms: Option<u64>,
-    epoch: Instant,
+    /// `coarse_now()` when the node was made.
+    epoch: Duration,
     /// Reads skip this node (when another is available) until this many
     /// milliseconds after `epoch`; set after a failure.
     down_until_ms: AtomicU64,
@@ -333,7 +353,7 @@ impl Node {
             idle_timeout_ms: settings
                 .idle_timeout
                 .map(|d| d.as_millis().min(u64::MAX as u128) as u64),
-            epoch: Instant::now(),
+            epoch: coarse_now(),
             down_until_ms: AtomicU64::new(0),
         }
     }
@@ -344,7 +364,7 @@ impl Node {
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        coarse_now().saturating_sub(self.epoch).as_millis() as u64
     }
 
     /// Opens `count` connections and leases them into the first slots, so
@@ -389,7 +409,10 @@ impl Node {
         let lease = slot.lease.read().unwrap_or_else(|p| p.into_inner()).clone();
         let lease = match lease {
             Some(lease) => lease,
-            None => self.lease(index).await?,
+            // Boxed: opening a connection (mobc's checkout, the slot's
+            // async mutex) is rare, and inline its state would make every
+            // request's future kilobytes larger.
+            None => Box::pin(self.lease(index)).await?,
         };
         Ok(self.lend(index, lease.id, lease.pooled.conn.clone()))
     }

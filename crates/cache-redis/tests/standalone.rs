@@ -467,6 +467,63 @@ async fn a_restarted_server_is_reconnected() {
     assert!(redis.get("k").await.unwrap().is_none());
 }
 
+/// Concurrent sets then gets of distinct keys; every read sees its own write.
+async fn each_task_reads_its_own_writes(redis: &RedisLayer, round: usize) -> Result<(), Error> {
+    let tasks: Vec<_> = (0..64)
+        .map(|task| {
+            let redis = redis.clone();
+            tokio::spawn(async move {
+                let key = format!("task{task}");
+                let written = format!("round{round}-task{task}").into_bytes();
+                redis.set(&key, Entry::new(written.clone())).await?;
+                let read = redis.get(&key).await?;
+                assert_eq!(value(&read), Some(&written[..]), "{key}");
+                Ok::<_, Error>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task")?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_connections_share_the_load_and_all_reconnect() {
+    let mut server = RedisServer::start();
+    let redis = RedisLayer::builder(server.url())
+        .namespace("t:")
+        .pool_max_open(3)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    for round in 0..4 {
+        each_task_reads_its_own_writes(&redis, round).await.unwrap();
+    }
+    // Requests went round-robin over all three connections (the fourth
+    // client listed is redis-cli itself).
+    let clients = server.cli(&["CLIENT", "LIST", "TYPE", "normal"]);
+    assert_eq!(clients.lines().count(), 4, "{clients}");
+
+    server.restart();
+    // Every connection died with the server. Each is replaced, and a request
+    // that met a dead one is sent again on the new one: after at most a few
+    // failed rounds (while the server comes back), every round succeeds.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut round = 4;
+    while let Err(err) = each_task_reads_its_own_writes(&redis, round).await {
+        assert!(Instant::now() < deadline, "no reconnect: {err:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        round += 1;
+    }
+    for round in round + 1..round + 5 {
+        each_task_reads_its_own_writes(&redis, round).await.unwrap();
+    }
+    let clients = server.cli(&["CLIENT", "LIST", "TYPE", "normal"]);
+    assert_eq!(clients.lines().count(), 4, "{clients}");
+}
+
 #[tokio::test]
 async fn reads_fall_back_to_the_replica_when_the_primary_is_killed() {
     let mut pair = ReplicatedRedis::start();
