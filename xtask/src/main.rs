@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo xtask test               every test of every crate (installs redis-server if it can)
-//! cargo xtask proptest [--cases N]  the property tests (tests/model.rs of each crate, Pattern's)
+//! cargo xtask proptest [--cases N]  the property tests (tests/model.rs of each crate, Pattern's, rule templates')
 //! cargo xtask lint               rustfmt --check, clippy and rustdoc with warnings denied
 //! cargo xtask bench              the criterion benchmarks; ratios to target/bench/summary.json
 //! cargo xtask deny               cargo-deny: bans, licenses, sources (installs cargo-deny)
@@ -60,14 +60,17 @@ fn proptest(cases: u32) -> Result {
     let cases = cases.to_string();
     let vars = [("PROPTEST_CASES", cases.as_str())];
     // The same packages and features as `test`, so the build is reused.
-    // Pattern's property tests live beside the matcher...
+    // Pattern's and the rule templates' property tests live beside their
+    // matchers...
     cargo_env(
         &[
             "test",
             "--workspace",
             "--all-features",
             "--lib",
+            "--",
             "pattern::",
+            "template::",
         ],
         &vars,
     )?;

@@ -124,6 +124,18 @@ pub trait CacheLayer: Send + Sync + fmt::Debug {
         results
     }
 
+    /// Whether other processes see this layer's contents (a remote store
+    /// such as Redis) rather than only this one (an in-memory map).
+    ///
+    /// When an invalidation arrives from another instance over a
+    /// [`Backplane`](crate::Backplane), the sender has already cleared the
+    /// shared layers; the receiver clears only the others. Default: `false`,
+    /// the safe answer: a shared layer taken for a local one is only cleared
+    /// twice, a local one taken for shared would keep stale values.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
     /// A snapshot of the layer's counters. Default: all zero.
     fn stats(&self) -> LayerStats {
         LayerStats::default()

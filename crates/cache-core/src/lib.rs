@@ -10,6 +10,7 @@
 //! - [`FailurePolicy`]: what a composer does when a tier fails
 //!   ([`FailOpen`], [`FailClosed`], or the breaker of `cache-breaker`);
 //! - [`Pattern`] and [`escape`]: Redis glob semantics, implemented once;
+//! - [`Backplane`]: how cache instances tell each other what to drop;
 //! - [`Clock`]: the time seam ([`SystemClock`], [`ManualClock`] for tests);
 //! - [`Error`], [`LayerStats`] and [`Counter`].
 //!
@@ -23,6 +24,7 @@
 //! within a timeout.
 #![forbid(unsafe_code)]
 
+mod backplane;
 mod clock;
 mod entry;
 mod error;
@@ -35,6 +37,9 @@ mod stats;
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
 
+pub use backplane::{
+    Backplane, BackplaneEvent, BackplaneMessage, Invalidation, Subscription, UndecodableMessage,
+};
 pub use clock::{Clock, ManualClock, SystemClock, system_clock};
 pub use entry::Entry;
 pub use error::{Error, Result};

@@ -656,6 +656,11 @@ impl CacheLayer for RedisLayer {
             .collect()
     }
 
+    /// Every instance pointed at the same Redis sees the same keys.
+    fn is_shared(&self) -> bool {
+        true
+    }
+
     fn stats(&self) -> LayerStats {
         let stats = &self.inner.stats;
         let mut snapshot = LayerStats::default();

@@ -109,6 +109,10 @@ impl CacheLayer for HoldableLayer {
     fn stats(&self) -> LayerStats {
         self.inner.stats()
     }
+
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
+    }
 }
 
 /// How a [`FaultyLayer`] misbehaves.
@@ -200,5 +204,46 @@ impl CacheLayer for FaultyLayer {
 
     fn stats(&self) -> LayerStats {
         self.inner.stats()
+    }
+
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
+    }
+}
+
+/// Wraps a layer and reports it as [shared](CacheLayer::is_shared): several
+/// `TieredCache`s in one test process stacked over one `SharedLayer` behave
+/// like instances sharing a Redis L2.
+#[derive(Debug, Clone)]
+pub struct SharedLayer(pub Arc<dyn CacheLayer>);
+
+#[async_trait]
+impl CacheLayer for SharedLayer {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Entry>> {
+        self.0.get(key).await
+    }
+
+    async fn set(&self, key: &str, entry: Entry) -> Result<()> {
+        self.0.set(key, entry).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        self.0.delete(key).await
+    }
+
+    async fn invalidate(&self, pattern: &Pattern) -> Result<u64> {
+        self.0.invalidate(pattern).await
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn stats(&self) -> LayerStats {
+        self.0.stats()
     }
 }

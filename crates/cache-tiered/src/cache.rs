@@ -223,10 +223,36 @@ impl<S: Serializer> TieredCache<S> {
 
     /// Removes `key` from every tier; returns whether any tier held it.
     pub async fn delete(&self, key: &str) -> Result<bool> {
+        self.delete_in(key, Reach::Everywhere).await
+    }
+
+    /// Removes every key matching `pattern` from every tier. Returns the
+    /// largest number of keys one tier removed.
+    ///
+    /// Build patterns from user input with [`cache_core::escape`].
+    pub async fn invalidate(&self, pattern: &Pattern) -> Result<u64> {
+        self.invalidate_in(pattern, Reach::Everywhere).await
+    }
+
+    /// Removes `key` from the tiers this process alone sees: those whose
+    /// layer is not [shared](CacheLayer::is_shared). For an instance that
+    /// learns of another instance's delete: that one has cleared the shared
+    /// tiers already.
+    pub async fn delete_local(&self, key: &str) -> Result<bool> {
+        self.delete_in(key, Reach::Local).await
+    }
+
+    /// Removes every key matching `pattern` from the tiers this process
+    /// alone sees (see [`delete_local`](Self::delete_local)).
+    pub async fn invalidate_local(&self, pattern: &Pattern) -> Result<u64> {
+        self.invalidate_in(pattern, Reach::Local).await
+    }
+
+    async fn delete_in(&self, key: &str, reach: Reach) -> Result<bool> {
         let _mutation = self.shared.guard.mutate(key);
         let mut existed = false;
         let mut first_error = None;
-        for tier in self.shared.tiers.iter().rev() {
+        for tier in self.tiers_in(reach) {
             match tier.call(tier.layer.delete(key)).await {
                 Ok(found) => existed |= found == Some(true),
                 Err(error) => {
@@ -237,15 +263,11 @@ impl<S: Serializer> TieredCache<S> {
         first_error.map_or(Ok(existed), |error| Err(error.into()))
     }
 
-    /// Removes every key matching `pattern` from every tier. Returns the
-    /// largest number of keys one tier removed.
-    ///
-    /// Build patterns from user input with [`cache_core::escape`].
-    pub async fn invalidate(&self, pattern: &Pattern) -> Result<u64> {
+    async fn invalidate_in(&self, pattern: &Pattern, reach: Reach) -> Result<u64> {
         let _mutation = self.shared.guard.mutate_all();
         let mut removed = 0;
         let mut first_error = None;
-        for tier in self.shared.tiers.iter().rev() {
+        for tier in self.tiers_in(reach) {
             match tier.call(tier.layer.invalidate(pattern)).await {
                 Ok(count) => removed = removed.max(count.unwrap_or(0)),
                 Err(error) => {
@@ -254,6 +276,16 @@ impl<S: Serializer> TieredCache<S> {
             }
         }
         first_error.map_or(Ok(removed), |error| Err(error.into()))
+    }
+
+    /// The tiers `reach` covers, bottom (shared) first: removing there first
+    /// means no upper tier can refill from a copy about to go.
+    fn tiers_in(&self, reach: Reach) -> impl Iterator<Item = &Tier> {
+        self.shared
+            .tiers
+            .iter()
+            .rev()
+            .filter(move |tier| reach == Reach::Everywhere || !tier.layer.is_shared())
     }
 
     /// Reads several keys with one call per tier for the keys still missing.
@@ -874,4 +906,12 @@ impl<S: fmt::Debug> fmt::Debug for TieredCacheBuilder<S> {
             .field("degraded_ttl", &self.degraded_ttl)
             .finish()
     }
+}
+
+/// Which tiers a removal reaches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    Everywhere,
+    /// Only the tiers whose layer is not shared with other processes.
+    Local,
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cache_core::{CacheLayer, Clock, Entry, FailClosed, ManualClock, Pattern};
 use cache_memory::MemoryLayer;
-use cache_test_support::layers::{Fault, FaultyLayer, HoldableLayer};
+use cache_test_support::layers::{Fault, FaultyLayer, HoldableLayer, SharedLayer};
 use cache_tiered::{Error, Tier, TieredCache};
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
@@ -463,4 +463,86 @@ fn building_without_tiers_is_an_error() {
             .build()
             .is_err()
     );
+}
+
+/// L1 memory over a memory L2 marked shared, as for instances sharing Redis.
+fn local_over_shared(clock: &Arc<ManualClock>) -> (TieredCache, MemoryLayer, MemoryLayer) {
+    let (l1, l2) = (memory("l1", clock), memory("l2", clock));
+    let cache = TieredCache::builder()
+        .layer(l1.clone())
+        .layer(SharedLayer(Arc::new(l2.clone())))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    (cache, l1, l2)
+}
+
+#[tokio::test]
+async fn local_removals_leave_shared_tiers_alone() {
+    let clock = Arc::new(ManualClock::new());
+    let (cache, l1, l2) = local_over_shared(&clock);
+    let ttl = Duration::from_secs(60);
+    for id in 1..=3 {
+        cache
+            .set(&format!("offer:{id}"), &offer(id), ttl)
+            .await
+            .unwrap();
+    }
+
+    assert!(cache.delete_local("offer:1").await.unwrap());
+    assert!(l1.get("offer:1").await.unwrap().is_none());
+    assert!(l2.get("offer:1").await.unwrap().is_some());
+
+    assert_eq!(
+        cache
+            .invalidate_local(&Pattern::new("offer:*"))
+            .await
+            .unwrap(),
+        2
+    );
+    for id in 1..=3 {
+        let key = format!("offer:{id}");
+        assert!(l1.get(&key).await.unwrap().is_none(), "{key}");
+        assert!(l2.get(&key).await.unwrap().is_some(), "{key}");
+        // The shared copy is still there to read (and refill L1 from).
+        assert_eq!(cache.get::<Offer>(&key).await.unwrap(), Some(offer(id)));
+    }
+
+    // The everywhere variants reach the shared tier.
+    assert!(cache.delete("offer:1").await.unwrap());
+    assert!(l2.get("offer:1").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_local_removal_stops_a_racing_fill_from_the_shared_tier() {
+    // Another instance changed offer:1 and told this one, while this one
+    // was reading the old value from the shared tier: the fill must not put
+    // the old value back into L1 after the local removal.
+    let clock = Arc::new(ManualClock::new());
+    let l1 = memory("l1", &clock);
+    let l2 = memory("l2", &clock);
+    let held = Arc::new(HoldableLayer::new(Arc::new(SharedLayer(Arc::new(
+        l2.clone(),
+    )))));
+    let cache = TieredCache::builder()
+        .layer(l1.clone())
+        .tier(Tier::shared(held.clone()))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    cache.set("offer:1", &offer(1), TTL).await.unwrap();
+    l1.delete("offer:1").await.unwrap();
+
+    held.hold_next_get();
+    let mut read = Box::pin(cache.get::<Offer>("offer:1"));
+    assert!(
+        (&mut read).now_or_never().is_none(),
+        "the read waits inside L2"
+    );
+    cache.delete_local("offer:1").await.unwrap();
+    held.release();
+    // The read itself may answer with what it read; L1 must not keep it.
+    assert_eq!(read.await.unwrap(), Some(offer(1)));
+    assert!(l1.get("offer:1").await.unwrap().is_none());
+    assert!(l2.get("offer:1").await.unwrap().is_some());
 }

@@ -1,0 +1,38 @@
+use std::sync::Arc;
+
+/// What building rules or invalidating can fail with.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A rule's template does not parse, or a dependent uses a hole its
+    /// trigger does not have.
+    #[error("rule template {template:?}: {reason}")]
+    Template {
+        /// The template as written.
+        template: Arc<str>,
+        /// What is wrong with it.
+        reason: Arc<str>,
+    },
+    /// Following the rules from `key` reached more patterns than the limit
+    /// ([`RulesBuilder::max_patterns`](crate::RulesBuilder::max_patterns)):
+    /// nothing was removed.
+    #[error("invalidating {key:?} reaches more than {limit} patterns")]
+    TooManyPatterns {
+        /// The key whose invalidation was asked for.
+        key: Arc<str>,
+        /// The limit.
+        limit: usize,
+    },
+    /// A tier failed (and its failure policy fails closed). The other
+    /// patterns were still removed and published.
+    #[error(transparent)]
+    Cache(#[from] cache_tiered::Error),
+    /// The backplane failed: this instance and the shared tiers dropped the
+    /// keys, other instances may still hold them in their local tiers until
+    /// they expire. Retrying the call is safe.
+    #[error("backplane: {0}")]
+    Backplane(cache_core::Error),
+}
+
+/// A convenient alias for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
