@@ -263,10 +263,12 @@ mod tests {
             Some((Part::Hole(_), rest)) => (1..=key.len())
                 .filter(|&n| key.is_char_boundary(n))
                 .flat_map(|n| {
-                    all_splits(rest, &key[n..]).into_iter().map(move |mut tail| {
-                        tail.insert(0, n);
-                        tail
-                    })
+                    all_splits(rest, &key[n..])
+                        .into_iter()
+                        .map(move |mut tail| {
+                            tail.insert(0, n);
+                            tail
+                        })
                 })
                 .collect(),
         }

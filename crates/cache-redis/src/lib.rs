@@ -74,13 +74,24 @@
 //! Patterns have [`cache_core::Pattern`] semantics, the same as every other
 //! layer; build them from user ids with [`cache_core::escape`]. A pattern
 //! without wildcards is a single `UNLINK`.
+//!
+//! # Backplane
+//! [`RedisBackplane`] implements [`cache_core::Backplane`] on Redis pub/sub:
+//! instances sharing a Redis publish the keys they invalidate on one
+//! channel, and each drops them from its own L1. Publishing is bounded by a
+//! timeout and reconnects by itself; a subscription that lost its connection
+//! resubscribes from within [`next`](cache_core::Subscription::next) (no
+//! background task) and then yields [`BackplaneEvent::Gap`](cache_core::BackplaneEvent::Gap),
+//! since messages published meanwhile are lost. See `docs/redis.md`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod backplane;
 mod builder;
 mod codec;
 mod layer;
 mod pool;
 
+pub use backplane::{RedisBackplane, RedisBackplaneBuilder};
 pub use builder::{ReadFrom, RedisLayerBuilder};
 pub use layer::RedisLayer;

@@ -1,0 +1,157 @@
+//! End to end over a real `redis-server`: instances, each an L1 memory tier
+//! over a shared `RedisLayer`, kept in step by `RedisBackplane`.
+//!
+//! Needs `redis-server` and `redis-cli` on PATH (`apt-get install -y redis-server`).
+
+use std::time::{Duration, Instant};
+
+use cache_core::CacheLayer;
+use cache_invalidation::{Invalidator, Rules};
+use cache_memory::MemoryLayer;
+use cache_redis::{RedisBackplane, RedisLayer};
+use cache_test_support::redis::RedisServer;
+use cache_tiered::{Tier, TieredCache};
+
+const TTL: Duration = Duration::from_secs(300);
+
+/// The seed scenario's rules.
+fn rules() -> Rules {
+    Rules::builder()
+        .rule(
+            "reviews:offer:{id}",
+            [
+                "reviews:offer:{id}:*",
+                "rating:offer:{id}",
+                "offer_stats:{id}",
+            ],
+        )
+        .rule("user:{id}", ["reviews:author:{id}", "user_activity:{id}"])
+        .build()
+        .unwrap()
+}
+
+struct Instance {
+    cache: TieredCache,
+    l1: MemoryLayer,
+    invalidator: Invalidator,
+}
+
+async fn instance(server: &RedisServer) -> Instance {
+    let l1 = MemoryLayer::new();
+    let l2 = RedisLayer::builder(server.url())
+        .namespace("offers:")
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let cache = TieredCache::builder()
+        .layer(l1.clone())
+        .tier(Tier::new(l2))
+        .build()
+        .unwrap();
+    let backplane = RedisBackplane::builder(server.url())
+        .channel("offers:invalidation")
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let invalidator = Invalidator::builder(cache.clone())
+        .rules(rules())
+        .backplane(backplane)
+        .build()
+        .await
+        .unwrap();
+    Instance {
+        cache,
+        l1,
+        invalidator,
+    }
+}
+
+/// Waits (up to 5 s of real time: the messages cross a real server) until
+/// `done` holds.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_on_one_instance_empties_the_others_l1() {
+    let server = RedisServer::start();
+    let a = instance(&server).await;
+    let b = instance(&server).await;
+    let keys = [
+        "reviews:offer:7:page:0:limit:10",
+        "rating:offer:7",
+        "offer_stats:7",
+        "rating:offer:8",
+    ];
+    for key in keys {
+        a.cache.set(key, &format!("{key} v1"), TTL).await.unwrap();
+        // b reads it through its L1.
+        assert!(b.cache.get::<String>(key).await.unwrap().is_some());
+        assert!(b.l1.get(key).await.unwrap().is_some(), "{key} in b's L1");
+    }
+
+    let invalidated = a
+        .invalidator
+        .invalidate_key("reviews:offer:7")
+        .await
+        .unwrap();
+    assert_eq!(invalidated.patterns.len(), 4);
+    eventually("b to apply the four messages", || {
+        b.invalidator.stats().received == 4
+    })
+    .await;
+    for key in &keys[..3] {
+        assert!(b.l1.get(key).await.unwrap().is_none(), "{key} left b's L1");
+        assert!(
+            b.cache.get::<String>(key).await.unwrap().is_none(),
+            "{key} left Redis"
+        );
+    }
+    assert_eq!(
+        b.cache
+            .get::<String>("rating:offer:8")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("rating:offer:8 v1"),
+        "an unrelated key stays"
+    );
+    assert_eq!(
+        a.invalidator.stats().received,
+        0,
+        "a skips its own messages"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_redis_restart_every_instance_clears_its_l1() {
+    let mut server = RedisServer::start();
+    let a = instance(&server).await;
+    a.cache.set("offer_stats:1", &1u32, TTL).await.unwrap();
+    assert!(a.l1.get("offer_stats:1").await.unwrap().is_some());
+
+    // Invalidations published while a's subscription is down are lost; a
+    // cannot know which, so it clears its L1 once it has resubscribed.
+    server.restart();
+    eventually("a to notice the gap", || a.invalidator.stats().gaps == 1).await;
+    assert!(a.l1.get("offer_stats:1").await.unwrap().is_none());
+
+    // And the backplane works again: a second instance's invalidation arrives.
+    let b = instance(&server).await;
+    a.cache.set("rating:offer:1", &2u32, TTL).await.unwrap();
+    b.invalidator
+        .invalidate_key("rating:offer:1")
+        .await
+        .unwrap();
+    eventually("a to apply b's message", || {
+        a.invalidator.stats().received == 1
+    })
+    .await;
+    assert!(a.l1.get("rating:offer:1").await.unwrap().is_none());
+}
