@@ -6,7 +6,7 @@
 //! cargo xtask lint               rustfmt --check, clippy and rustdoc with warnings denied
 //! cargo xtask bench              the criterion benchmarks; ratios to target/bench/summary.json
 //! cargo xtask deny               cargo-deny: bans, licenses, sources (installs cargo-deny)
-//! cargo xtask ci                 what CI runs: lint, test, proptest, quickstart, deny
+//! cargo xtask ci                 what CI runs: lint, test, proptest, the examples, deny
 //! ```
 
 use std::env;
@@ -168,7 +168,9 @@ fn ci() -> Result {
     lint()?;
     test()?;
     proptest(CI_PROPTEST_CASES)?;
-    cargo(&["run", "-p", "examples", "--example", "quickstart"])?;
+    for example in ["quickstart", "offers"] {
+        cargo(&["run", "-p", "examples", "--example", example])?;
+    }
     deny()?;
     println!("xtask ci: everything passed in {:.0?}", started.elapsed());
     Ok(())
