@@ -2,7 +2,7 @@
 //!
 //! Several processes share one Redis L2, and each keeps its own in-memory
 //! L1. When one of them deletes or invalidates, it clears every tier it can
-//! reach (its own L1, and the shared L2), then publishes an [`Invalidation`]
+//! reach (its own L1, and the shared L2), then publishes what it removed
 //! on a backplane; every other instance clears its *local* tiers
 //! ([`CacheLayer::is_shared`](crate::CacheLayer::is_shared) is `false`).
 //!
@@ -39,14 +39,15 @@ impl fmt::Debug for Invalidation {
     }
 }
 
-/// A message on the backplane: an invalidation and the instance it came
-/// from (so that an instance can skip its own messages).
+/// A message on the backplane: what one call invalidated, and the instance
+/// it came from (so that an instance can skip its own messages).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackplaneMessage {
     /// The sending instance's id.
     pub origin: u64,
-    /// What to drop.
-    pub invalidation: Invalidation,
+    /// What to drop, all of it (one invalidation and its dependents travel
+    /// as one message: one round trip, and never half of them).
+    pub invalidations: Vec<Invalidation>,
 }
 
 /// Format version of [`BackplaneMessage::encode`].
@@ -65,31 +66,43 @@ impl fmt::Display for UndecodableMessage {
 impl std::error::Error for UndecodableMessage {}
 
 impl BackplaneMessage {
-    /// The message as bytes, for backplanes that carry bytes:
-    /// a version byte, a kind byte (`k`ey, `p`attern, `a`ll), the origin as
-    /// 8 little-endian bytes, then the key or pattern in UTF-8.
+    /// The message as bytes, for backplanes that carry bytes: a version
+    /// byte, the origin as 8 little-endian bytes, then per invalidation a
+    /// kind byte (`k`ey, `p`attern, `a`ll), the length of its text as 4
+    /// little-endian bytes, and the key or pattern in UTF-8.
     ///
     /// ```
     /// use cache_core::{BackplaneMessage, Invalidation, Pattern};
     ///
     /// let message = BackplaneMessage {
     ///     origin: 7,
-    ///     invalidation: Invalidation::Pattern(Pattern::new("user:42:*")),
+    ///     invalidations: vec![
+    ///         Invalidation::Key("user:42".into()),
+    ///         Invalidation::Pattern(Pattern::new("reviews:author:42:*")),
+    ///     ],
     /// };
     /// assert_eq!(BackplaneMessage::decode(&message.encode()), Ok(message));
     /// assert!(BackplaneMessage::decode(b"garbage").is_err());
     /// ```
     pub fn encode(&self) -> Vec<u8> {
-        let (kind, text) = match &self.invalidation {
-            Invalidation::Key(key) => (b'k', key.as_str()),
-            Invalidation::Pattern(pattern) => (b'p', pattern.as_str()),
-            Invalidation::All => (b'a', ""),
-        };
-        let mut bytes = Vec::with_capacity(10 + text.len());
+        let texts = self
+            .invalidations
+            .iter()
+            .map(|invalidation| match invalidation {
+                Invalidation::Key(key) => (b'k', key.as_str()),
+                Invalidation::Pattern(pattern) => (b'p', pattern.as_str()),
+                Invalidation::All => (b'a', ""),
+            });
+        let size: usize = texts.clone().map(|(_, text)| 5 + text.len()).sum();
+        let mut bytes = Vec::with_capacity(9 + size);
         bytes.push(VERSION);
-        bytes.push(kind);
         bytes.extend_from_slice(&self.origin.to_le_bytes());
-        bytes.extend_from_slice(text.as_bytes());
+        for (kind, text) in texts {
+            bytes.push(kind);
+            // A text over 4 GiB cannot be a Redis key or pattern.
+            bytes.extend_from_slice(&(text.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(text.as_bytes());
+        }
         bytes
     }
 
@@ -97,20 +110,29 @@ impl BackplaneMessage {
     /// (another version, a truncated message, invalid UTF-8) is an error,
     /// which a receiver must treat as a possibly missed invalidation.
     pub fn decode(bytes: &[u8]) -> std::result::Result<Self, UndecodableMessage> {
-        let [VERSION, kind, rest @ ..] = bytes else {
+        let [VERSION, rest @ ..] = bytes else {
             return Err(UndecodableMessage);
         };
-        let (origin, text) = rest.split_first_chunk::<8>().ok_or(UndecodableMessage)?;
-        let text = std::str::from_utf8(text).map_err(|_| UndecodableMessage)?;
-        let invalidation = match kind {
-            b'k' => Invalidation::Key(text.to_owned()),
-            b'p' => Invalidation::Pattern(Pattern::new(text)),
-            b'a' if text.is_empty() => Invalidation::All,
-            _ => return Err(UndecodableMessage),
-        };
+        let (origin, mut rest) = rest.split_first_chunk::<8>().ok_or(UndecodableMessage)?;
+        let mut invalidations = Vec::new();
+        while let Some((&kind, after_kind)) = rest.split_first() {
+            let (len, after_len) = after_kind
+                .split_first_chunk::<4>()
+                .ok_or(UndecodableMessage)?;
+            let len = u32::from_le_bytes(*len) as usize;
+            let (text, after_text) = after_len.split_at_checked(len).ok_or(UndecodableMessage)?;
+            let text = std::str::from_utf8(text).map_err(|_| UndecodableMessage)?;
+            invalidations.push(match kind {
+                b'k' => Invalidation::Key(text.to_owned()),
+                b'p' => Invalidation::Pattern(Pattern::new(text)),
+                b'a' if text.is_empty() => Invalidation::All,
+                _ => return Err(UndecodableMessage),
+            });
+            rest = after_text;
+        }
         Ok(BackplaneMessage {
             origin: u64::from_le_bytes(*origin),
-            invalidation,
+            invalidations,
         })
     }
 }
@@ -153,15 +175,16 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips() {
-        for invalidation in [
+        let kinds = [
             Invalidation::Key("offer:1 é \u{0}".into()),
             Invalidation::Key(String::new()),
             Invalidation::Pattern(Pattern::new("a\\*[b-c]?*")),
             Invalidation::All,
-        ] {
+        ];
+        for invalidations in [vec![], kinds[..1].to_vec(), kinds.to_vec()] {
             let message = BackplaneMessage {
                 origin: u64::MAX - 3,
-                invalidation,
+                invalidations,
             };
             assert_eq!(BackplaneMessage::decode(&message.encode()), Ok(message));
         }
@@ -171,25 +194,29 @@ mod tests {
     fn anything_else_is_undecodable() {
         let good = BackplaneMessage {
             origin: 1,
-            invalidation: Invalidation::Key("k".into()),
+            invalidations: vec![Invalidation::Key("k".into())],
         }
         .encode();
-        let mut other_version = good.clone();
-        other_version[0] = 2;
-        let mut unknown_kind = good.clone();
-        unknown_kind[1] = b'x';
-        let mut bad_utf8 = good.clone();
+        let edit = |at: usize, byte: u8| {
+            let mut bytes = good.clone();
+            bytes[at] = byte;
+            bytes
+        };
+        let mut bad_utf8 = edit(10, 2); // the text is "k" and 0xFF
         bad_utf8.push(0xFF);
-        let mut all_with_text = good.clone();
-        all_with_text[1] = b'a';
+        let mut trailing = good.clone();
+        trailing.push(b'k');
         for bytes in [
             &b""[..],
             &[VERSION],
-            &good[..9],
-            &other_version,
-            &unknown_kind,
+            &good[..8],
+            &good[..good.len() - 1],
+            &edit(0, 2),    // another version
+            &edit(9, b'x'), // an unknown kind
+            &edit(9, b'a'), // "all" with text
+            &edit(10, 200), // a length past the end
             &bad_utf8,
-            &all_with_text,
+            &trailing,
         ] {
             assert_eq!(
                 BackplaneMessage::decode(bytes),

@@ -22,7 +22,7 @@ use crate::{Error, Result, Rules};
 ///
 /// - [`invalidate_key`](Self::invalidate_key) removes a key and, following
 ///   the [`Rules`], every key that depends on it, from every tier; then
-///   publishes each removed key or pattern on the backplane.
+///   publishes them all in one message on the backplane.
 /// - With a backplane, a listener task receives what other instances
 ///   publish and removes it from this instance's local tiers (those whose
 ///   layer is not [shared](cache_core::CacheLayer::is_shared): the sender
@@ -119,7 +119,7 @@ pub struct InvalidatorStats {
     pub invalidations: u64,
     /// Keys and patterns those calls removed (dependents included).
     pub patterns: u64,
-    /// Messages published on the backplane.
+    /// Messages published on the backplane (one per call).
     pub published: u64,
     /// Messages the backplane failed to publish.
     pub publish_errors: u64,
@@ -158,8 +158,8 @@ impl<S: Serializer> Invalidator<S> {
     /// Removes `key` and every key that depends on it (by the rules) from
     /// every tier, then tells the other instances.
     ///
-    /// Every pattern is tried and published even if one fails; the first
-    /// failure is returned. Retrying is safe.
+    /// Every pattern is tried, and all are published, even if one fails;
+    /// the first failure is returned. Retrying is safe.
     pub async fn invalidate_key(&self, key: &str) -> Result<Invalidated> {
         let patterns = self.inner.rules.expand(key)?;
         self.remove(patterns).await
@@ -201,10 +201,10 @@ impl<S: Serializer> Invalidator<S> {
         inner.counters.invalidations.incr();
         let mut removed = 0;
         let mut first_error = None;
+        // Shared tiers first (the cache removes bottom-up), then the news:
+        // an instance that drops its copy and reads again finds the shared
+        // tier already clean.
         for pattern in &patterns {
-            // Shared tiers first (the cache removes bottom-up), then the
-            // news: an instance that drops its copy and reads again finds
-            // the shared tier already clean.
             let outcome = match pattern.literal() {
                 Some(key) => inner.cache.delete(key).await.map(u64::from),
                 None => inner.cache.invalidate(pattern).await,
@@ -216,21 +216,26 @@ impl<S: Serializer> Invalidator<S> {
                 }
             }
             inner.counters.patterns.incr();
-            if let Some(backplane) = &inner.backplane {
-                let message = BackplaneMessage {
-                    origin: inner.origin,
-                    invalidation: match pattern.literal() {
+        }
+        if let Some(backplane) = &inner.backplane {
+            // Published even if a tier failed: the other instances' local
+            // copies must go all the same.
+            let message = BackplaneMessage {
+                origin: inner.origin,
+                invalidations: patterns
+                    .iter()
+                    .map(|pattern| match pattern.literal() {
                         Some(key) => Invalidation::Key(key.to_owned()),
                         None => Invalidation::Pattern(pattern.clone()),
-                    },
-                };
-                match backplane.publish(&message).await {
-                    Ok(()) => inner.counters.published.incr(),
-                    Err(error) => {
-                        inner.counters.publish_errors.incr();
-                        tracing::warn!(%error, pattern = %pattern, "backplane publish failed; other instances keep their local copies until they expire");
-                        first_error.get_or_insert(Error::Backplane(error));
-                    }
+                    })
+                    .collect(),
+            };
+            match backplane.publish(&message).await {
+                Ok(()) => inner.counters.published.incr(),
+                Err(error) => {
+                    inner.counters.publish_errors.incr();
+                    tracing::warn!(%error, first = patterns.first().map(Pattern::as_str), "backplane publish failed; other instances keep their local copies until they expire");
+                    first_error.get_or_insert(Error::Backplane(error));
                 }
             }
         }
@@ -325,13 +330,18 @@ async fn listen<S: Serializer>(
         let outcome = match event {
             BackplaneEvent::Message(message) if message.origin == origin => continue,
             BackplaneEvent::Message(message) => {
-                let outcome = match &message.invalidation {
-                    Invalidation::Key(key) => cache.delete_local(key).await.map(drop),
-                    Invalidation::Pattern(pattern) => {
-                        cache.invalidate_local(pattern).await.map(drop)
-                    }
-                    Invalidation::All => cache.invalidate_local(&everything()).await.map(drop),
-                };
+                let mut outcome = Ok(());
+                for invalidation in &message.invalidations {
+                    let applied = match invalidation {
+                        Invalidation::Key(key) => cache.delete_local(key).await.map(drop),
+                        Invalidation::Pattern(pattern) => {
+                            cache.invalidate_local(pattern).await.map(drop)
+                        }
+                        Invalidation::All => cache.invalidate_local(&everything()).await.map(drop),
+                    };
+                    // Every invalidation is applied; the first failure is kept.
+                    outcome = outcome.and(applied);
+                }
                 counters.received.incr();
                 outcome
             }

@@ -20,7 +20,7 @@ use tokio::sync::broadcast;
 /// # async fn main() -> cache_core::Result<()> {
 /// let backplane = MemoryBackplane::new(64);
 /// let mut subscription = backplane.subscribe().await?;
-/// let message = BackplaneMessage { origin: 1, invalidation: Invalidation::All };
+/// let message = BackplaneMessage { origin: 1, invalidations: vec![Invalidation::All] };
 /// backplane.publish(&message).await?;
 /// assert_eq!(subscription.next().await, Some(BackplaneEvent::Message(message)));
 /// # Ok(())
@@ -97,7 +97,7 @@ mod tests {
     fn message(n: u64) -> BackplaneMessage {
         BackplaneMessage {
             origin: n,
-            invalidation: Invalidation::Key(format!("k{n}")),
+            invalidations: vec![Invalidation::Key(format!("k{n}"))],
         }
     }
 

@@ -57,13 +57,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// let mut subscription = backplane.subscribe().await?;
 /// let me = 7;
 /// backplane
-///     .publish(&BackplaneMessage { origin: me, invalidation: Invalidation::Key("offer:42".into()) })
+///     .publish(&BackplaneMessage { origin: me, invalidations: vec![Invalidation::Key("offer:42".into())] })
 ///     .await?;
 ///
 /// while let Some(event) = subscription.next().await {
 ///     match event {
 ///         BackplaneEvent::Message(message) if message.origin == me => {} // already done locally
-///         BackplaneEvent::Message(message) => println!("drop {:?}", message.invalidation),
+///         BackplaneEvent::Message(message) => println!("drop {:?}", message.invalidations),
 ///         BackplaneEvent::Gap => println!("messages may be lost: clear the whole L1"),
 ///     }
 /// }

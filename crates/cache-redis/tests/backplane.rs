@@ -27,7 +27,7 @@ async fn backplane(url: &str, channel: &str) -> RedisBackplane {
 fn message(origin: u64, invalidation: Invalidation) -> BackplaneMessage {
     BackplaneMessage {
         origin,
-        invalidation,
+        invalidations: vec![invalidation],
     }
 }
 
@@ -272,7 +272,7 @@ async fn publishing_to_a_frozen_server_fails_within_the_timeout() {
         match next(&mut subscription).await {
             BackplaneEvent::Message(got) if got == sent => break,
             BackplaneEvent::Message(got) => {
-                assert_eq!(got.invalidation, Invalidation::Key("lost".into()))
+                assert_eq!(got.invalidations, [Invalidation::Key("lost".into())])
             }
             // The health check (5 s by default) may have fired.
             BackplaneEvent::Gap => {}
