@@ -115,9 +115,9 @@ struct Counters {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct InvalidatorStats {
-    /// Calls to `invalidate_key` and `invalidate`.
+    /// Calls to `invalidate_key`, `invalidate` and `invalidate_tag`.
     pub invalidations: u64,
-    /// Keys and patterns those calls removed (dependents included).
+    /// Keys, patterns and tags those calls removed (dependents included).
     pub patterns: u64,
     /// Messages published on the backplane (one per call).
     pub published: u64,
@@ -172,6 +172,32 @@ impl<S: Serializer> Invalidator<S> {
         self.remove(vec![pattern.clone()]).await
     }
 
+    /// Makes every value tagged with `tag` (see
+    /// [`TieredCache::set_tagged`] and
+    /// [`get_or_compute_tagged`](TieredCache::get_or_compute_tagged)) a
+    /// miss: the tag gets a new version in every tier here, and the other
+    /// instances drop their local copy of the old version, so they read the
+    /// new one from the shared tier.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
+        let inner = &*self.inner;
+        inner.counters.invalidations.incr();
+        let mut first_error = inner
+            .cache
+            .invalidate_tag(tag)
+            .await
+            .err()
+            .map(Error::Cache);
+        inner.counters.patterns.incr();
+        let version_key = inner.cache.tag_key(tag);
+        if let Err(error) = self
+            .publish(vec![Invalidation::Key(version_key)], tag)
+            .await
+        {
+            first_error.get_or_insert(error);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// The rules this invalidator follows.
     pub fn rules(&self) -> &Rules {
         &self.inner.rules
@@ -217,31 +243,46 @@ impl<S: Serializer> Invalidator<S> {
             }
             inner.counters.patterns.incr();
         }
-        if let Some(backplane) = &inner.backplane {
-            // Published even if a tier failed: the other instances' local
-            // copies must go all the same.
-            let message = BackplaneMessage {
-                origin: inner.origin,
-                invalidations: patterns
-                    .iter()
-                    .map(|pattern| match pattern.literal() {
-                        Some(key) => Invalidation::Key(key.to_owned()),
-                        None => Invalidation::Pattern(pattern.clone()),
-                    })
-                    .collect(),
-            };
-            match backplane.publish(&message).await {
-                Ok(()) => inner.counters.published.incr(),
-                Err(error) => {
-                    inner.counters.publish_errors.incr();
-                    tracing::warn!(%error, first = patterns.first().map(Pattern::as_str), "backplane publish failed; other instances keep their local copies until they expire");
-                    first_error.get_or_insert(Error::Backplane(error));
-                }
-            }
+        // Published even if a tier failed: the other instances' local
+        // copies must go all the same.
+        let invalidations = patterns
+            .iter()
+            .map(|pattern| match pattern.literal() {
+                Some(key) => Invalidation::Key(key.to_owned()),
+                None => Invalidation::Pattern(pattern.clone()),
+            })
+            .collect();
+        let first = patterns.first().map_or("", Pattern::as_str);
+        if let Err(error) = self.publish(invalidations, first).await {
+            first_error.get_or_insert(error);
         }
         match first_error {
             Some(error) => Err(error),
             None => Ok(Invalidated { patterns, removed }),
+        }
+    }
+
+    /// Tells the other instances, if there is a backplane. `what` names the
+    /// call in the log.
+    async fn publish(&self, invalidations: Vec<Invalidation>, what: &str) -> Result<()> {
+        let inner = &*self.inner;
+        let Some(backplane) = &inner.backplane else {
+            return Ok(());
+        };
+        let message = BackplaneMessage {
+            origin: inner.origin,
+            invalidations,
+        };
+        match backplane.publish(&message).await {
+            Ok(()) => {
+                inner.counters.published.incr();
+                Ok(())
+            }
+            Err(error) => {
+                inner.counters.publish_errors.incr();
+                tracing::warn!(%error, what, "backplane publish failed; other instances keep their local copies until they expire");
+                Err(Error::Backplane(error))
+            }
         }
     }
 }

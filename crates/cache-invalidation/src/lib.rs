@@ -10,8 +10,9 @@
 //!   (`reviews:offer:{id}` → `rating:offer:{id}`, `offer_stats:{id}`),
 //!   applied transitively, with user ids escaped so that `*` or `[` in an id
 //!   matches only itself;
-//! - [`Invalidator`]: applies the rules to a `TieredCache` and publishes
-//!   what it removed on a [`Backplane`](cache_core::Backplane); a listener
+//! - [`Invalidator`]: applies the rules to a `TieredCache`, invalidates
+//!   tags (`TieredCache::get_or_compute_tagged`), and publishes what it
+//!   removed on a [`Backplane`](cache_core::Backplane); a listener
 //!   removes what other instances publish from this instance's local tiers,
 //!   and clears them when messages may have been lost;
 //! - [`MemoryBackplane`]: a backplane inside one process (tests, several

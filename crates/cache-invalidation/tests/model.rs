@@ -1,12 +1,13 @@
 //! Model-based test: several instances (each an L1 memory tier over one
-//! shared L2), cache-aside reads with `get_or_compute`, and writes to a
-//! reference "database" followed by `invalidate_key` on one instance.
+//! shared L2), cache-aside reads with `get_or_compute` (tagged for some
+//! keys), and writes to a reference "database" followed by `invalidate_key`
+//! and `invalidate_tag` on one instance.
 //!
 //! The property: once the other instances have applied the backplane's
 //! messages, every read on every instance returns what the database holds
 //! now. Keys are derived from database entities by the seed scenario's
-//! rules (a transitive one included), and ids hold glob characters and the
-//! `:` separator.
+//! rules (a transitive one included) or by tags (one key carries two), and
+//! ids hold glob characters and the `:` separator.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,7 +24,8 @@ const INSTANCES: usize = 3;
 const IDS: [&str; 6] = ["1", "2", "1*", "[1]", "1:2", "a?b"];
 const TTL: Duration = Duration::from_secs(300);
 
-/// A cached key family: the key for an id, and the entity it is derived from.
+/// A cached key family: the key for an id, the entities it is derived
+/// from, and its tags if it is tagged rather than reached by rules.
 #[derive(Debug, Clone, Copy)]
 enum Family {
     ReviewsPage(u8),
@@ -32,6 +34,10 @@ enum Family {
     AuthorReviews,
     UserActivity,
     UserFeed,
+    /// Tagged `offer:{id}`.
+    OfferCard,
+    /// Tagged `offer:{id}` and `user:{id}`: derived from both entities.
+    Comparison,
 }
 
 impl Family {
@@ -43,18 +49,39 @@ impl Family {
             Family::AuthorReviews => format!("reviews:author:{id}"),
             Family::UserActivity => format!("user_activity:{id}"),
             Family::UserFeed => format!("user_feed:{id}"),
+            Family::OfferCard => format!("offer_card:{id}"),
+            Family::Comparison => format!("comparison:{id}"),
         }
     }
 
-    fn entity(self, id: &str) -> String {
+    fn entities(self, id: &str) -> Vec<String> {
+        let offer = format!("reviews:offer:{id}");
+        let user = format!("user:{id}");
         match self {
-            Family::ReviewsPage(_) | Family::Rating | Family::OfferStats => {
-                format!("reviews:offer:{id}")
+            Family::ReviewsPage(_) | Family::Rating | Family::OfferStats | Family::OfferCard => {
+                vec![offer]
             }
-            Family::AuthorReviews | Family::UserActivity | Family::UserFeed => {
-                format!("user:{id}")
-            }
+            Family::AuthorReviews | Family::UserActivity | Family::UserFeed => vec![user],
+            Family::Comparison => vec![offer, user],
         }
+    }
+
+    fn tags(self, id: &str) -> Vec<String> {
+        match self {
+            Family::OfferCard => vec![format!("offer:{id}")],
+            Family::Comparison => vec![format!("offer:{id}"), format!("user:{id}")],
+            _ => Vec::new(),
+        }
+    }
+
+    /// What the database says the key's value is now.
+    fn value(self, id: &str, database: &HashMap<String, u64>) -> String {
+        let versions: Vec<String> = self
+            .entities(id)
+            .iter()
+            .map(|entity| database.get(entity).copied().unwrap_or(0).to_string())
+            .collect();
+        format!("{}@{}", self.key(id), versions.join(","))
     }
 }
 
@@ -105,6 +132,8 @@ fn family() -> impl Strategy<Value = Family> {
         Just(Family::AuthorReviews),
         Just(Family::UserActivity),
         Just(Family::UserFeed),
+        Just(Family::OfferCard),
+        Just(Family::Comparison),
     ]
 }
 
@@ -184,14 +213,13 @@ async fn run(ops: Vec<Op>) {
                 id,
             } => {
                 let key = family.key(IDS[id]);
-                let expected = format!(
-                    "{key}@{}",
-                    database.get(&family.entity(IDS[id])).copied().unwrap_or(0)
-                );
+                let expected = family.value(IDS[id], &database);
                 let loaded = expected.clone();
+                let tags = family.tags(IDS[id]);
+                let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
                 let value: String = instances[instance]
                     .cache
-                    .get_or_compute(&key, TTL, || async move {
+                    .get_or_compute_tagged(&key, &tags, TTL, || async move {
                         Ok::<_, std::convert::Infallible>(loaded)
                     })
                     .await
@@ -204,32 +232,32 @@ async fn run(ops: Vec<Op>) {
                 id,
             } => {
                 let key = family.key(IDS[id]);
-                let version = database.get(&family.entity(IDS[id])).copied().unwrap_or(0);
                 if let Some(value) = instances[instance].cache.get::<String>(&key).await.unwrap() {
                     assert_eq!(
                         value,
-                        format!("{key}@{version}"),
+                        family.value(IDS[id], &database),
                         "instance {instance} peeked {key}"
                     );
                 }
             }
             Op::Write { instance, user, id } => {
-                let entity = if user {
-                    format!("user:{}", IDS[id])
+                let (entity, tag) = if user {
+                    (format!("user:{}", IDS[id]), format!("user:{}", IDS[id]))
                 } else {
-                    format!("reviews:offer:{}", IDS[id])
+                    (
+                        format!("reviews:offer:{}", IDS[id]),
+                        format!("offer:{}", IDS[id]),
+                    )
                 };
                 *database.entry(entity.clone()).or_default() += 1;
-                let invalidated = instances[instance]
-                    .invalidator
-                    .invalidate_key(&entity)
-                    .await
-                    .unwrap();
+                let invalidator = &instances[instance].invalidator;
+                let invalidated = invalidator.invalidate_key(&entity).await.unwrap();
                 assert!(!invalidated.patterns.is_empty());
-                // One message per call, whatever it removed.
+                invalidator.invalidate_tag(&tag).await.unwrap();
+                // One message per call: two calls.
                 for (other, state) in instances.iter_mut().enumerate() {
                     if other != instance {
-                        state.expected_received += 1;
+                        state.expected_received += 2;
                     }
                 }
                 drain(&instances).await;

@@ -155,3 +155,43 @@ async fn after_a_redis_restart_every_instance_clears_its_l1() {
     .await;
     assert!(a.l1.get("rating:offer:1").await.unwrap().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_invalidated_on_one_instance_misses_on_the_others() {
+    let server = RedisServer::start();
+    let a = instance(&server).await;
+    let b = instance(&server).await;
+    let card = || async { Ok::<_, std::io::Error>("Lamp, 4.5 stars".to_owned()) };
+    a.cache
+        .get_or_compute_tagged("offer_card:7", &["offer:7"], TTL, card)
+        .await
+        .unwrap();
+    // b reads it through its L1 (the value and the tag's version).
+    assert!(
+        b.cache
+            .get::<String>("offer_card:7")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        b.l1.get(&b.cache.tag_key("offer:7"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    a.invalidator.invalidate_tag("offer:7").await.unwrap();
+    eventually("b to apply the message", || {
+        b.invalidator.stats().received == 1
+    })
+    .await;
+    assert!(
+        b.l1.get(&b.cache.tag_key("offer:7"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(b.cache.get::<String>("offer_card:7").await.unwrap(), None);
+    assert_eq!(a.cache.get::<String>("offer_card:7").await.unwrap(), None);
+}

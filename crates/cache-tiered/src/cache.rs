@@ -8,10 +8,11 @@ use cache_core::{CacheLayer, Clock, Entry, Pattern, Postcard, Serializer, system
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Opened};
 use crate::flight::{Flights, Role};
 use crate::guard::{FillGuard, Ticket};
 use crate::stats::{CacheCounters, TieredStats};
+use crate::tags::TagSettings;
 use crate::tier::TierRead;
 use crate::{Error, Result, Tier};
 
@@ -64,19 +65,20 @@ use crate::{Error, Result, Tier};
 /// # }
 /// ```
 pub struct TieredCache<S: Serializer = Postcard> {
-    shared: Arc<Shared<S>>,
+    pub(crate) shared: Arc<Shared<S>>,
 }
 
-struct Shared<S> {
-    tiers: Box<[Tier]>,
-    serializer: S,
-    clock: Arc<dyn Clock>,
+pub(crate) struct Shared<S> {
+    pub(crate) tiers: Box<[Tier]>,
+    pub(crate) serializer: S,
+    pub(crate) clock: Arc<dyn Clock>,
     schemas: Box<[(TypeId, u32)]>,
-    guard: FillGuard,
+    pub(crate) guard: FillGuard,
     flights: Flights,
     loader_timeout: Option<Duration>,
     degraded_ttl: Option<Duration>,
     counters: CacheCounters,
+    pub(crate) tags: TagSettings,
 }
 
 impl TieredCache<Postcard> {
@@ -89,6 +91,7 @@ impl TieredCache<Postcard> {
             schemas: Vec::new(),
             loader_timeout: None,
             degraded_ttl: None,
+            tags: TagSettings::default(),
         }
     }
 }
@@ -115,7 +118,10 @@ impl<S: Serializer> TieredCache<S> {
         // the general walk (and its futures).
         let top = self.shared.tiers[0].read_now(key);
         if let Some(Ok(Some(Some(entry)))) = &top
-            && let Some(value) = envelope.decode::<S, T>(&self.shared.serializer, entry)
+            && let Some(Opened {
+                value,
+                stamps: None,
+            }) = envelope.decode::<S, T>(&self.shared.serializer, entry)
         {
             self.shared.tiers[0].counters.hits.incr();
             return Ok(Some(value));
@@ -164,6 +170,42 @@ impl<S: Serializer> TieredCache<S> {
         Fut: Future<Output = Result<T, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        self.compute(key, &[], ttl, loader).await
+    }
+
+    /// [`get_or_compute`](Self::get_or_compute) for a tagged value (see
+    /// [`set_tagged`](Self::set_tagged)): the tag versions are read before
+    /// the loader runs, so a tag invalidated while it runs leaves the loaded
+    /// value stale from the start.
+    pub async fn get_or_compute_tagged<T, F, Fut, E>(
+        &self,
+        key: &str,
+        tags: &[&str],
+        ttl: Duration,
+        loader: F,
+    ) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.compute(key, tags, ttl, loader).await
+    }
+
+    async fn compute<T, F, Fut, E>(
+        &self,
+        key: &str,
+        tags: &[&str],
+        ttl: Duration,
+        loader: F,
+    ) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         // Tiers whose read failed (a dead or hung Redis) are not written in
         // this call either: a caller pays for a failing tier once, not twice.
         let mut failed = 0;
@@ -193,7 +235,7 @@ impl<S: Serializer> TieredCache<S> {
                         Err(_) => {
                             let loader = loader.take().expect("a follower never used its loader");
                             return self
-                                .load(key, ttl, envelope, loader, failed)
+                                .load(key, tags, ttl, envelope, loader, failed)
                                 .await
                                 .map(|v| T::clone(&v));
                         }
@@ -211,7 +253,7 @@ impl<S: Serializer> TieredCache<S> {
                 return Ok(value);
             }
             let loader = loader.take().expect("a caller leads at most once");
-            let outcome = self.load(key, ttl, envelope, loader, failed).await;
+            let outcome = self.load(key, tags, ttl, envelope, loader, failed).await;
             leader.finish(
                 outcome
                     .clone()
@@ -329,7 +371,14 @@ impl<S: Serializer> TieredCache<S> {
             for &i in &missing {
                 match answers.next().unwrap_or(Ok(None)) {
                     Ok(Some(entry)) => match envelope.decode::<S, T>(&shared.serializer, &entry) {
-                        Some(value) => {
+                        Some(Opened {
+                            stamps: Some(stamps),
+                            ..
+                        }) if !self.tags_current(&stamps).await => {
+                            self.discard_stale(tier, keys[i]).await;
+                            still_missing.push(i);
+                        }
+                        Some(Opened { value, .. }) => {
                             tier.counters.hits.incr();
                             results[i] = Ok(Some(value));
                             if depth > 0 {
@@ -427,10 +476,27 @@ impl<S: Serializer> TieredCache<S> {
         Envelope::new::<S>(schema)
     }
 
-    fn encode<T: Serialize + ?Sized + 'static>(&self, value: &T, ttl: Duration) -> Result<Entry> {
+    pub(crate) fn encode<T: Serialize + ?Sized + 'static>(
+        &self,
+        value: &T,
+        ttl: Duration,
+    ) -> Result<Entry> {
         let bytes = self
             .envelope::<T>()
             .encode(&self.shared.serializer, value)?;
+        Ok(Entry::new(bytes).expires_at(self.expiry(ttl)))
+    }
+
+    /// [`encode`](Self::encode) with tag stamps (plain without any).
+    pub(crate) fn encode_stamped<T: Serialize + ?Sized + 'static>(
+        &self,
+        value: &T,
+        stamps: &[(String, u64)],
+        ttl: Duration,
+    ) -> Result<Entry> {
+        let bytes = self
+            .envelope::<T>()
+            .encode_tagged(&self.shared.serializer, value, stamps)?;
         Ok(Entry::new(bytes).expires_at(self.expiry(ttl)))
     }
 
@@ -474,10 +540,17 @@ impl<S: Serializer> TieredCache<S> {
                 tier.counters.misses.incr();
                 continue;
             };
-            let Some(value) = envelope.decode::<S, T>(&shared.serializer, &entry) else {
+            let Some(opened) = envelope.decode::<S, T>(&shared.serializer, &entry) else {
                 self.discard_undecodable(tier, key).await;
                 continue;
             };
+            if let Some(stamps) = &opened.stamps
+                && !self.tags_current(stamps).await
+            {
+                self.discard_stale(tier, key).await;
+                continue;
+            }
+            let value = opened.value;
             // The overall hit count is the sum of the tiers' (see `stats`);
             // a partial walk is get_or_compute re-checking, counted as coalesced.
             if depth_limit.is_none() {
@@ -493,6 +566,14 @@ impl<S: Serializer> TieredCache<S> {
             shared.counters.misses.incr();
         }
         Ok(None)
+    }
+
+    /// A tagged value one of whose tags was invalidated since it was
+    /// written: a miss, and removed from the tier.
+    async fn discard_stale(&self, tier: &Tier, key: &str) {
+        tier.counters.tag_stale.incr();
+        tier.counters.misses.incr();
+        let _ = tier.call(tier.layer.delete(key)).await;
     }
 
     async fn discard_undecodable(&self, tier: &Tier, key: &str) {
@@ -575,7 +656,7 @@ impl<S: Serializer> TieredCache<S> {
     /// policy ignores, take it for that long). With a ticket (loader
     /// results), a write that a concurrent mutation overtook is undone and
     /// goes no further up.
-    async fn write_through(
+    pub(crate) async fn write_through(
         &self,
         entries: &[(&str, Entry)],
         ticket: Option<&Ticket>,
@@ -665,6 +746,7 @@ impl<S: Serializer> TieredCache<S> {
     async fn load<T, F, Fut, E>(
         &self,
         key: &str,
+        tags: &[&str],
         ttl: Duration,
         envelope: Envelope,
         loader: F,
@@ -679,6 +761,8 @@ impl<S: Serializer> TieredCache<S> {
         let shared = &*self.shared;
         shared.counters.loads.incr();
         let ticket = shared.guard.ticket(key);
+        // Before the loader: what it reads is at least as new as these.
+        let stamps = self.stamp(tags).await?;
         let loaded = match shared.loader_timeout {
             None => loader().await,
             Some(limit) => match tokio::time::timeout(limit, loader()).await {
@@ -696,8 +780,8 @@ impl<S: Serializer> TieredCache<S> {
                 return Err(Error::Loader(Arc::from(error.into())));
             }
         };
-        let entry =
-            Entry::new(envelope.encode(&shared.serializer, &*value)?).expires_at(self.expiry(ttl));
+        let entry = Entry::new(envelope.encode_tagged(&shared.serializer, &*value, &stamps)?)
+            .expires_at(self.expiry(ttl));
         envelope.remember(&entry, value.clone());
         if shared.guard.still_valid(&ticket) {
             for result in self
@@ -796,6 +880,7 @@ pub struct TieredCacheBuilder<S = Postcard> {
     schemas: Vec<(TypeId, u32)>,
     loader_timeout: Option<Duration>,
     degraded_ttl: Option<Duration>,
+    tags: TagSettings,
 }
 
 impl<S: Serializer> TieredCacheBuilder<S> {
@@ -820,6 +905,7 @@ impl<S: Serializer> TieredCacheBuilder<S> {
             schemas: self.schemas,
             loader_timeout: self.loader_timeout,
             degraded_ttl: self.degraded_ttl,
+            tags: self.tags,
         }
     }
 
@@ -864,6 +950,22 @@ impl<S: Serializer> TieredCacheBuilder<S> {
         self
     }
 
+    /// The prefix of the keys that hold tag versions (see
+    /// [`TieredCache::set_tagged`]): the version of tag `t` lives under
+    /// `prefix + t`, in every tier. Default: `"tag-version:"`.
+    pub fn tag_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.tags.prefix = prefix.into();
+        self
+    }
+
+    /// How long a tag version is kept. Keep it longer than the TTL of any
+    /// tagged value: a value whose tag version is gone reads as a miss.
+    /// Default: one day.
+    pub fn tag_ttl(mut self, ttl: Duration) -> Self {
+        self.tags.ttl = ttl;
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> Result<TieredCache<S>, cache_core::Error> {
         if self.tiers.is_empty() {
@@ -881,6 +983,9 @@ impl<S: Serializer> TieredCacheBuilder<S> {
                 "loader_timeout must be above zero",
             ));
         }
+        if self.tags.ttl.is_zero() {
+            return Err(cache_core::Error::config("tag_ttl must be above zero"));
+        }
         Ok(TieredCache {
             shared: Arc::new(Shared {
                 tiers: self.tiers.into_boxed_slice(),
@@ -892,6 +997,7 @@ impl<S: Serializer> TieredCacheBuilder<S> {
                 loader_timeout: self.loader_timeout,
                 degraded_ttl: self.degraded_ttl,
                 counters: CacheCounters::default(),
+                tags: self.tags,
             }),
         })
     }
@@ -904,6 +1010,7 @@ impl<S: fmt::Debug> fmt::Debug for TieredCacheBuilder<S> {
             .field("serializer", &self.serializer)
             .field("loader_timeout", &self.loader_timeout)
             .field("degraded_ttl", &self.degraded_ttl)
+            .field("tags", &self.tags)
             .finish()
     }
 }

@@ -42,6 +42,7 @@ mod error;
 mod flight;
 mod guard;
 mod stats;
+mod tags;
 mod tier;
 
 pub use cache::{TieredCache, TieredCacheBuilder};

@@ -17,6 +17,9 @@ pub struct TierStats {
     /// Values found here that did not decode (another schema, serializer or
     /// garbage); counted as misses and removed.
     pub undecodable: u64,
+    /// Tagged values found here after one of their tags was invalidated;
+    /// counted as misses and removed.
+    pub tag_stale: u64,
     /// Calls that failed or timed out.
     pub errors: u64,
     /// Calls the failure policy did not let through (an open breaker).
@@ -62,6 +65,7 @@ pub(crate) struct TierCounters {
     pub(crate) fills: Counter,
     pub(crate) fills_discarded: Counter,
     pub(crate) undecodable: Counter,
+    pub(crate) tag_stale: Counter,
     pub(crate) errors: Counter,
     pub(crate) rejected: Counter,
 }

@@ -206,6 +206,7 @@ impl Tier {
         stats.fills = c.fills.get();
         stats.fills_discarded = c.fills_discarded.get();
         stats.undecodable = c.undecodable.get();
+        stats.tag_stale = c.tag_stale.get();
         stats.errors = c.errors.get();
         stats.rejected = c.rejected.get();
         stats.layer = self.layer.stats();

@@ -1,0 +1,186 @@
+//! Tags: invalidating every value written under a tag at once.
+//!
+//! Each tag has a *version*, a random number stored like any value (under
+//! `tag_prefix + tag`, in every tier). A tagged value records the version of
+//! each of its tags when it was written (before its loader ran, for
+//! `get_or_compute_tagged`); a read checks them against the current
+//! versions, and a value any of whose tags moved on is a miss (removed from
+//! the tier where it was found). Invalidating a tag writes it a new version:
+//! one write, however many values carry the tag, and nothing to enumerate.
+//!
+//! A missing version (never written, expired, evicted) makes every value
+//! stamped with an older one stale: losing a version can cost misses, never
+//! a stale read. A writer that finds a tag without a version creates one
+//! under a fill ticket, so that an invalidation racing with the creation in
+//! this process wins. Across processes the creation has the race every
+//! cache-aside write has (no compare-and-set in `CacheLayer`): a creation
+//! landing in the shared tier just after another instance's invalidation
+//! of a tag that had no version overwrites it.
+
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use cache_core::Serializer;
+use serde::Serialize;
+
+use crate::envelope::Stamps;
+use crate::{Result, TieredCache};
+
+/// Where and for how long tag versions are kept.
+#[derive(Clone)]
+pub(crate) struct TagSettings {
+    pub(crate) prefix: String,
+    pub(crate) ttl: Duration,
+}
+
+impl Default for TagSettings {
+    fn default() -> Self {
+        TagSettings {
+            prefix: "tag-version:".to_owned(),
+            ttl: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+impl fmt::Debug for TagSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TagSettings")
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+impl<S: Serializer> TieredCache<S> {
+    /// Stores `value` under `key` for `ttl`, tagged: invalidating any of
+    /// `tags` ([`invalidate_tag`](Self::invalidate_tag)) makes it a miss.
+    ///
+    /// The value is stamped with the tags' versions at the time of this
+    /// call; a value computed from data read before a tag's invalidation
+    /// and stored after it would pass for fresh.
+    /// [`get_or_compute_tagged`](Self::get_or_compute_tagged) reads the
+    /// versions before its loader runs and has no such window.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_memory::MemoryLayer;
+    /// use cache_tiered::TieredCache;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cache_tiered::Result<()> {
+    /// let cache = TieredCache::builder().layer(MemoryLayer::new()).build()?;
+    /// let ttl = Duration::from_secs(300);
+    /// cache.set_tagged("offer:7:card", &"Lamp, 4.5 stars", &["offer:7"], ttl).await?;
+    /// cache.set_tagged("search:lamps", &vec![7u64, 9], &["offer:7", "offer:9"], ttl).await?;
+    /// cache.set_tagged("offer:9:card", &"Desk, 4 stars", &["offer:9"], ttl).await?;
+    ///
+    /// cache.invalidate_tag("offer:7").await?;
+    /// assert_eq!(cache.get::<String>("offer:7:card").await?, None);
+    /// assert_eq!(cache.get::<Vec<u64>>("search:lamps").await?, None);
+    /// assert!(cache.get::<String>("offer:9:card").await?.is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn set_tagged<T>(
+        &self,
+        key: &str,
+        value: &T,
+        tags: &[&str],
+        ttl: Duration,
+    ) -> Result<()>
+    where
+        T: Serialize + ?Sized + 'static,
+    {
+        let stamps = self.stamp(tags).await?;
+        let entry = self.encode_stamped(value, &stamps, ttl)?;
+        let _mutation = self.shared.guard.mutate(key);
+        self.write_through(&[(key, entry)], None, 0)
+            .await
+            .pop()
+            .unwrap_or(Ok(()))
+    }
+
+    /// Makes every value tagged with `tag` a miss, in every tier, by giving
+    /// the tag a new version. Other instances sharing the lower tiers see it
+    /// once their upper tiers drop their copy of the version (its key is
+    /// [`tag_key`](Self::tag_key); `cache-invalidation` publishes it).
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
+        self.set(&self.tag_key(tag), &fresh_version(), self.shared.tags.ttl)
+            .await
+    }
+
+    /// The key under which `tag`'s version is stored.
+    pub fn tag_key(&self, tag: &str) -> String {
+        let prefix = &self.shared.tags.prefix;
+        let mut key = String::with_capacity(prefix.len() + tag.len());
+        key.push_str(prefix);
+        key.push_str(tag);
+        key
+    }
+
+    /// The current version of each of `tags` (duplicates dropped), creating
+    /// the missing ones.
+    pub(crate) async fn stamp(&self, tags: &[&str]) -> Result<Stamps> {
+        if tags.is_empty() {
+            return Ok(Stamps::new());
+        }
+        let mut tags = tags.to_vec();
+        tags.sort_unstable();
+        tags.dedup();
+        let keys: Vec<String> = tags.iter().map(|tag| self.tag_key(tag)).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        // Taken before reading: a version created below is undone if an
+        // invalidation of the tag overtakes the creation.
+        let tickets: Vec<_> = keys
+            .iter()
+            .map(|key| self.shared.guard.ticket(key))
+            .collect();
+        // Boxed: reading versions goes through the read path, which checks
+        // tags in turn (versions themselves are never tagged).
+        let versions = Box::pin(self.get_many::<u64>(&keys)).await;
+        let mut stamps = Stamps::with_capacity(tags.len());
+        for (((tag, key), ticket), version) in tags.iter().zip(&keys).zip(&tickets).zip(versions) {
+            let version = match version? {
+                Some(version) => version,
+                None => {
+                    let version = fresh_version();
+                    let entry = self.encode(&version, self.shared.tags.ttl)?;
+                    for written in
+                        Box::pin(self.write_through(&[(key, entry)], Some(ticket), 0)).await
+                    {
+                        written?;
+                    }
+                    version
+                }
+            };
+            stamps.push(((*tag).to_owned(), version));
+        }
+        Ok(stamps)
+    }
+
+    /// Whether every tag still has the version it was stamped with. A tag
+    /// whose version cannot be read (missing, or a failing tier) is not.
+    pub(crate) async fn tags_current(&self, stamps: &[(String, u64)]) -> bool {
+        let keys: Vec<String> = stamps.iter().map(|(tag, _)| self.tag_key(tag)).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let versions = Box::pin(self.get_many::<u64>(&keys)).await;
+        stamps
+            .iter()
+            .zip(versions)
+            .all(|((_, stamped), now)| matches!(now, Ok(Some(version)) if version == *stamped))
+    }
+}
+
+/// A version no tag has had, with overwhelming probability: std's randomly
+/// keyed hasher over a counter and the time, without a random-number
+/// dependency.
+fn fresh_version() -> u64 {
+    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+    RandomState::new().hash_one((
+        SEQUENCE.fetch_add(1, Ordering::Relaxed),
+        Instant::now(),
+        SystemTime::now(),
+    ))
+}
