@@ -481,10 +481,7 @@ impl<S: Serializer> TieredCache<S> {
         value: &T,
         ttl: Duration,
     ) -> Result<Entry> {
-        let bytes = self
-            .envelope::<T>()
-            .encode(&self.shared.serializer, value)?;
-        Ok(Entry::new(bytes).expires_at(self.expiry(ttl)))
+        self.encode_stamped(value, &[], ttl)
     }
 
     /// [`encode`](Self::encode) with tag stamps (plain without any).

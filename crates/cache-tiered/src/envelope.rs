@@ -63,14 +63,6 @@ impl Envelope {
         (u64::from(self.serializer_id) << 32) | u64::from(self.schema)
     }
 
-    pub(crate) fn encode<S: Serializer, T: Serialize + ?Sized>(
-        self,
-        serializer: &S,
-        value: &T,
-    ) -> Result<Vec<u8>, cache_core::Error> {
-        self.encode_tagged(serializer, value, &[])
-    }
-
     /// Encodes `value` with `stamps` (plain if there are none).
     pub(crate) fn encode_tagged<S: Serializer, T: Serialize + ?Sized>(
         self,
@@ -188,7 +180,9 @@ mod tests {
     #[test]
     fn round_trip_and_mismatches_are_misses() {
         let v1 = Envelope::new::<Postcard>(1);
-        let bytes = v1.encode(&Postcard, &(7u32, "x".to_owned())).unwrap();
+        let bytes = v1
+            .encode_tagged(&Postcard, &(7u32, "x".to_owned()), &[])
+            .unwrap();
         let entry = Entry::new(bytes.clone());
         let decoded = v1.decode::<_, (u32, String)>(&Postcard, &entry).unwrap();
         assert_eq!(decoded.value, (7, "x".to_owned()));
