@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use cache_core::{
-    Backplane, BackplaneEvent, BackplaneMessage, Counter, Invalidation, Pattern, Postcard,
-    Serializer, Subscription,
+    Backplane, BackplaneEvent, Counter, Invalidation, Pattern, Postcard, Serializer, Subscription,
 };
 use cache_tiered::TieredCache;
 use tokio::task::AbortHandle;
 
+use crate::retry::{self, Retries};
 use crate::{Error, Result, Rules};
 
 /// Invalidates keys with their dependents in every tier of a
@@ -30,6 +30,9 @@ use crate::{Error, Result, Rules};
 ///   backplane reconnected, or this instance fell behind), it clears the
 ///   local tiers entirely: a cold L1 is slower, a stale one is wrong.
 ///   The task stops when the last clone of the `Invalidator` is dropped.
+/// - What did not reach every tier or the backplane (Redis down) is queued
+///   and retried by another task until it lands, so Redis does not come
+///   back from an outage with the values invalidated during it.
 ///
 /// ```
 /// use std::time::Duration;
@@ -79,13 +82,16 @@ struct Inner<S: Serializer> {
     backplane: Option<Arc<dyn Backplane>>,
     origin: u64,
     counters: Arc<Counters>,
-    listener: Option<AbortHandle>,
+    /// The invalidation queue, when there is a runtime to retry it on.
+    retries: Option<Arc<Retries>>,
+    /// The listener and the retry task.
+    tasks: Vec<AbortHandle>,
 }
 
 impl<S: Serializer> Drop for Inner<S> {
     fn drop(&mut self) {
-        if let Some(listener) = &self.listener {
-            listener.abort();
+        for task in &self.tasks {
+            task.abort();
         }
     }
 }
@@ -109,6 +115,7 @@ struct Counters {
     received: Counter,
     gaps: Counter,
     local_errors: Counter,
+    deferred: Counter,
 }
 
 /// Counters of an [`Invalidator`].
@@ -132,6 +139,15 @@ pub struct InvalidatorStats {
     /// Local tiers that failed to apply a received message (the failure is
     /// also logged).
     pub local_errors: u64,
+    /// Calls that did not reach every tier or the backplane at once, and
+    /// were queued to be retried.
+    pub deferred: u64,
+    /// Queued calls that have since reached everything.
+    pub retried: u64,
+    /// Queued calls still waiting.
+    pub pending: u64,
+    /// Times the queue was full and became one "invalidate everything".
+    pub overflows: u64,
 }
 
 /// What one invalidation removed.
@@ -152,14 +168,17 @@ impl<S: Serializer> Invalidator<S> {
             cache,
             rules: Rules::default(),
             backplane: None,
+            retry_limit: 10_000,
         }
     }
 
     /// Removes `key` and every key that depends on it (by the rules) from
     /// every tier, then tells the other instances.
     ///
-    /// Every pattern is tried, and all are published, even if one fails;
-    /// the first failure is returned. Retrying is safe.
+    /// Every pattern is tried, and all are published, even if one fails.
+    /// What did not reach every tier (a shared tier failing open counts)
+    /// or the backplane is queued and retried in the background:
+    /// [`Error::Deferred`] says so, and there is nothing to call again.
     pub async fn invalidate_key(&self, key: &str) -> Result<Invalidated> {
         let patterns = self.inner.rules.expand(key)?;
         self.remove(patterns).await
@@ -175,27 +194,15 @@ impl<S: Serializer> Invalidator<S> {
     /// Makes every value tagged with `tag` (see
     /// [`TieredCache::set_tagged`] and
     /// [`get_or_compute_tagged`](TieredCache::get_or_compute_tagged)) a
-    /// miss: the tag gets a new version in every tier here, and the other
-    /// instances drop their local copy of the old version, so they read the
-    /// new one from the shared tier.
+    /// miss: its version is removed from every tier here, and the other
+    /// instances drop their local copy of it.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
-        let inner = &*self.inner;
-        inner.counters.invalidations.incr();
-        let mut first_error = inner
-            .cache
-            .invalidate_tag(tag)
+        // Removing the version is what `TieredCache::invalidate_tag` does;
+        // as a key, it goes through the same removal, queue and backplane.
+        let version_key = self.inner.cache.tag_key(tag);
+        self.remove(vec![Pattern::exact(&version_key)])
             .await
-            .err()
-            .map(Error::Cache);
-        inner.counters.patterns.incr();
-        let version_key = inner.cache.tag_key(tag);
-        if let Err(error) = self
-            .publish(vec![Invalidation::Key(version_key)], tag)
-            .await
-        {
-            first_error.get_or_insert(error);
-        }
-        first_error.map_or(Ok(()), Err)
+            .map(drop)
     }
 
     /// The rules this invalidator follows.
@@ -219,70 +226,50 @@ impl<S: Serializer> Invalidator<S> {
             received: c.received.get(),
             gaps: c.gaps.get(),
             local_errors: c.local_errors.get(),
+            deferred: c.deferred.get(),
+            retried: self.inner.retries.as_ref().map_or(0, |r| r.retried.get()),
+            pending: self.inner.retries.as_ref().map_or(0, |r| r.len() as u64),
+            overflows: self.inner.retries.as_ref().map_or(0, |r| r.overflows.get()),
         }
     }
 
     async fn remove(&self, patterns: Vec<Pattern>) -> Result<Invalidated> {
         let inner = &*self.inner;
         inner.counters.invalidations.incr();
-        let mut removed = 0;
-        let mut first_error = None;
-        // Shared tiers first (the cache removes bottom-up), then the news:
-        // an instance that drops its copy and reads again finds the shared
-        // tier already clean.
-        for pattern in &patterns {
-            let outcome = match pattern.literal() {
-                Some(key) => inner.cache.delete(key).await.map(u64::from),
-                None => inner.cache.invalidate(pattern).await,
-            };
-            match outcome {
-                Ok(count) => removed += count,
-                Err(error) => {
-                    first_error.get_or_insert(Error::Cache(error));
-                }
-            }
-            inner.counters.patterns.incr();
-        }
-        // Published even if a tier failed: the other instances' local
-        // copies must go all the same.
-        let invalidations = patterns
+        inner.counters.patterns.add(patterns.len() as u64);
+        let invalidations: Vec<Invalidation> = patterns
             .iter()
             .map(|pattern| match pattern.literal() {
                 Some(key) => Invalidation::Key(key.to_owned()),
                 None => Invalidation::Pattern(pattern.clone()),
             })
             .collect();
-        let first = patterns.first().map_or("", Pattern::as_str);
-        if let Err(error) = self.publish(invalidations, first).await {
-            first_error.get_or_insert(error);
-        }
-        match first_error {
-            Some(error) => Err(error),
-            None => Ok(Invalidated { patterns, removed }),
-        }
-    }
-
-    /// Tells the other instances, if there is a backplane. `what` names the
-    /// call in the log.
-    async fn publish(&self, invalidations: Vec<Invalidation>, what: &str) -> Result<()> {
-        let inner = &*self.inner;
-        let Some(backplane) = &inner.backplane else {
-            return Ok(());
-        };
-        let message = BackplaneMessage {
-            origin: inner.origin,
-            invalidations,
-        };
-        match backplane.publish(&message).await {
-            Ok(()) => {
-                inner.counters.published.incr();
-                Ok(())
+        // Shared tiers first (the cache removes bottom-up), then the news:
+        // an instance that drops its copy and reads again finds the shared
+        // tier already clean. Strict: a shared tier that failed open did
+        // not remove anything, and must be tried again.
+        let (removed, mut first_error) =
+            retry::remove_everywhere(&inner.cache, &invalidations).await;
+        if let Some(backplane) = &inner.backplane {
+            // Published even if a tier failed: the other instances' local
+            // copies must go all the same.
+            match retry::publish(&**backplane, inner.origin, invalidations.clone()).await {
+                Ok(()) => inner.counters.published.incr(),
+                Err(error) => {
+                    inner.counters.publish_errors.incr();
+                    tracing::warn!(%error, "backplane publish failed");
+                    first_error.get_or_insert(error);
+                }
             }
-            Err(error) => {
-                inner.counters.publish_errors.incr();
-                tracing::warn!(%error, what, "backplane publish failed; other instances keep their local copies until they expire");
-                Err(Error::Backplane(error))
+        }
+        match (first_error, &inner.retries) {
+            (None, _) => Ok(Invalidated { patterns, removed }),
+            (Some(error), Some(retries)) => {
+                retries.push(invalidations);
+                inner.counters.deferred.incr();
+                Err(Error::Deferred(Box::new(error)))
             }
+            (Some(error), None) => Err(error),
         }
     }
 }
@@ -293,6 +280,7 @@ pub struct InvalidatorBuilder<S: Serializer = Postcard> {
     cache: TieredCache<S>,
     rules: Rules,
     backplane: Option<Arc<dyn Backplane>>,
+    retry_limit: usize,
 }
 
 impl<S: Serializer> fmt::Debug for InvalidatorBuilder<S> {
@@ -300,11 +288,20 @@ impl<S: Serializer> fmt::Debug for InvalidatorBuilder<S> {
         f.debug_struct("InvalidatorBuilder")
             .field("rules", &self.rules)
             .field("backplane", &self.backplane)
+            .field("retry_limit", &self.retry_limit)
             .finish_non_exhaustive()
     }
 }
 
 impl<S: Serializer> InvalidatorBuilder<S> {
+    /// The most calls the invalidation queue holds; past it, the queue
+    /// becomes one "invalidate everything", retried like the rest.
+    /// Default: 10,000.
+    pub fn retry_limit(mut self, calls: usize) -> Self {
+        self.retry_limit = calls;
+        self
+    }
+
     /// The dependency rules to follow. Default: none.
     pub fn rules(mut self, rules: Rules) -> Self {
         self.rules = rules;
@@ -323,30 +320,43 @@ impl<S: Serializer> InvalidatorBuilder<S> {
         self
     }
 
-    /// Subscribes to the backplane, if any, and starts the listener task on
-    /// the current tokio runtime. Returns once subscribed: what any instance
-    /// publishes from then on reaches this one.
+    /// Subscribes to the backplane, if any, and starts the listener and
+    /// retry tasks on the current tokio runtime. Returns once subscribed:
+    /// what any instance publishes from then on reaches this one.
+    ///
+    /// Outside a tokio runtime there is no invalidation queue (failures are
+    /// only returned), and a backplane is an error.
     pub async fn build(self) -> Result<Invalidator<S>> {
         let origin = new_origin();
         let counters = Arc::new(Counters::default());
-        let listener = match &self.backplane {
-            None => None,
-            Some(backplane) => {
-                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                    return Err(Error::Backplane(cache_core::Error::config(
-                        "an Invalidator with a backplane must be built inside a tokio runtime",
-                    )));
-                };
-                let subscription = backplane.subscribe().await.map_err(Error::Backplane)?;
-                let task = runtime.spawn(listen(
-                    self.cache.clone(),
-                    subscription,
-                    origin,
-                    counters.clone(),
-                ));
-                Some(task.abort_handle())
-            }
-        };
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let mut tasks = Vec::new();
+        if let Some(backplane) = &self.backplane {
+            let Some(runtime) = &runtime else {
+                return Err(Error::Backplane(cache_core::Error::config(
+                    "an Invalidator with a backplane must be built inside a tokio runtime",
+                )));
+            };
+            let subscription = backplane.subscribe().await.map_err(Error::Backplane)?;
+            let listener = runtime.spawn(listen(
+                self.cache.clone(),
+                subscription,
+                origin,
+                counters.clone(),
+            ));
+            tasks.push(listener.abort_handle());
+        }
+        let retries = runtime.map(|runtime| {
+            let retries = Arc::new(Retries::new(self.retry_limit));
+            let retrier = runtime.spawn(retry::run(
+                self.cache.clone(),
+                self.backplane.clone(),
+                origin,
+                retries.clone(),
+            ));
+            tasks.push(retrier.abort_handle());
+            retries
+        });
         Ok(Invalidator {
             inner: Arc::new(Inner {
                 cache: self.cache,
@@ -354,7 +364,8 @@ impl<S: Serializer> InvalidatorBuilder<S> {
                 backplane: self.backplane,
                 origin,
                 counters,
-                listener,
+                retries,
+                tasks,
             }),
         })
     }

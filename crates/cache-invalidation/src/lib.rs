@@ -28,13 +28,18 @@
 //! - A lost message is never silently ignored: a backplane reports a
 //!   possible gap (a reconnect, a slow subscriber, undecodable bytes), and
 //!   the receiver clears its local tiers.
-//! - An `Err` says what failed; everything else was still removed and
+//! - What did not reach every tier or the backplane (Redis down) is
+//!   queued and retried in the background until it lands
+//!   ([`Error::Deferred`]), so Redis does not come back with the values
+//!   invalidated during an outage.
+//! - Other errors say what failed; everything else was still removed and
 //!   published, and calling again is safe.
 #![forbid(unsafe_code)]
 
 mod error;
 mod invalidator;
 mod memory;
+mod retry;
 mod rules;
 mod template;
 

@@ -10,7 +10,7 @@ use cache_core::{
 };
 use cache_invalidation::{Error, Invalidator, MemoryBackplane, Rules};
 use cache_memory::MemoryLayer;
-use cache_test_support::layers::SharedLayer;
+use cache_test_support::layers::{Fault, FaultyLayer, SharedLayer};
 use cache_tiered::{Tier, TieredCache};
 
 const TTL: Duration = Duration::from_secs(300);
@@ -160,7 +160,7 @@ impl Subscription for Silent {
 }
 
 #[tokio::test]
-async fn a_failed_publish_is_an_error_but_the_keys_are_removed() {
+async fn a_failed_publish_is_reported_and_queued_and_the_keys_are_removed() {
     let cache = TieredCache::builder().layer(memory()).build().unwrap();
     let invalidator = Invalidator::builder(cache.clone())
         .rules(Rules::builder().rule("a:{id}", ["b:{id}"]).build().unwrap())
@@ -171,12 +171,145 @@ async fn a_failed_publish_is_an_error_but_the_keys_are_removed() {
     cache.set("a:1", &1u8, TTL).await.unwrap();
     cache.set("b:1", &1u8, TTL).await.unwrap();
     let error = invalidator.invalidate_key("a:1").await.unwrap_err();
-    assert!(matches!(error, Error::Backplane(_)), "{error}");
+    assert!(
+        matches!(&error, Error::Deferred(cause) if matches!(**cause, Error::Backplane(_))),
+        "{error}"
+    );
     assert_eq!(cache.get::<u8>("a:1").await.unwrap(), None);
     assert_eq!(cache.get::<u8>("b:1").await.unwrap(), None);
-    // Both patterns were removed; their one message failed.
-    assert_eq!(invalidator.stats().patterns, 2);
-    assert_eq!(invalidator.stats().publish_errors, 1);
+    let stats = invalidator.stats();
+    assert_eq!((stats.patterns, stats.publish_errors), (2, 1));
+    assert_eq!((stats.deferred, stats.pending), (1, 1));
+}
+
+/// Two instances over a shared L2 that a test can break, failing open.
+struct Outage {
+    a: Instance,
+    b: Instance,
+    /// The shared tier's storage, read around the fault.
+    storage: MemoryLayer,
+    faulty: Arc<FaultyLayer>,
+}
+
+async fn outage(retry_limit: usize) -> Outage {
+    let storage = memory();
+    let faulty = Arc::new(FaultyLayer::new(Arc::new(SharedLayer(Arc::new(
+        storage.clone(),
+    )))));
+    let l2: Arc<dyn CacheLayer> = faulty.clone();
+    let backplane = MemoryBackplane::default();
+    let mut a = instance(&l2, &backplane, Rules::default()).await;
+    a.invalidator = Invalidator::builder(a.cache.clone())
+        .backplane(backplane.clone())
+        .retry_limit(retry_limit)
+        .build()
+        .await
+        .unwrap();
+    let b = instance(&l2, &backplane, Rules::default()).await;
+    Outage {
+        a,
+        b,
+        storage,
+        faulty,
+    }
+}
+
+/// Lets paused time run until `instance` has retried `count` calls.
+async fn retried(instance: &Instance, count: u64) {
+    for _ in 0..1_000 {
+        if instance.invalidator.stats().retried >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "only {} of {count} calls retried",
+        instance.invalidator.stats().retried
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalidation_that_missed_the_shared_tier_is_retried_until_it_lands() {
+    let Outage {
+        a,
+        b,
+        storage,
+        faulty,
+    } = outage(100).await;
+    a.cache.set("offer:1", &1u32, TTL).await.unwrap();
+    assert_eq!(b.cache.get::<u32>("offer:1").await.unwrap(), Some(1));
+
+    // Redis goes down; the tier fails open, so reads and writes carry on.
+    faulty.set_fault(Fault::Fail);
+    let error = a.invalidator.invalidate_key("offer:1").await.unwrap_err();
+    assert!(error.is_deferred(), "{error}");
+    assert!(a.l1.get("offer:1").await.unwrap().is_none());
+    applied(&b, 1).await;
+    assert!(b.l1.get("offer:1").await.unwrap().is_none());
+    assert!(
+        storage.get("offer:1").await.unwrap().is_some(),
+        "the shared tier missed the removal"
+    );
+
+    // The queue keeps trying while it is down...
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(a.invalidator.stats().pending, 1);
+    assert!(storage.get("offer:1").await.unwrap().is_some());
+    // ...and lands once it is back, telling the others again.
+    faulty.set_fault(Fault::None);
+    retried(&a, 1).await;
+    assert_eq!(a.invalidator.stats().pending, 0);
+    assert!(storage.get("offer:1").await.unwrap().is_none());
+    applied(&b, 2).await;
+    assert_eq!(b.cache.get::<u32>("offer:1").await.unwrap(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_becomes_one_invalidate_everything() {
+    let Outage {
+        a, storage, faulty, ..
+    } = outage(2).await;
+    for key in ["k1", "k2", "k3", "other"] {
+        a.cache.set(key, &1u8, TTL).await.unwrap();
+    }
+    faulty.set_fault(Fault::Fail);
+    for key in ["k1", "k2", "k3"] {
+        assert!(
+            a.invalidator
+                .invalidate_key(key)
+                .await
+                .unwrap_err()
+                .is_deferred()
+        );
+    }
+    let stats = a.invalidator.stats();
+    assert_eq!((stats.deferred, stats.overflows, stats.pending), (3, 1, 1));
+    faulty.set_fault(Fault::None);
+    retried(&a, 1).await;
+    for key in ["k1", "k2", "k3", "other"] {
+        assert!(storage.get(key).await.unwrap().is_none(), "{key}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_invalidator_stops_its_retries() {
+    let Outage { a, faulty, .. } = outage(100).await;
+    faulty.set_fault(Fault::Fail);
+    assert!(
+        a.invalidator
+            .invalidate_key("k")
+            .await
+            .unwrap_err()
+            .is_deferred()
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before_drop = faulty.calls();
+    assert!(before_drop > 2, "retrying: {before_drop} calls");
+    drop(a.invalidator);
+    tokio::task::yield_now().await;
+    let after_drop = faulty.calls();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(faulty.calls(), after_drop, "no retry after the drop");
 }
 
 #[tokio::test]

@@ -37,10 +37,15 @@ struct Instance {
 }
 
 async fn instance(server: &RedisServer) -> Instance {
+    instance_with_timeout(server, Duration::from_secs(2)).await
+}
+
+/// An instance whose Redis calls give up after `timeout`.
+async fn instance_with_timeout(server: &RedisServer, timeout: Duration) -> Instance {
     let l1 = MemoryLayer::new();
     let l2 = RedisLayer::builder(server.url())
         .namespace("offers:")
-        .timeout(Duration::from_secs(2))
+        .timeout(timeout)
         .build()
         .await
         .unwrap();
@@ -51,7 +56,7 @@ async fn instance(server: &RedisServer) -> Instance {
         .unwrap();
     let backplane = RedisBackplane::builder(server.url())
         .channel("offers:invalidation")
-        .timeout(Duration::from_secs(2))
+        .timeout(timeout)
         .build()
         .await
         .unwrap();
@@ -194,4 +199,30 @@ async fn a_tag_invalidated_on_one_instance_misses_on_the_others() {
     );
     assert_eq!(b.cache.get::<String>("offer_card:7").await.unwrap(), None);
     assert_eq!(a.cache.get::<String>("offer_card:7").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_during_an_outage_lands_when_redis_is_back() {
+    let mut server = RedisServer::start();
+    let a = instance_with_timeout(&server, Duration::from_millis(200)).await;
+    a.cache.set("rating:offer:3", &4.5f32, TTL).await.unwrap();
+
+    // A frozen Redis: calls time out, the tier fails open.
+    server.pause();
+    let error = a
+        .invalidator
+        .invalidate_key("rating:offer:3")
+        .await
+        .unwrap_err();
+    assert!(error.is_deferred(), "{error}");
+    assert!(a.l1.get("rating:offer:3").await.unwrap().is_none());
+    server.resume();
+
+    eventually("the queued invalidation to land", || {
+        a.invalidator.stats().retried == 1
+    })
+    .await;
+    let left = server.cli(&["EXISTS", "offers:rating:offer:3"]);
+    assert_eq!(left.trim(), "0", "Redis no longer holds the old value");
+    assert_eq!(a.cache.get::<f32>("rating:offer:3").await.unwrap(), None);
 }

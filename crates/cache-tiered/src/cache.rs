@@ -276,6 +276,21 @@ impl<S: Serializer> TieredCache<S> {
         self.invalidate_in(pattern, Reach::Everywhere).await
     }
 
+    /// [`delete`](Self::delete), where a tier that fails is an error even
+    /// when its policy fails open (or rejects the call): for callers that
+    /// must know the removal reached every tier, such as an invalidation
+    /// queue that retries until it has.
+    pub async fn delete_strict(&self, key: &str) -> Result<bool> {
+        self.delete_in(key, Reach::EverywhereStrict).await
+    }
+
+    /// [`invalidate`](Self::invalidate), where a tier that fails is an
+    /// error even when its policy fails open (see
+    /// [`delete_strict`](Self::delete_strict)).
+    pub async fn invalidate_strict(&self, pattern: &Pattern) -> Result<u64> {
+        self.invalidate_in(pattern, Reach::EverywhereStrict).await
+    }
+
     /// Removes `key` from the tiers this process alone sees: those whose
     /// layer is not [shared](CacheLayer::is_shared). For an instance that
     /// learns of another instance's delete: that one has cleared the shared
@@ -295,7 +310,7 @@ impl<S: Serializer> TieredCache<S> {
         let mut existed = false;
         let mut first_error = None;
         for tier in self.tiers_in(reach) {
-            match tier.call(tier.layer.delete(key)).await {
+            match reach.outcome(tier, tier.call(tier.layer.delete(key)).await) {
                 Ok(found) => existed |= found == Some(true),
                 Err(error) => {
                     first_error.get_or_insert(error);
@@ -310,7 +325,7 @@ impl<S: Serializer> TieredCache<S> {
         let mut removed = 0;
         let mut first_error = None;
         for tier in self.tiers_in(reach) {
-            match tier.call(tier.layer.invalidate(pattern)).await {
+            match reach.outcome(tier, tier.call(tier.layer.invalidate(pattern)).await) {
                 Ok(count) => removed = removed.max(count.unwrap_or(0)),
                 Err(error) => {
                     first_error.get_or_insert(error);
@@ -327,7 +342,7 @@ impl<S: Serializer> TieredCache<S> {
             .tiers
             .iter()
             .rev()
-            .filter(move |tier| reach == Reach::Everywhere || !tier.layer.is_shared())
+            .filter(move |tier| reach != Reach::Local || !tier.layer.is_shared())
     }
 
     /// Reads several keys with one call per tier for the keys still missing.
@@ -1012,10 +1027,31 @@ impl<S: fmt::Debug> fmt::Debug for TieredCacheBuilder<S> {
     }
 }
 
-/// Which tiers a removal reaches.
+/// Which tiers a removal reaches, and what counts as failing.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Reach {
+    /// Every tier; a failure the tier's policy ignores is ignored.
     Everywhere,
+    /// Every tier; any failure is an error.
+    EverywhereStrict,
     /// Only the tiers whose layer is not shared with other processes.
     Local,
+}
+
+impl Reach {
+    /// A tier call's outcome as this reach sees it: strict turns a failure
+    /// the policy ignored (`Ok(None)`) into an error.
+    fn outcome<T>(
+        self,
+        tier: &Tier,
+        outcome: Result<Option<T>, cache_core::Error>,
+    ) -> Result<Option<T>, cache_core::Error> {
+        match outcome {
+            Ok(None) if self == Reach::EverywhereStrict => Err(cache_core::Error::unavailable(
+                tier.layer.name().to_owned(),
+                "failed (its policy fails open)",
+            )),
+            outcome => outcome,
+        }
+    }
 }

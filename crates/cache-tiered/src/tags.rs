@@ -4,18 +4,22 @@
 //! `tag_prefix + tag`, in every tier). A tagged value records the version of
 //! each of its tags when it was written (before its loader ran, for
 //! `get_or_compute_tagged`); a read checks them against the current
-//! versions, and a value any of whose tags moved on is a miss (removed from
-//! the tier where it was found). Invalidating a tag writes it a new version:
-//! one write, however many values carry the tag, and nothing to enumerate.
+//! versions, and a value any of whose tags has another version, or none, is
+//! a miss (removed from the tier where it was found).
 //!
-//! A missing version (never written, expired, evicted) makes every value
-//! stamped with an older one stale: losing a version can cost misses, never
-//! a stale read. A writer that finds a tag without a version creates one
-//! under a fill ticket, so that an invalidation racing with the creation in
-//! this process wins. Across processes the creation has the race every
-//! cache-aside write has (no compare-and-set in `CacheLayer`): a creation
-//! landing in the shared tier just after another instance's invalidation
-//! of a tag that had no version overwrites it.
+//! Invalidating a tag removes its version: one removal, however many values
+//! carry the tag, and nothing to enumerate. The next writer creates a new
+//! random version, which no value stamped before can have. A version lost
+//! any other way (expired, evicted) has the same effect: misses, never a
+//! stale read.
+//!
+//! A writer that finds a tag without a version creates one under a fill
+//! ticket, so that an invalidation racing with the creation in this process
+//! wins. Across processes the creation has the race every cache-aside write
+//! has (no compare-and-set in `CacheLayer`): an instance that read "no
+//! version" before another one invalidated the tag can create a version
+//! after it, and its value, loaded from data read before the change, then
+//! passes for current.
 
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
@@ -102,13 +106,13 @@ impl<S: Serializer> TieredCache<S> {
             .unwrap_or(Ok(()))
     }
 
-    /// Makes every value tagged with `tag` a miss, in every tier, by giving
-    /// the tag a new version. Other instances sharing the lower tiers see it
-    /// once their upper tiers drop their copy of the version (its key is
-    /// [`tag_key`](Self::tag_key); `cache-invalidation` publishes it).
+    /// Makes every value tagged with `tag` a miss, in every tier, by
+    /// removing the tag's version. Other instances sharing the lower tiers
+    /// see it once their upper tiers drop their copy of the version: it is
+    /// an ordinary key, [`tag_key`](Self::tag_key), which
+    /// `cache-invalidation` removes and publishes like any other.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
-        self.set(&self.tag_key(tag), &fresh_version(), self.shared.tags.ttl)
-            .await
+        self.delete(&self.tag_key(tag)).await.map(drop)
     }
 
     /// The key under which `tag`'s version is stored.

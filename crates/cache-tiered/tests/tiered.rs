@@ -546,3 +546,35 @@ async fn a_local_removal_stops_a_racing_fill_from_the_shared_tier() {
     assert!(l1.get("offer:1").await.unwrap().is_none());
     assert!(l2.get("offer:1").await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn strict_removals_report_a_tier_that_failed_open() {
+    let clock = Arc::new(ManualClock::new());
+    let faulty = Arc::new(FaultyLayer::new(Arc::new(memory("l2", &clock))));
+    let cache = TieredCache::builder()
+        .layer(memory("l1", &clock))
+        .tier(Tier::shared(faulty.clone()))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    cache
+        .set("k", &1u32, Duration::from_secs(60))
+        .await
+        .unwrap();
+    faulty.set_fault(Fault::Fail);
+    // The default policy fails open: the plain calls carry on...
+    assert!(cache.delete("k").await.is_ok());
+    assert!(cache.invalidate(&Pattern::new("*")).await.is_ok());
+    // ...the strict ones say the shared tier was not reached.
+    for error in [
+        cache.delete_strict("k").await.unwrap_err(),
+        cache
+            .invalidate_strict(&Pattern::new("*"))
+            .await
+            .unwrap_err(),
+    ] {
+        assert!(error.to_string().contains("l2"), "{error}");
+    }
+    faulty.set_fault(Fault::None);
+    assert!(cache.delete_strict("k").await.unwrap(), "still there below");
+}
