@@ -11,8 +11,8 @@
 //! again (for the same reason elsewhere).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cache_core::{Backplane, BackplaneMessage, Counter, Invalidation, Pattern, Serializer};
@@ -28,7 +28,7 @@ const MAX_PAUSE: Duration = Duration::from_secs(5);
 pub(crate) struct Retries {
     /// Calls still to complete, each with a sequence number, oldest first.
     queue: Mutex<VecDeque<(u64, Vec<Invalidation>)>>,
-    next_sequence: Mutex<u64>,
+    next_sequence: AtomicU64,
     wake: Notify,
     limit: usize,
     pub(crate) retried: Counter,
@@ -39,7 +39,7 @@ impl Retries {
     pub(crate) fn new(limit: usize) -> Self {
         Retries {
             queue: Mutex::default(),
-            next_sequence: Mutex::new(0),
+            next_sequence: AtomicU64::new(0),
             wake: Notify::new(),
             limit: limit.max(1),
             retried: Counter::default(),
@@ -54,11 +54,7 @@ impl Retries {
     /// Queues one call's invalidations. Past the limit, the whole queue
     /// becomes one "everything": coarser, never less.
     pub(crate) fn push(&self, invalidations: Vec<Invalidation>) {
-        let sequence = {
-            let mut next = self.next_sequence.lock().unwrap_or_else(|p| p.into_inner());
-            *next += 1;
-            *next
-        };
+        let sequence = self.next_sequence.fetch_add(1, Ordering::Relaxed);
         let mut queue = self.queue();
         if queue.len() >= self.limit {
             self.overflows.incr();
