@@ -13,13 +13,17 @@
 //! any other way (expired, evicted) has the same effect: misses, never a
 //! stale read.
 //!
-//! A writer that finds a tag without a version creates one under a fill
-//! ticket, so that an invalidation racing with the creation in this process
-//! wins. Across processes the creation has the race every cache-aside write
-//! has (no compare-and-set in `CacheLayer`): an instance that read "no
-//! version" before another one invalidated the tag can create a version
-//! after it, and its value, loaded from data read before the change, then
-//! passes for current.
+//! A writer that finds a tag without a version creates one, and does so
+//! before its loader runs. So whatever the loader reads is newer than the
+//! version it is stamped with, and an invalidation after the read removes
+//! that version; nothing written back later can pass for current. Two
+//! writers creating a version at once may overwrite each other in the
+//! shared tier: the loser's values are misses. The creation is written under
+//! a fill ticket, so a removal of the version racing with it in this process
+//! (another instance's invalidation arriving) wins over the upper tiers too.
+//! What remains is the delay every instance has: until an instance drops its
+//! upper tiers' copy of a removed version, it still reads values stamped
+//! with it as current.
 
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
