@@ -99,3 +99,34 @@ async fn cluster_get_set_delete_invalidate_across_slots() {
     assert_eq!(redis.invalidate(&Pattern::new("*")).await.unwrap(), before);
     assert_eq!(cluster.total_keys(), 0);
 }
+
+#[tokio::test]
+async fn the_backplane_spans_a_cluster_through_any_node() {
+    use cache_core::{Backplane, BackplaneEvent, BackplaneMessage, Invalidation};
+    use cache_redis::RedisBackplane;
+
+    let cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    let backplane = |url: String| async move {
+        RedisBackplane::builder(url)
+            .channel("c:invalidation")
+            .timeout(Duration::from_secs(2))
+            .build()
+            .await
+            .unwrap()
+    };
+    // Each instance points at a different node; Redis Cluster forwards a
+    // PUBLISH to every node.
+    let sender = backplane(urls[0].clone()).await;
+    let receiver = backplane(urls[2].clone()).await;
+    let mut subscription = receiver.subscribe().await.unwrap();
+    let message = BackplaneMessage {
+        origin: 1,
+        invalidations: vec![Invalidation::Key("offer:7".into())],
+    };
+    sender.publish(&message).await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), subscription.next())
+        .await
+        .expect("the message crosses the cluster");
+    assert_eq!(event, Some(BackplaneEvent::Message(message)));
+}
