@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cache_breaker::CircuitBreaker;
-use cache_core::{Admission, CallOutcome, FailurePolicy};
+use cache_core::{Admission, CallOutcome, FailurePolicy, Operation};
 use criterion::Criterion;
 use futures::FutureExt;
 
@@ -29,13 +29,14 @@ fn bare(x: u64) -> u64 {
 }
 
 fn guarded(policy: &dyn FailurePolicy, x: u64) -> u64 {
-    if policy.admit() == Admission::Reject {
+    let Admission::Allow(ticket) = policy.admit(Operation::Read) else {
         return 0;
-    }
+    };
     let result = work(black_box(x));
-    policy.record(CallOutcome::Success {
+    let outcome = CallOutcome::Success {
         elapsed: black_box(Duration::ZERO),
-    });
+    };
+    policy.record(Operation::Read, ticket, outcome);
     result.unwrap_or(0)
 }
 

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use cache_core::{Admission, CallOutcome, Clock, Error, FailureAction, FailurePolicy};
+use cache_core::{
+    Admission, CallOutcome, Clock, Error, FailureAction, FailurePolicy, Operation, Ticket,
+};
 
 use crate::builder::{Callback, Settings};
 use crate::stats::Counters;
@@ -493,7 +495,11 @@ impl CircuitBreaker {
     fn verdict(&self, outcome: CallOutcome<'_>) -> Verdict {
         match outcome {
             CallOutcome::Success { elapsed } => self.judge_success(elapsed),
-            CallOutcome::Failure { error, .. } if error.is_refusal() => Verdict::Refusal,
+            // A refused input, a full or read-only server: the backend
+            // answered, and answers other calls fine.
+            CallOutcome::Failure { error, .. } if !error.class().affects_health() => {
+                Verdict::Refusal
+            }
             CallOutcome::Failure { .. } => Verdict::Failure { slow: false },
             CallOutcome::Abandoned => Verdict::Abandoned,
         }
@@ -511,30 +517,33 @@ impl CircuitBreaker {
 impl FailurePolicy for CircuitBreaker {
     /// `Reject` while open (until the recovery timeout has passed: then the
     /// breaker goes half-open and this call is its first trial) and while
-    /// half-open with every trial slot taken.
+    /// half-open with every trial slot taken. The ticket holds the state
+    /// the call was admitted under.
+    ///
+    /// One breaker judges every kind of call together; to keep reads
+    /// flowing while only writes fail, guard a tier with a
+    /// [`TierBreaker`](crate::TierBreaker).
     #[inline]
-    fn admit(&self) -> Admission {
+    fn admit(&self, _operation: Operation) -> Admission {
         match self.acquire() {
-            Some(_) => Admission::Allow,
+            Some(word) => Admission::Allow(Ticket::new(word)),
             None => Admission::Reject,
         }
     }
 
-    /// Feeds the outcome of an admitted call to the state machine.
-    ///
-    /// The composer reports each admitted call exactly once, but without a
-    /// handle on which admission it was; an outcome reported while
-    /// half-open with no trial in flight (a call admitted before the
-    /// breaker opened) is therefore not counted as a trial.
+    /// Feeds the outcome of a call admitted with `ticket` to the state
+    /// machine. An outcome of a call admitted under an earlier state (the
+    /// breaker opened or went half-open meanwhile) says nothing about the
+    /// current one and is only counted.
     #[inline]
-    fn record(&self, outcome: CallOutcome<'_>) {
+    fn record(&self, _operation: Operation, ticket: Ticket, outcome: CallOutcome<'_>) {
         let verdict = self.verdict(outcome);
-        self.complete(None, verdict);
+        self.complete(Some(ticket.get()), verdict);
     }
 
     /// The action set with [`Builder::on_failure`] (by default
     /// [`FailureAction::Ignore`]: fail open).
-    fn on_failure(&self, _error: &Error) -> FailureAction {
+    fn on_failure(&self, _operation: Operation, _error: &Error) -> FailureAction {
         self.settings.on_failure
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use cache_core::{Clock, Error, FailureAction, SystemClock};
 
 use crate::window::RateRule;
-use crate::{CircuitBreaker, StateChange};
+use crate::{CircuitBreaker, StateChange, TierBreaker};
 
 pub(crate) type Callback = Arc<dyn Fn(StateChange) + Send + Sync>;
 
@@ -180,11 +180,40 @@ impl Builder {
         self
     }
 
+    /// Checks the settings and builds a [`TierBreaker`]: two breakers with
+    /// these settings, one for a tier's reads (named `{name}/reads`) and one
+    /// for its writes and removals (`{name}/writes`).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first setting out of range.
+    pub fn build_for_tier(self) -> Result<TierBreaker, Error> {
+        self.check()?;
+        let named = |suffix: &str| {
+            let mut settings = self.settings.clone();
+            settings.name = Arc::from(format!("{}/{suffix}", self.settings.name));
+            CircuitBreaker::from_parts(settings, self.clock.clone(), self.on_state_change.clone())
+        };
+        Ok(TierBreaker::from_parts(
+            self.settings.name.clone(),
+            named("reads"),
+            named("writes"),
+        ))
+    }
+
     /// Checks the settings and builds the breaker, closed.
     ///
     /// # Errors
     /// [`Error::Config`] naming the first setting out of range.
     pub fn build(self) -> Result<CircuitBreaker, Error> {
+        self.check()?;
+        Ok(CircuitBreaker::from_parts(
+            self.settings,
+            self.clock,
+            self.on_state_change,
+        ))
+    }
+
+    fn check(&self) -> Result<(), Error> {
         let s = &self.settings;
         if s.failure_threshold == 0 {
             return Err(Error::config(
@@ -225,11 +254,7 @@ impl Builder {
                 )));
             }
         }
-        Ok(CircuitBreaker::from_parts(
-            self.settings,
-            self.clock,
-            self.on_state_change,
-        ))
+        Ok(())
     }
 }
 

@@ -23,15 +23,20 @@
 //! - a **failure** is an error, or, with
 //!   [`slow_call_duration`](Builder::slow_call_duration), a success that took
 //!   longer than that;
-//! - a **refusal** ([`cache_core::Error::is_refusal`]: a value too large, a
-//!   value that would not serialize) counts neither way: the backend is
-//!   fine, the input was not;
+//! - an error whose [class](cache_core::ErrorClass) does not
+//!   [affect health](cache_core::ErrorClass::affects_health) (a value too
+//!   large, a full or read-only server) counts neither way: the backend
+//!   answered, and answers other calls fine;
 //! - an **abandoned** call (the caller was cancelled) counts neither way and
 //!   frees its half-open trial slot.
 //!
 //! # Guarding a cache tier
-//! `CircuitBreaker` implements [`cache_core::FailurePolicy`]: give an
-//! `Arc` of it to the tier it guards. The composer asks
+//! [`TierBreaker`] (from [`Builder::build_for_tier`]) is the usual guard of
+//! a cache tier: a breaker for its reads and one for its writes and
+//! removals, so a tier that only fails writes (a dead primary with live
+//! replicas) keeps serving reads. A plain `CircuitBreaker` judges every
+//! call together. Both implement [`cache_core::FailurePolicy`]: give an
+//! `Arc` of one to the tier it guards. The composer asks
 //! [`admit`](cache_core::FailurePolicy::admit) before each call to the tier
 //! and [`record`](cache_core::FailurePolicy::record)s how it ended; a
 //! rejected or failed call goes to
@@ -42,7 +47,7 @@
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //! use cache_breaker::CircuitBreaker;
-//! use cache_core::{Admission, CallOutcome, Error, FailurePolicy};
+//! use cache_core::{Admission, CallOutcome, Error, FailurePolicy, Operation};
 //!
 //! let breaker = Arc::new(
 //!     CircuitBreaker::builder()
@@ -58,11 +63,12 @@
 //! // tier timing out three times in a row:
 //! let timeout = Error::timeout("redis", Duration::from_millis(50));
 //! for _ in 0..3 {
-//!     assert_eq!(policy.admit(), Admission::Allow);
-//!     policy.record(CallOutcome::Failure { elapsed: Duration::from_millis(50), error: &timeout });
+//!     let Admission::Allow(ticket) = policy.admit(Operation::Read) else { unreachable!() };
+//!     let failed = CallOutcome::Failure { elapsed: Duration::from_millis(50), error: &timeout };
+//!     policy.record(Operation::Read, ticket, failed);
 //! }
 //! // Open: the next calls skip the tier at once (and fail open, as misses).
-//! assert_eq!(policy.admit(), Admission::Reject);
+//! assert_eq!(policy.admit(Operation::Read), Admission::Reject);
 //! assert!(breaker.stats().rejections >= 1);
 //! # Ok::<(), cache_core::Error>(())
 //! ```
@@ -114,10 +120,10 @@
 //! While closed and healthy, admitting and recording a success are atomic
 //! loads plus a per-thread [`cache_core::Counter`] increment; a mutex is
 //! taken only for state changes and in the half-open state. A
-//! [`Permit`] (behind `call`) remembers the state it was admitted in, so a
-//! late outcome never counts in a later state; the bare
-//! [`FailurePolicy`](cache_core::FailurePolicy) interface cannot, and
-//! ignores outcomes reported while half-open with no trial in flight.
+//! [`Permit`] (behind `call`) and the [`Ticket`](cache_core::Ticket) of
+//! the [`FailurePolicy`](cache_core::FailurePolicy) interface remember the
+//! state a call was admitted in, so a late outcome never counts in a later
+//! state.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
@@ -126,6 +132,7 @@ mod builder;
 mod error;
 mod state;
 mod stats;
+mod tier;
 mod window;
 
 pub use breaker::{CircuitBreaker, Permit};
@@ -133,3 +140,4 @@ pub use builder::Builder;
 pub use error::BreakerError;
 pub use state::{State, StateChange, StateKind};
 pub use stats::BreakerStats;
+pub use tier::TierBreaker;

@@ -7,8 +7,39 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cache_breaker::{BreakerError, CircuitBreaker, StateKind};
-use cache_core::{Admission, CallOutcome, Error, FailurePolicy, ManualClock};
+use cache_core::{CallOutcome, Error, ManualClock};
 use tokio::sync::{Barrier, mpsc, watch};
+
+thread_local! {
+    /// The ticket of the call this thread was admitted for last.
+    static LAST_TICKET: std::cell::Cell<cache_core::Ticket> = const { std::cell::Cell::new(cache_core::Ticket::NONE) };
+}
+
+/// The policy interface as these tests drive it: each report is of the
+/// call this thread was admitted for last (its ticket travels with it).
+trait Drive {
+    /// Asks to admit a read; remembers its ticket.
+    fn admits(&self) -> bool;
+    /// Reports how the call admitted last ended.
+    fn report(&self, outcome: cache_core::CallOutcome<'_>);
+}
+
+impl<P: cache_core::FailurePolicy + ?Sized> Drive for P {
+    fn admits(&self) -> bool {
+        match self.admit(cache_core::Operation::Read) {
+            cache_core::Admission::Allow(ticket) => {
+                LAST_TICKET.with(|last| last.set(ticket));
+                true
+            }
+            cache_core::Admission::Reject => false,
+        }
+    }
+
+    fn report(&self, outcome: cache_core::CallOutcome<'_>) {
+        let ticket = LAST_TICKET.with(|last| last.get());
+        self.record(cache_core::Operation::Read, ticket, outcome);
+    }
+}
 
 const TASKS: usize = 64;
 const TRIALS: u32 = 3;
@@ -24,8 +55,8 @@ fn half_open_breaker() -> Arc<CircuitBreaker> {
         .clock(clock.clone())
         .build()
         .unwrap();
-    assert_eq!(breaker.admit(), Admission::Allow);
-    breaker.record(CallOutcome::Failure {
+    assert!(breaker.admits());
+    breaker.report(CallOutcome::Failure {
         elapsed: Duration::ZERO,
         error: &Error::timeout("l2", Duration::from_millis(50)),
     });
@@ -189,14 +220,14 @@ fn closed_path_counts_stay_exact_across_threads() {
             std::thread::spawn(move || {
                 let error = Error::timeout("l2", Duration::ZERO);
                 for i in 0..10_000u32 {
-                    assert_eq!(breaker.admit(), Admission::Allow);
+                    assert!(breaker.admits());
                     if (i + t) % 4 == 0 {
-                        breaker.record(CallOutcome::Failure {
+                        breaker.report(CallOutcome::Failure {
                             elapsed: Duration::ZERO,
                             error: &error,
                         });
                     } else {
-                        breaker.record(CallOutcome::Success {
+                        breaker.report(CallOutcome::Success {
                             elapsed: Duration::ZERO,
                         });
                     }

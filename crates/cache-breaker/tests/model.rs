@@ -12,8 +12,39 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cache_breaker::{CircuitBreaker, Permit, State};
-use cache_core::{Admission, CallOutcome, Clock, Error, FailurePolicy, ManualClock};
+use cache_core::{CallOutcome, Clock, Error, ManualClock};
 use proptest::prelude::*;
+
+thread_local! {
+    /// The ticket of the call this thread was admitted for last.
+    static LAST_TICKET: std::cell::Cell<cache_core::Ticket> = const { std::cell::Cell::new(cache_core::Ticket::NONE) };
+}
+
+/// The policy interface as these tests drive it: each report is of the
+/// call this thread was admitted for last (its ticket travels with it).
+trait Drive {
+    /// Asks to admit a read; remembers its ticket.
+    fn admits(&self) -> bool;
+    /// Reports how the call admitted last ended.
+    fn report(&self, outcome: cache_core::CallOutcome<'_>);
+}
+
+impl<P: cache_core::FailurePolicy + ?Sized> Drive for P {
+    fn admits(&self) -> bool {
+        match self.admit(cache_core::Operation::Read) {
+            cache_core::Admission::Allow(ticket) => {
+                LAST_TICKET.with(|last| last.set(ticket));
+                true
+            }
+            cache_core::Admission::Reject => false,
+        }
+    }
+
+    fn report(&self, outcome: cache_core::CallOutcome<'_>) {
+        let ticket = LAST_TICKET.with(|last| last.get());
+        self.record(cache_core::Operation::Read, ticket, outcome);
+    }
+}
 
 // ---- the reference model --------------------------------------------------
 
@@ -317,7 +348,7 @@ fn record(breaker: &CircuitBreaker, outcome: Outcome) {
         },
         _ => Error::timeout("l2", SLOW),
     };
-    breaker.record(match outcome {
+    breaker.report(match outcome {
         Outcome::Success(elapsed) => CallOutcome::Success { elapsed },
         Outcome::Failure | Outcome::Refusal => CallOutcome::Failure {
             elapsed: Duration::ZERO,
@@ -346,9 +377,9 @@ fn run(config: Config, ops: Vec<Op>) -> Result<(), TestCaseError> {
         match op {
             Op::Call(outcome) => {
                 let expected = model.admit();
-                let admitted = breaker.admit();
+                let admitted = breaker.admits();
                 prop_assert_eq!(
-                    admitted == Admission::Allow,
+                    admitted,
                     expected.is_some(),
                     "step {}: admit of {:?} in {:?}",
                     step,

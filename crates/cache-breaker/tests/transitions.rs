@@ -5,7 +5,38 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cache_breaker::{BreakerError, Builder, CircuitBreaker, State, StateChange, StateKind};
-use cache_core::{Admission, CallOutcome, Clock, Error, FailureAction, FailurePolicy, ManualClock};
+use cache_core::{CallOutcome, Clock, Error, FailureAction, FailurePolicy, ManualClock};
+
+thread_local! {
+    /// The ticket of the call this thread was admitted for last.
+    static LAST_TICKET: std::cell::Cell<cache_core::Ticket> = const { std::cell::Cell::new(cache_core::Ticket::NONE) };
+}
+
+/// The policy interface as these tests drive it: each report is of the
+/// call this thread was admitted for last (its ticket travels with it).
+trait Drive {
+    /// Asks to admit a read; remembers its ticket.
+    fn admits(&self) -> bool;
+    /// Reports how the call admitted last ended.
+    fn report(&self, outcome: cache_core::CallOutcome<'_>);
+}
+
+impl<P: cache_core::FailurePolicy + ?Sized> Drive for P {
+    fn admits(&self) -> bool {
+        match self.admit(cache_core::Operation::Read) {
+            cache_core::Admission::Allow(ticket) => {
+                LAST_TICKET.with(|last| last.set(ticket));
+                true
+            }
+            cache_core::Admission::Reject => false,
+        }
+    }
+
+    fn report(&self, outcome: cache_core::CallOutcome<'_>) {
+        let ticket = LAST_TICKET.with(|last| last.get());
+        self.record(cache_core::Operation::Read, ticket, outcome);
+    }
+}
 
 const RECOVERY: Duration = Duration::from_secs(10);
 const FAST: Duration = Duration::from_millis(1);
@@ -25,13 +56,13 @@ fn backend_error() -> Error {
 }
 
 fn succeed(breaker: &CircuitBreaker) {
-    assert_eq!(breaker.admit(), Admission::Allow);
-    breaker.record(CallOutcome::Success { elapsed: FAST });
+    assert!(breaker.admits());
+    breaker.report(CallOutcome::Success { elapsed: FAST });
 }
 
 fn fail(breaker: &CircuitBreaker) {
-    assert_eq!(breaker.admit(), Admission::Allow);
-    breaker.record(CallOutcome::Failure {
+    assert!(breaker.admits());
+    breaker.report(CallOutcome::Failure {
         elapsed: FAST,
         error: &backend_error(),
     });
@@ -61,7 +92,7 @@ fn consecutive_failures_open_and_a_success_resets_the_count() {
     let opened_at = clock.now();
     fail(&breaker);
     assert_eq!(breaker.state(), State::Open { since: opened_at });
-    assert_eq!(breaker.admit(), Admission::Reject);
+    assert!(!breaker.admits());
 }
 
 #[test]
@@ -70,16 +101,15 @@ fn open_rejects_until_the_recovery_timeout_then_admits_a_trial() {
     let breaker = builder(&clock).build().unwrap();
     open(&breaker);
     clock.advance(RECOVERY - Duration::from_nanos(1));
-    assert_eq!(breaker.admit(), Admission::Reject);
+    assert!(!breaker.admits());
     assert_eq!(
         breaker.state().kind(),
         StateKind::Open,
         "rejections do not move it"
     );
     clock.advance(Duration::from_nanos(1));
-    assert_eq!(
-        breaker.admit(),
-        Admission::Allow,
+    assert!(
+        breaker.admits(),
         "the first call after the timeout is a trial"
     );
     assert_eq!(breaker.state(), State::HalfOpen { successes: 0 });
@@ -94,7 +124,7 @@ fn half_open_limits_trials_in_flight() {
     let first = breaker.try_acquire().expect("first trial");
     let second = breaker.try_acquire().expect("second trial");
     assert!(breaker.try_acquire().is_none(), "two trials are the limit");
-    assert_eq!(breaker.admit(), Admission::Reject);
+    assert!(!breaker.admits());
     first.success(FAST);
     assert_eq!(breaker.state(), State::HalfOpen { successes: 1 });
     let third = breaker.try_acquire().expect("a slot was freed");
@@ -123,13 +153,9 @@ fn a_failed_trial_reopens_for_another_timeout() {
     fail(&breaker);
     assert_eq!(breaker.state(), State::Open { since: reopened_at });
     clock.advance(RECOVERY / 2);
-    assert_eq!(
-        breaker.admit(),
-        Admission::Reject,
-        "the timeout starts again"
-    );
+    assert!(!breaker.admits(), "the timeout starts again");
     clock.advance(RECOVERY / 2);
-    assert_eq!(breaker.admit(), Admission::Allow);
+    assert!(breaker.admits());
 }
 
 #[test]
@@ -203,14 +229,14 @@ fn counters_count_each_kind_of_outcome() {
         .unwrap();
     succeed(&breaker);
     fail(&breaker);
-    assert_eq!(breaker.admit(), Admission::Allow);
-    breaker.record(CallOutcome::Success {
+    assert!(breaker.admits());
+    breaker.report(CallOutcome::Success {
         elapsed: Duration::from_millis(101),
     });
-    assert_eq!(breaker.admit(), Admission::Allow);
-    breaker.record(CallOutcome::Abandoned);
-    assert_eq!(breaker.admit(), Admission::Allow);
-    breaker.record(CallOutcome::Failure {
+    assert!(breaker.admits());
+    breaker.report(CallOutcome::Abandoned);
+    assert!(breaker.admits());
+    breaker.report(CallOutcome::Failure {
         elapsed: FAST,
         error: &Error::Serialize {
             format: "postcard",
@@ -218,8 +244,8 @@ fn counters_count_each_kind_of_outcome() {
         },
     });
     fail(&breaker); // the third failure in a row (the slow call was one): opens
-    assert_eq!(breaker.admit(), Admission::Reject);
-    assert_eq!(breaker.admit(), Admission::Reject);
+    assert!(!breaker.admits());
+    assert!(!breaker.admits());
     let stats = breaker.stats();
     assert_eq!(stats.state, StateKind::Open);
     assert_eq!(stats.calls, 6);
@@ -247,8 +273,8 @@ fn refusals_are_not_failures() {
     };
     assert!(too_large.is_refusal());
     for _ in 0..10 {
-        assert_eq!(breaker.admit(), Admission::Allow);
-        breaker.record(CallOutcome::Failure {
+        assert!(breaker.admits());
+        breaker.report(CallOutcome::Failure {
             elapsed: FAST,
             error: &too_large,
         });
@@ -257,15 +283,15 @@ fn refusals_are_not_failures() {
     // A refusal during half-open neither closes nor reopens, and frees its slot.
     fail(&breaker);
     clock.advance(RECOVERY);
-    assert_eq!(breaker.admit(), Admission::Allow);
-    breaker.record(CallOutcome::Failure {
+    assert!(breaker.admits());
+    breaker.report(CallOutcome::Failure {
         elapsed: FAST,
         error: &too_large,
     });
     assert_eq!(breaker.state(), State::HalfOpen { successes: 0 });
     // Timeouts are failures.
-    assert_eq!(breaker.admit(), Admission::Allow);
-    breaker.record(CallOutcome::Failure {
+    assert!(breaker.admits());
+    breaker.report(CallOutcome::Failure {
         elapsed: FAST,
         error: &Error::timeout("l2", FAST),
     });
@@ -278,9 +304,9 @@ fn abandoned_trials_free_their_slot_without_counting() {
     let breaker = builder(&clock).half_open_max_calls(1).build().unwrap();
     open(&breaker);
     clock.advance(RECOVERY);
-    assert_eq!(breaker.admit(), Admission::Allow);
-    assert_eq!(breaker.admit(), Admission::Reject, "the only slot is taken");
-    breaker.record(CallOutcome::Abandoned);
+    assert!(breaker.admits());
+    assert!(!breaker.admits(), "the only slot is taken");
+    breaker.report(CallOutcome::Abandoned);
     assert_eq!(breaker.state(), State::HalfOpen { successes: 0 });
     let permit = breaker.try_acquire().expect("the slot was freed");
     assert!(breaker.try_acquire().is_none());
@@ -309,8 +335,8 @@ fn slow_successes_are_failures() {
         .build()
         .unwrap();
     for _ in 0..2 {
-        assert_eq!(breaker.admit(), Admission::Allow);
-        breaker.record(CallOutcome::Success {
+        assert!(breaker.admits());
+        breaker.report(CallOutcome::Success {
             elapsed: Duration::from_millis(100),
         });
     }
@@ -320,8 +346,8 @@ fn slow_successes_are_failures() {
         "at the limit is not slow"
     );
     for _ in 0..3 {
-        assert_eq!(breaker.admit(), Admission::Allow);
-        breaker.record(CallOutcome::Success {
+        assert!(breaker.admits());
+        breaker.report(CallOutcome::Success {
             elapsed: Duration::from_millis(150),
         });
     }
@@ -394,14 +420,20 @@ fn failure_rate_window_slides_and_resets_on_close() {
 fn on_failure_fails_open_by_default_and_can_propagate() {
     let error = backend_error();
     let open = CircuitBreaker::builder().build().unwrap();
-    assert_eq!(open.on_failure(&error), FailureAction::Ignore);
+    assert_eq!(
+        open.on_failure(cache_core::Operation::Read, &error),
+        FailureAction::Ignore
+    );
     let closed = CircuitBreaker::builder()
         .on_failure(FailureAction::Propagate)
         .build()
         .unwrap();
-    assert_eq!(closed.on_failure(&error), FailureAction::Propagate);
+    assert_eq!(
+        closed.on_failure(cache_core::Operation::Read, &error),
+        FailureAction::Propagate
+    );
     let policy: Arc<dyn FailurePolicy> = Arc::new(closed);
-    assert_eq!(policy.admit(), Admission::Allow);
+    assert!(policy.admits());
 }
 
 #[test]
@@ -443,7 +475,7 @@ fn reset_closes_by_hand() {
     open(&breaker);
     breaker.reset();
     assert_eq!(breaker.state(), State::Closed { failures: 0 });
-    assert_eq!(breaker.admit(), Admission::Allow);
+    assert!(breaker.admits());
 }
 
 #[tokio::test]

@@ -6,23 +6,93 @@ use std::time::Duration;
 /// A convenient alias for results of layer calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What kind of failure an [`Error`] is, whatever crate or backend it came
+/// from. Policies, breakers, logs and stats decide from the class rather
+/// than from backend types: a full server ([`OutOfMemory`](ErrorClass::OutOfMemory))
+/// or a refused input is not a dead one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// The call ran out of time (a hung or overloaded backend).
+    Timeout,
+    /// The backend could not be reached, or the call was not attempted
+    /// (connection refused or dropped, an open breaker, a closed pool).
+    Unavailable,
+    /// The backend is healthy but refused this input (a value over the size
+    /// limit, a value that would not serialize). Always returned to the
+    /// caller, whatever the tier's failure policy.
+    RefusedInput,
+    /// The backend is full and refuses writes (Redis `OOM` at `maxmemory`);
+    /// reads still work.
+    OutOfMemory,
+    /// The backend only accepts reads (a Redis replica, or a primary that
+    /// was demoted).
+    ReadOnly,
+    /// The backend refused the credentials or the permission (Redis
+    /// `NOAUTH`, `WRONGPASS`, `NOPERM`): a configuration problem.
+    Auth,
+    /// Stored bytes did not parse.
+    Corrupt,
+    /// The cache is misconfigured.
+    Config,
+    /// Any other backend failure (an unexpected server error, I/O).
+    Other,
+}
+
+impl ErrorClass {
+    /// Whether an error of this class says the backend is unhealthy, so a
+    /// circuit breaker should count it. Refused input, a full or read-only
+    /// server and corrupt bytes do not: the same backend answers other
+    /// calls (reads, smaller values) fine.
+    pub fn affects_health(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::Timeout | ErrorClass::Unavailable | ErrorClass::Auth | ErrorClass::Other
+        )
+    }
+
+    /// A short lowercase name for logs and metrics labels (`"timeout"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Unavailable => "unavailable",
+            ErrorClass::RefusedInput => "refused_input",
+            ErrorClass::OutOfMemory => "out_of_memory",
+            ErrorClass::ReadOnly => "read_only",
+            ErrorClass::Auth => "auth",
+            ErrorClass::Corrupt => "corrupt",
+            ErrorClass::Config => "config",
+            ErrorClass::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What went wrong in a cache layer.
 ///
 /// Cheap to clone (sources sit behind `Arc`), so one failure can be handed to
-/// every caller waiting on it. A [`FailurePolicy`](crate::FailurePolicy)
-/// decides from the classifiers ([`is_timeout`](Error::is_timeout),
-/// [`is_refusal`](Error::is_refusal), ...) rather than from backend types.
+/// every caller waiting on it. Every error has an [`ErrorClass`]
+/// ([`class`](Error::class)); a [`FailurePolicy`](crate::FailurePolicy)
+/// decides from it rather than from backend types.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The backend failed (connection refused or dropped, server error, I/O).
+    /// The backend failed (connection refused or dropped, server error, I/O,
+    /// a full or read-only server, refused credentials); `class` says which.
     ///
-    /// Check that the server is reachable; a `FailurePolicy` that fails open
-    /// turns these into misses.
-    #[error("cache layer `{layer}` failed: {source}")]
+    /// Check that the server is reachable and the credentials are right; a
+    /// `FailurePolicy` that fails open turns these into misses.
+    #[error("cache layer `{layer}` failed ({class}): {source}")]
     Backend {
         /// The layer that failed.
         layer: Arc<str>,
+        /// What kind of failure it is.
+        class: ErrorClass,
         /// What the backend reported.
         #[source]
         source: Arc<dyn std::error::Error + Send + Sync>,
@@ -75,13 +145,24 @@ pub enum Error {
 }
 
 impl Error {
-    /// Wraps a backend error for `layer`.
+    /// Wraps a backend error for `layer`, of class [`ErrorClass::Other`].
     pub fn backend(
         layer: impl Into<Arc<str>>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
+        Self::classified(layer, ErrorClass::Other, source)
+    }
+
+    /// Wraps a backend error for `layer` whose class the backend knows
+    /// (for example [`ErrorClass::OutOfMemory`] for a Redis `OOM` reply).
+    pub fn classified(
+        layer: impl Into<Arc<str>>,
+        class: ErrorClass,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         Error::Backend {
             layer: layer.into(),
+            class,
             source: Arc::from(source.into()),
         }
     }
@@ -118,6 +199,17 @@ impl Error {
         }
     }
 
+    /// What kind of failure this is.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Backend { class, .. } => *class,
+            Error::Timeout { .. } => ErrorClass::Timeout,
+            Error::Unavailable { .. } => ErrorClass::Unavailable,
+            Error::ValueTooLarge { .. } | Error::Serialize { .. } => ErrorClass::RefusedInput,
+            Error::Config(_) => ErrorClass::Config,
+        }
+    }
+
     /// Whether the layer ran out of time.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout { .. })
@@ -132,6 +224,6 @@ impl Error {
     /// large, a value that cannot be serialized). Such errors say nothing
     /// about the health of the backend, so circuit breakers ignore them.
     pub fn is_refusal(&self) -> bool {
-        matches!(self, Error::ValueTooLarge { .. } | Error::Serialize { .. })
+        self.class() == ErrorClass::RefusedInput
     }
 }

@@ -18,10 +18,18 @@
 //! `cache-memory` and `cache-redis` are the stock layers.
 //!
 //! # Writing a backend
-//! Implement the five required methods of [`CacheLayer`] (the trait docs
-//! show a complete in-memory example). Keep the contract listed there: never
-//! return an expired entry, treat undecodable bytes as a miss, and finish
-//! within a timeout.
+//! Implement `name` and the four batch calls of [`CacheLayer`] (the trait
+//! docs show a complete in-memory example). Every call carries a
+//! [`CallContext`]: the stack's clock, the call's deadline, its
+//! [`Operation`] and its policy's [`Ticket`]. Keep the contract listed
+//! there (never return an expired entry, treat undecodable bytes as a miss,
+//! refuse what you will not hold, finish by the deadline) and check it with
+//! the conformance suite of the `testing` feature
+//! (`cache_core::testing::Conformance`).
+//!
+//! # Features
+//! - `json`: the `Json` serializer.
+//! - `testing`: the conformance suite for backends.
 #![forbid(unsafe_code)]
 
 mod backplane;
@@ -33,6 +41,8 @@ mod pattern;
 mod policy;
 mod serializer;
 mod stats;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
@@ -42,10 +52,12 @@ pub use backplane::{
 };
 pub use clock::{Clock, ManualClock, SystemClock, system_clock};
 pub use entry::Entry;
-pub use error::{Error, Result};
-pub use layer::CacheLayer;
+pub use error::{Error, ErrorClass, Result};
+pub use layer::{CacheLayer, CallContext, Lookups, Operation, Writes};
 pub use pattern::{Pattern, escape};
-pub use policy::{Admission, CallOutcome, FailClosed, FailOpen, FailureAction, FailurePolicy};
+pub use policy::{
+    Admission, CallOutcome, FailClosed, FailOpen, FailureAction, FailurePolicy, Ticket,
+};
 #[cfg(feature = "json")]
 pub use serializer::Json;
 pub use serializer::{DecodeError, Postcard, Serializer};

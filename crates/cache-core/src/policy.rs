@@ -3,13 +3,38 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::Error;
+use crate::{Error, Operation};
+
+/// The policy's mark on an admitted call, handed back to it with the
+/// call's outcome.
+///
+/// What it holds is the policy's business (a circuit breaker keeps the state
+/// generation it admitted the call under, so that a late outcome is never
+/// credited to a later state, as tower keeps readiness with the call).
+/// Policies that keep no state use [`Ticket::NONE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Ticket(u64);
+
+impl Ticket {
+    /// The ticket of a policy that keeps no per-call state.
+    pub const NONE: Ticket = Ticket(0);
+
+    /// A ticket holding `value`, for a policy's own use.
+    pub const fn new(value: u64) -> Self {
+        Ticket(value)
+    }
+
+    /// The value the policy put in.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
 
 /// Whether a call may go to a layer now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Make the call.
-    Allow,
+    /// Make the call, and hand the ticket back with its outcome.
+    Allow(Ticket),
     /// Do not call the layer; the composer treats the call as failed with
     /// [`Error::Unavailable`] and then asks [`FailurePolicy::on_failure`].
     Reject,
@@ -23,7 +48,9 @@ pub enum CallOutcome<'a> {
         /// How long the call took.
         elapsed: Duration,
     },
-    /// The layer failed or timed out.
+    /// The layer failed or timed out. The error's
+    /// [`class`](Error::class) says whether it tells anything about the
+    /// layer's health ([`ErrorClass::affects_health`](crate::ErrorClass::affects_health)).
     Failure {
         /// How long the call took.
         elapsed: Duration,
@@ -38,8 +65,8 @@ pub enum CallOutcome<'a> {
 /// What to do with a failed call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureAction {
-    /// Fail open: a failed read is a miss, a failed write is skipped.
-    /// The failure is still counted in the tier's stats.
+    /// Fail open: a failed read is a miss, a failed write is skipped (and
+    /// reported as skipped). The failure is still counted in the tier's stats.
     Ignore,
     /// Fail closed: return the error to the caller.
     Propagate,
@@ -47,29 +74,36 @@ pub enum FailureAction {
 
 /// Decides what a composer does when a call to one tier fails or times out.
 ///
-/// The composer asks [`admit`](FailurePolicy::admit) before each call,
-/// reports how the call ended through [`record`](FailurePolicy::record)
-/// (exactly once for every admitted call, even when the caller is cancelled),
-/// and asks [`on_failure`](FailurePolicy::on_failure) what to do with an
-/// error. Every method but `on_failure` has a default, so a plain policy is
-/// one method; [`FailOpen`] and [`FailClosed`] are the two simple ones, and
-/// the `cache-breaker` crate provides a circuit breaker.
+/// The composer asks [`admit`](FailurePolicy::admit) before each call with
+/// the call's [`Operation`], reports how the call ended through
+/// [`record`](FailurePolicy::record) with the ticket it was admitted with
+/// (exactly once for every admitted call, even when the caller is
+/// cancelled), and asks [`on_failure`](FailurePolicy::on_failure) what to
+/// do with an error. Every method but `on_failure` has a default, so a
+/// plain policy is one method; [`FailOpen`] and [`FailClosed`] are the two
+/// simple ones, and the `cache-breaker` crate provides a circuit breaker.
+///
+/// A refused input ([`ErrorClass::RefusedInput`](crate::ErrorClass::RefusedInput):
+/// a value too large) is returned to the caller whatever `on_failure` says:
+/// it describes the input, not the tier's health.
 ///
 /// The policy sits on the hot path of every tier call: keep `admit` and
 /// `record` cheap (no locks when healthy).
 pub trait FailurePolicy: Send + Sync + fmt::Debug {
-    /// Whether a call may go to the layer now. Default: always.
-    fn admit(&self) -> Admission {
-        Admission::Allow
+    /// Whether a call of kind `operation` may go to the layer now.
+    /// Default: always, with [`Ticket::NONE`].
+    fn admit(&self, operation: Operation) -> Admission {
+        let _ = operation;
+        Admission::Allow(Ticket::NONE)
     }
 
-    /// How an admitted call ended. Default: ignored.
-    fn record(&self, outcome: CallOutcome<'_>) {
-        let _ = outcome;
+    /// How a call admitted with `ticket` ended. Default: ignored.
+    fn record(&self, operation: Operation, ticket: Ticket, outcome: CallOutcome<'_>) {
+        let _ = (operation, ticket, outcome);
     }
 
-    /// What to do with a failed or rejected call.
-    fn on_failure(&self, error: &Error) -> FailureAction;
+    /// What to do with a failed or rejected call of kind `operation`.
+    fn on_failure(&self, operation: Operation, error: &Error) -> FailureAction;
 
     /// Whether this policy uses [`admit`](FailurePolicy::admit) and
     /// [`record`](FailurePolicy::record). A policy that returns `false` is
@@ -91,7 +125,7 @@ impl FailurePolicy for FailOpen {
         false
     }
 
-    fn on_failure(&self, _error: &Error) -> FailureAction {
+    fn on_failure(&self, _operation: Operation, _error: &Error) -> FailureAction {
         FailureAction::Ignore
     }
 }
@@ -105,7 +139,7 @@ impl FailurePolicy for FailClosed {
         false
     }
 
-    fn on_failure(&self, _error: &Error) -> FailureAction {
+    fn on_failure(&self, _operation: Operation, _error: &Error) -> FailureAction {
         FailureAction::Propagate
     }
 }
@@ -120,8 +154,12 @@ mod tests {
     #[test]
     fn simple_policies() {
         let error = Error::timeout("l2", Duration::from_millis(5));
-        assert_eq!(FailOpen.on_failure(&error), FailureAction::Ignore);
-        assert_eq!(FailClosed.on_failure(&error), FailureAction::Propagate);
-        assert_eq!(FailOpen.admit(), Admission::Allow);
+        let read = Operation::Read;
+        assert_eq!(FailOpen.on_failure(read, &error), FailureAction::Ignore);
+        assert_eq!(
+            FailClosed.on_failure(read, &error),
+            FailureAction::Propagate
+        );
+        assert_eq!(FailOpen.admit(read), Admission::Allow(Ticket::NONE));
     }
 }

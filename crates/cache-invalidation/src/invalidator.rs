@@ -10,7 +10,7 @@ use std::time::Instant;
 use cache_core::{
     Backplane, BackplaneEvent, Counter, Invalidation, Pattern, Postcard, Serializer, Subscription,
 };
-use cache_tiered::TieredCache;
+use cache_tiered::{Removal, TieredCache};
 use tokio::task::AbortHandle;
 
 use crate::retry::{self, Retries};
@@ -384,13 +384,13 @@ async fn listen<S: Serializer>(
             BackplaneEvent::Message(message) => {
                 let mut outcome = Ok(());
                 for invalidation in &message.invalidations {
-                    let applied = match invalidation {
-                        Invalidation::Key(key) => cache.delete_local(key).await.map(drop),
-                        Invalidation::Pattern(pattern) => {
-                            cache.invalidate_local(pattern).await.map(drop)
-                        }
-                        Invalidation::All => cache.invalidate_local(&everything()).await.map(drop),
+                    let all = everything();
+                    let removal = match invalidation {
+                        Invalidation::Key(key) => Removal::key(key),
+                        Invalidation::Pattern(pattern) => Removal::pattern(pattern),
+                        Invalidation::All => Removal::pattern(&all),
                     };
+                    let applied = cache.remove(removal.local()).await.map(drop);
                     // Every invalidation is applied; the first failure is kept.
                     outcome = outcome.and(applied);
                 }
@@ -399,7 +399,8 @@ async fn listen<S: Serializer>(
             }
             BackplaneEvent::Gap => {
                 tracing::info!("backplane messages may have been lost; clearing the local tiers");
-                let outcome = cache.invalidate_local(&everything()).await.map(drop);
+                let all = everything();
+                let outcome = cache.remove(Removal::pattern(&all).local()).await.map(drop);
                 counters.gaps.incr();
                 outcome
             }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cache_core::{Backplane, BackplaneMessage, Counter, Invalidation, Pattern, Serializer};
-use cache_tiered::TieredCache;
+use cache_tiered::{Removal, TieredCache};
 use tokio::sync::Notify;
 
 use crate::{Error, Result};
@@ -99,13 +99,23 @@ pub(crate) async fn remove_everywhere<S: Serializer>(
     let mut removed = 0;
     let mut first_error = None;
     for invalidation in invalidations {
-        let outcome = match invalidation {
-            Invalidation::Key(key) => cache.delete_strict(key).await.map(u64::from),
-            Invalidation::Pattern(pattern) => cache.invalidate_strict(pattern).await,
-            Invalidation::All => cache.invalidate_strict(&Pattern::new("*")).await,
+        let everything = Pattern::new("*");
+        let removal = match invalidation {
+            Invalidation::Key(key) => Removal::key(key),
+            Invalidation::Pattern(pattern) => Removal::pattern(pattern),
+            Invalidation::All => Removal::pattern(&everything),
         };
-        match outcome {
-            Ok(count) => removed += count,
+        match cache.remove(removal).await {
+            Ok(report) if report.is_complete() => removed += report.removed,
+            Ok(report) => {
+                removed += report.removed;
+                let skipped: Vec<&str> = report.skipped().collect();
+                let error = cache_core::Error::unavailable(
+                    skipped.join(", "),
+                    "skipped the removal (its policy fails open)",
+                );
+                first_error.get_or_insert(Error::Cache(error.into()));
+            }
             Err(error) => {
                 first_error.get_or_insert(Error::Cache(error));
             }

@@ -10,6 +10,7 @@ use cache_core::{
 };
 use cache_invalidation::{Error, Invalidator, MemoryBackplane, Rules};
 use cache_memory::MemoryLayer;
+use cache_test_support::ctx;
 use cache_test_support::layers::{Fault, FaultyLayer, SharedLayer};
 use cache_tiered::{Tier, TieredCache};
 
@@ -84,7 +85,7 @@ async fn other_instances_drop_their_local_copies_and_the_sender_skips_its_own() 
             b.cache.get::<String>(key).await.unwrap().as_deref(),
             Some(key)
         );
-        assert!(b.l1.get(key).await.unwrap().is_some());
+        assert!(b.l1.get(&ctx::read(), key).await.unwrap().is_some());
     }
 
     let invalidated = a.invalidator.invalidate_key("user:7").await.unwrap();
@@ -92,10 +93,18 @@ async fn other_instances_drop_their_local_copies_and_the_sender_skips_its_own() 
     assert_eq!(invalidated.removed, 2);
     applied(&b, 1).await;
     for key in ["user:7", "reviews:author:7:page:0"] {
-        assert!(b.l1.get(key).await.unwrap().is_none(), "{key}");
+        assert!(
+            b.l1.get(&ctx::read(), key).await.unwrap().is_none(),
+            "{key}"
+        );
         assert!(b.cache.get::<String>(key).await.unwrap().is_none(), "{key}");
     }
-    assert!(b.l1.get("reviews:author:8:page:0").await.unwrap().is_some());
+    assert!(
+        b.l1.get(&ctx::read(), "reviews:author:8:page:0")
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     // A pattern from the other side.
     b.invalidator
@@ -103,7 +112,12 @@ async fn other_instances_drop_their_local_copies_and_the_sender_skips_its_own() 
         .await
         .unwrap();
     applied(&a, 1).await;
-    assert!(a.l1.get("reviews:author:8:page:0").await.unwrap().is_none());
+    assert!(
+        a.l1.get(&ctx::read(), "reviews:author:8:page:0")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     let a_stats = a.invalidator.stats();
     assert_eq!((a_stats.published, a_stats.received), (1, 1));
@@ -118,7 +132,7 @@ async fn a_receiver_that_may_have_missed_messages_clears_its_local_tiers() {
     let a = instance(&l2, &backplane, Rules::default()).await;
     let b = instance(&l2, &backplane, Rules::default()).await;
     b.cache.set("unrelated", &1u32, TTL).await.unwrap();
-    assert!(b.l1.get("unrelated").await.unwrap().is_some());
+    assert!(b.l1.get(&ctx::read(), "unrelated").await.unwrap().is_some());
 
     // Three messages into a one-message buffer before b's listener runs.
     for key in ["x", "y", "z"] {
@@ -131,7 +145,10 @@ async fn a_receiver_that_may_have_missed_messages_clears_its_local_tiers() {
         tokio::task::yield_now().await;
     }
     assert_eq!(b.invalidator.stats().gaps, 1);
-    assert!(b.l1.get("unrelated").await.unwrap().is_none(), "L1 cleared");
+    assert!(
+        b.l1.get(&ctx::read(), "unrelated").await.unwrap().is_none(),
+        "L1 cleared"
+    );
     // The shared tier is untouched and serves the value again.
     assert_eq!(b.cache.get::<u32>("unrelated").await.unwrap(), Some(1));
 }
@@ -243,23 +260,39 @@ async fn an_invalidation_that_missed_the_shared_tier_is_retried_until_it_lands()
     faulty.set_fault(Fault::Fail);
     let error = a.invalidator.invalidate_key("offer:1").await.unwrap_err();
     assert!(error.is_deferred(), "{error}");
-    assert!(a.l1.get("offer:1").await.unwrap().is_none());
+    assert!(a.l1.get(&ctx::read(), "offer:1").await.unwrap().is_none());
     applied(&b, 1).await;
-    assert!(b.l1.get("offer:1").await.unwrap().is_none());
+    assert!(b.l1.get(&ctx::read(), "offer:1").await.unwrap().is_none());
     assert!(
-        storage.get("offer:1").await.unwrap().is_some(),
+        storage
+            .get(&ctx::read(), "offer:1")
+            .await
+            .unwrap()
+            .is_some(),
         "the shared tier missed the removal"
     );
 
     // The queue keeps trying while it is down...
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(a.invalidator.stats().pending, 1);
-    assert!(storage.get("offer:1").await.unwrap().is_some());
+    assert!(
+        storage
+            .get(&ctx::read(), "offer:1")
+            .await
+            .unwrap()
+            .is_some()
+    );
     // ...and lands once it is back, telling the others again.
     faulty.set_fault(Fault::None);
     retried(&a, 1).await;
     assert_eq!(a.invalidator.stats().pending, 0);
-    assert!(storage.get("offer:1").await.unwrap().is_none());
+    assert!(
+        storage
+            .get(&ctx::read(), "offer:1")
+            .await
+            .unwrap()
+            .is_none()
+    );
     applied(&b, 2).await;
     assert_eq!(b.cache.get::<u32>("offer:1").await.unwrap(), None);
 }
@@ -287,7 +320,10 @@ async fn a_full_queue_becomes_one_invalidate_everything() {
     faulty.set_fault(Fault::None);
     retried(&a, 1).await;
     for key in ["k1", "k2", "k3", "other"] {
-        assert!(storage.get(key).await.unwrap().is_none(), "{key}");
+        assert!(
+            storage.get(&ctx::read(), key).await.unwrap().is_none(),
+            "{key}"
+        );
     }
 }
 
@@ -366,7 +402,7 @@ fn messages_for_everything_are_applied_too() {
                 .await
                 .unwrap();
             applied(&a, 1).await;
-            assert!(a.l1.get("k").await.unwrap().is_none());
-            assert!(l2.get("k").await.unwrap().is_some());
+            assert!(a.l1.get(&ctx::read(), "k").await.unwrap().is_none());
+            assert!(l2.get(&ctx::read(), "k").await.unwrap().is_some());
         });
 }

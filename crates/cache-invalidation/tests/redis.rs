@@ -9,6 +9,7 @@ use cache_core::CacheLayer;
 use cache_invalidation::{Invalidator, Rules};
 use cache_memory::MemoryLayer;
 use cache_redis::{RedisBackplane, RedisLayer};
+use cache_test_support::ctx;
 use cache_test_support::redis::RedisServer;
 use cache_tiered::{Tier, TieredCache};
 
@@ -98,7 +99,10 @@ async fn an_invalidation_on_one_instance_empties_the_others_l1() {
         a.cache.set(key, &format!("{key} v1"), TTL).await.unwrap();
         // b reads it through its L1.
         assert!(b.cache.get::<String>(key).await.unwrap().is_some());
-        assert!(b.l1.get(key).await.unwrap().is_some(), "{key} in b's L1");
+        assert!(
+            b.l1.get(&ctx::read(), key).await.unwrap().is_some(),
+            "{key} in b's L1"
+        );
     }
 
     let invalidated = a
@@ -112,7 +116,10 @@ async fn an_invalidation_on_one_instance_empties_the_others_l1() {
     })
     .await;
     for key in &keys[..3] {
-        assert!(b.l1.get(key).await.unwrap().is_none(), "{key} left b's L1");
+        assert!(
+            b.l1.get(&ctx::read(), key).await.unwrap().is_none(),
+            "{key} left b's L1"
+        );
         assert!(
             b.cache.get::<String>(key).await.unwrap().is_none(),
             "{key} left Redis"
@@ -139,13 +146,23 @@ async fn after_a_redis_restart_every_instance_clears_its_l1() {
     let mut server = RedisServer::start();
     let a = instance(&server).await;
     a.cache.set("offer_stats:1", &1u32, TTL).await.unwrap();
-    assert!(a.l1.get("offer_stats:1").await.unwrap().is_some());
+    assert!(
+        a.l1.get(&ctx::read(), "offer_stats:1")
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     // Invalidations published while a's subscription is down are lost; a
     // cannot know which, so it clears its L1 once it has resubscribed.
     server.restart();
     eventually("a to notice the gap", || a.invalidator.stats().gaps == 1).await;
-    assert!(a.l1.get("offer_stats:1").await.unwrap().is_none());
+    assert!(
+        a.l1.get(&ctx::read(), "offer_stats:1")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // And the backplane works again: a second instance's invalidation arrives.
     let b = instance(&server).await;
@@ -158,7 +175,12 @@ async fn after_a_redis_restart_every_instance_clears_its_l1() {
         a.invalidator.stats().received == 1
     })
     .await;
-    assert!(a.l1.get("rating:offer:1").await.unwrap().is_none());
+    assert!(
+        a.l1.get(&ctx::read(), "rating:offer:1")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,7 +202,7 @@ async fn a_tag_invalidated_on_one_instance_misses_on_the_others() {
             .is_some()
     );
     assert!(
-        b.l1.get(&b.cache.tag_key("offer:7"))
+        b.l1.get(&ctx::read(), &b.cache.tag_key("offer:7"))
             .await
             .unwrap()
             .is_some()
@@ -192,7 +214,7 @@ async fn a_tag_invalidated_on_one_instance_misses_on_the_others() {
     })
     .await;
     assert!(
-        b.l1.get(&b.cache.tag_key("offer:7"))
+        b.l1.get(&ctx::read(), &b.cache.tag_key("offer:7"))
             .await
             .unwrap()
             .is_none()
@@ -215,7 +237,12 @@ async fn an_invalidation_during_an_outage_lands_when_redis_is_back() {
         .await
         .unwrap_err();
     assert!(error.is_deferred(), "{error}");
-    assert!(a.l1.get("rating:offer:3").await.unwrap().is_none());
+    assert!(
+        a.l1.get(&ctx::read(), "rating:offer:3")
+            .await
+            .unwrap()
+            .is_none()
+    );
     server.resume();
 
     eventually("the queued invalidation to land", || {

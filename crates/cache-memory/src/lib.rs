@@ -33,8 +33,10 @@
 //!   any older value under the key. Fewer [`shards`](MemoryLayerBuilder::shards)
 //!   allow larger values.
 //! - **Expiry.** quick_cache has no TTL. An expired entry is never returned:
-//!   `get` checks the expiry against the [`Clock`] and removes the entry. A
-//!   background thread sweeps expired entries every
+//!   `get` checks the expiry against the clock of the call's
+//!   [`CallContext`] (the composer's clock) and removes the entry. A
+//!   background thread sweeps expired entries (by the builder's
+//!   [`clock`](MemoryLayerBuilder::clock)) every
 //!   [`sweep_interval`](MemoryLayerBuilder::sweep_interval) and stops when the
 //!   layer is dropped.
 //!
@@ -49,8 +51,8 @@ use std::thread::Thread;
 use std::time::Duration;
 
 use cache_core::{
-    CacheLayer, Clock, Counter, Entry, Error, LayerStats, Pattern, Result, async_trait,
-    system_clock,
+    CacheLayer, CallContext, Clock, Counter, Entry, Error, LayerStats, Lookups, Pattern, Result,
+    Writes, async_trait, system_clock,
 };
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
@@ -140,14 +142,14 @@ impl MemoryLayer {
         self.inner.counters.removals.add(removed);
     }
 
-    fn lookup(&self, key: &str) -> Option<Entry> {
+    fn lookup(&self, clock: &dyn Clock, key: &str) -> Option<Entry> {
         let inner = &*self.inner;
         let Some(entry) = inner.store.get(key) else {
             inner.counters.misses.incr();
             return None;
         };
         // Read the clock only for entries that can expire: the hit path is hot.
-        if entry.expiry().is_some_and(|at| inner.clock.has_passed(at)) {
+        if entry.expiry().is_some_and(|at| clock.has_passed(at)) {
             if let Some((_, removed)) = inner.store.remove_if(key, |stored| stored.ptr_eq(&entry)) {
                 inner.forget_bytes(key, &removed);
                 inner.counters.expirations.incr();
@@ -159,9 +161,9 @@ impl MemoryLayer {
         Some(entry)
     }
 
-    fn set_now(&self, key: &str, entry: Entry) -> Result<()> {
+    fn set_now(&self, clock: &dyn Clock, key: &str, entry: Entry) -> Result<()> {
         let inner = &*self.inner;
-        if entry.is_expired(inner.clock.now()) {
+        if entry.is_expired(clock.now()) {
             // Storing a dead entry is the same as removing the key.
             self.delete_now(key);
             return Ok(());
@@ -184,7 +186,7 @@ impl MemoryLayer {
             .insert_with_lifecycle(key.to_owned(), entry, &mut evicted);
         inner.bytes.fetch_add(size as i64, Ordering::Relaxed);
         inner.counters.sets.incr();
-        let now = (!evicted.is_empty()).then(|| inner.clock.now());
+        let now = (!evicted.is_empty()).then(|| clock.now());
         for (evicted_key, evicted_entry) in evicted {
             inner.forget_bytes(&evicted_key, &evicted_entry);
             if evicted_key == key {
@@ -287,23 +289,25 @@ impl CacheLayer for MemoryLayer {
         &self.inner.name
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Entry>> {
-        Ok(self.lookup(key))
+    async fn get_many(&self, ctx: &CallContext<'_>, keys: &[&str]) -> Result<Lookups> {
+        Ok(keys
+            .iter()
+            .map(|key| Ok(self.lookup(ctx.clock(), key)))
+            .collect())
     }
 
-    fn get_now(&self, key: &str) -> Option<Result<Option<Entry>>> {
-        Some(Ok(self.lookup(key)))
+    async fn set_many(&self, ctx: &CallContext<'_>, entries: &[(&str, Entry)]) -> Result<Writes> {
+        Ok(entries
+            .iter()
+            .map(|(key, entry)| self.set_now(ctx.clock(), key, entry.clone()))
+            .collect())
     }
 
-    async fn set(&self, key: &str, entry: Entry) -> Result<()> {
-        self.set_now(key, entry)
+    async fn delete_many(&self, _ctx: &CallContext<'_>, keys: &[&str]) -> Result<u64> {
+        Ok(keys.iter().filter(|key| self.delete_now(key)).count() as u64)
     }
 
-    async fn delete(&self, key: &str) -> Result<bool> {
-        Ok(self.delete_now(key))
-    }
-
-    async fn invalidate(&self, pattern: &Pattern) -> Result<u64> {
+    async fn invalidate(&self, _ctx: &CallContext<'_>, pattern: &Pattern) -> Result<u64> {
         if let Some(key) = pattern.literal() {
             return Ok(u64::from(self.delete_now(key)));
         }
@@ -312,15 +316,21 @@ impl CacheLayer for MemoryLayer {
         Ok(removed)
     }
 
-    async fn get_many(&self, keys: &[&str]) -> Vec<Result<Option<Entry>>> {
-        keys.iter().map(|key| Ok(self.lookup(key))).collect()
+    // The single-key calls skip the batch's Vec: an L1 is all hot path.
+    async fn get(&self, ctx: &CallContext<'_>, key: &str) -> Result<Option<Entry>> {
+        Ok(self.lookup(ctx.clock(), key))
     }
 
-    async fn set_many(&self, entries: &[(&str, Entry)]) -> Vec<Result<()>> {
-        entries
-            .iter()
-            .map(|(key, entry)| self.set_now(key, entry.clone()))
-            .collect()
+    async fn set(&self, ctx: &CallContext<'_>, key: &str, entry: Entry) -> Result<()> {
+        self.set_now(ctx.clock(), key, entry)
+    }
+
+    async fn delete(&self, _ctx: &CallContext<'_>, key: &str) -> Result<bool> {
+        Ok(self.delete_now(key))
+    }
+
+    fn get_now(&self, ctx: &CallContext<'_>, key: &str) -> Option<Result<Option<Entry>>> {
+        Some(Ok(self.lookup(ctx.clock(), key)))
     }
 
     fn stats(&self) -> LayerStats {
@@ -424,8 +434,10 @@ impl MemoryLayerBuilder {
         self
     }
 
-    /// The clock expiry is judged by. Share it with the other tiers.
-    /// Default: the system clock.
+    /// The clock the background sweeper (and [`MemoryLayer::sweep_expired`])
+    /// judges expiry by. Calls judge it by the clock of their
+    /// [`CallContext`]: give both the composer's clock. Default: the system
+    /// clock.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self

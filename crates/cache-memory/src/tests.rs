@@ -4,6 +4,16 @@ use cache_core::{CacheLayer, Entry, Error, ManualClock, Pattern};
 use futures::executor::block_on;
 
 use super::*;
+use cache_core::Operation;
+use cache_test_support::ctx;
+
+/// A context on the test's clock: the layer judges expiry by it.
+fn at(
+    clock: &dyn cache_core::Clock,
+    operation: cache_core::Operation,
+) -> cache_core::CallContext<'_> {
+    cache_core::CallContext::new(clock, operation)
+}
 
 fn layer_with_clock(clock: &Arc<ManualClock>) -> MemoryLayer {
     MemoryLayer::builder()
@@ -21,11 +31,17 @@ fn value(entry: Option<Entry>) -> Option<Vec<u8>> {
 fn set_get_delete() {
     block_on(async {
         let layer = MemoryLayer::new();
-        layer.set("a", Entry::new(&b"1"[..])).await.unwrap();
-        assert_eq!(value(layer.get("a").await.unwrap()), Some(b"1".to_vec()));
-        assert!(layer.delete("a").await.unwrap());
-        assert!(!layer.delete("a").await.unwrap());
-        assert_eq!(layer.get("a").await.unwrap(), None);
+        layer
+            .set(&ctx::write(), "a", Entry::new(&b"1"[..]))
+            .await
+            .unwrap();
+        assert_eq!(
+            value(layer.get(&ctx::read(), "a").await.unwrap()),
+            Some(b"1".to_vec())
+        );
+        assert!(layer.delete(&ctx::remove(), "a").await.unwrap());
+        assert!(!layer.delete(&ctx::remove(), "a").await.unwrap());
+        assert_eq!(layer.get(&ctx::read(), "a").await.unwrap(), None);
         let stats = layer.stats();
         assert_eq!(
             (stats.hits, stats.misses, stats.sets, stats.removals),
@@ -42,14 +58,28 @@ fn expired_entries_are_never_returned_and_are_counted() {
         let layer = layer_with_clock(&clock);
         let expires = clock.now() + Duration::from_millis(100);
         layer
-            .set("k", Entry::new(&b"v"[..]).expires_at(expires))
+            .set(
+                &at(&*clock, Operation::Write),
+                "k",
+                Entry::new(&b"v"[..]).expires_at(expires),
+            )
             .await
             .unwrap();
         clock.advance(Duration::from_millis(99));
-        assert!(layer.get("k").await.unwrap().is_some());
+        assert!(
+            layer
+                .get(&at(&*clock, Operation::Read), "k")
+                .await
+                .unwrap()
+                .is_some()
+        );
         clock.advance(Duration::from_millis(1));
         assert!(
-            layer.get("k").await.unwrap().is_none(),
+            layer
+                .get(&at(&*clock, Operation::Read), "k")
+                .await
+                .unwrap()
+                .is_none(),
             "dead at its expiry instant"
         );
         let stats = layer.stats();
@@ -64,12 +94,22 @@ fn an_already_expired_write_removes_the_old_value() {
     block_on(async {
         let clock = ManualClock::shared();
         let layer = layer_with_clock(&clock);
-        layer.set("k", Entry::new(&b"old"[..])).await.unwrap();
         layer
-            .set("k", Entry::new(&b"new"[..]).expires_at(clock.now()))
+            .set(&at(&*clock, Operation::Write), "k", Entry::new(&b"old"[..]))
             .await
             .unwrap();
-        assert_eq!(layer.get("k").await.unwrap(), None);
+        layer
+            .set(
+                &at(&*clock, Operation::Write),
+                "k",
+                Entry::new(&b"new"[..]).expires_at(clock.now()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            layer.get(&at(&*clock, Operation::Read), "k").await.unwrap(),
+            None
+        );
     });
 }
 
@@ -81,7 +121,10 @@ fn sweep_reclaims_expired_entries() {
         for i in 0..50 {
             let ttl = Duration::from_secs(if i % 2 == 0 { 1 } else { 100 });
             let entry = Entry::new(vec![0u8; 10]).expires_at(clock.now() + ttl);
-            layer.set(&format!("k{i}"), entry).await.unwrap();
+            layer
+                .set(&at(&*clock, Operation::Write), &format!("k{i}"), entry)
+                .await
+                .unwrap();
         }
         clock.advance(Duration::from_secs(2));
         assert_eq!(layer.sweep_expired(), 25);
@@ -101,7 +144,12 @@ fn sweeper_thread_reclaims_in_the_background_and_stops_on_drop() {
         .unwrap();
     let exited = layer.inner.sweeper_exited.clone();
     let expires = Instant::now() + Duration::from_millis(20);
-    block_on(layer.set("k", Entry::new(&b"v"[..]).expires_at(expires))).unwrap();
+    block_on(layer.set(
+        &ctx::write(),
+        "k",
+        Entry::new(&b"v"[..]).expires_at(expires),
+    ))
+    .unwrap();
     // Generous deadlines: they only matter if something hangs.
     let deadline = Instant::now() + Duration::from_secs(10);
     while layer.stats().expirations == 0 && Instant::now() < deadline {
@@ -139,21 +187,27 @@ fn oversized_values_are_refused_loudly_and_the_old_value_is_removed() {
         assert!(limit > 1024 && limit < 64 * 1024, "limit {limit}");
         let key = "big";
         let fits = vec![7u8; (limit - key.len() as u64) as usize];
-        layer.set(key, Entry::new(fits.clone())).await.unwrap();
+        layer
+            .set(&ctx::write(), key, Entry::new(fits.clone()))
+            .await
+            .unwrap();
         assert_eq!(
-            value(layer.get(key).await.unwrap()),
+            value(layer.get(&ctx::read(), key).await.unwrap()),
             Some(fits),
             "a value at the limit is kept"
         );
 
         let too_big = vec![7u8; (limit - key.len() as u64 + 1) as usize];
-        let error = layer.set(key, Entry::new(too_big)).await.unwrap_err();
+        let error = layer
+            .set(&ctx::write(), key, Entry::new(too_big))
+            .await
+            .unwrap_err();
         assert!(
             matches!(error, Error::ValueTooLarge { size, limit: l, .. } if size == limit + 1 && l == limit)
         );
         assert!(error.is_refusal());
         assert_eq!(
-            layer.get(key).await.unwrap(),
+            layer.get(&ctx::read(), key).await.unwrap(),
             None,
             "no stale value after a refused write"
         );
@@ -174,7 +228,11 @@ fn entry_and_byte_bounds_both_hold() {
             .unwrap();
         for i in 0..1000 {
             layer
-                .set(&format!("key:{i}"), Entry::new(vec![1u8; 16]))
+                .set(
+                    &ctx::write(),
+                    &format!("key:{i}"),
+                    Entry::new(vec![1u8; 16]),
+                )
                 .await
                 .unwrap();
             assert!(layer.len() <= 100, "{} entries", layer.len());
@@ -191,7 +249,11 @@ fn entry_and_byte_bounds_both_hold() {
             .unwrap();
         for i in 0..1000 {
             layer
-                .set(&format!("key:{i:04}"), Entry::new(vec![1u8; 92]))
+                .set(
+                    &ctx::write(),
+                    &format!("key:{i:04}"),
+                    Entry::new(vec![1u8; 92]),
+                )
                 .await
                 .unwrap();
             assert!(layer.stats().bytes <= 10_000);
@@ -204,8 +266,14 @@ fn entry_and_byte_bounds_both_hold() {
 fn replacing_a_value_is_not_an_eviction() {
     block_on(async {
         let layer = MemoryLayer::new();
-        layer.set("k", Entry::new(vec![0u8; 10])).await.unwrap();
-        layer.set("k", Entry::new(vec![0u8; 30])).await.unwrap();
+        layer
+            .set(&ctx::write(), "k", Entry::new(vec![0u8; 10]))
+            .await
+            .unwrap();
+        layer
+            .set(&ctx::write(), "k", Entry::new(vec![0u8; 30]))
+            .await
+            .unwrap();
         let stats = layer.stats();
         assert_eq!(stats.evictions, 0);
         assert_eq!(stats.bytes, 31);
@@ -224,28 +292,37 @@ fn invalidate_by_pattern_and_literal() {
             "rating:offer:1",
             "weird*key",
         ] {
-            layer.set(key, Entry::new(&b"x"[..])).await.unwrap();
+            layer
+                .set(&ctx::write(), key, Entry::new(&b"x"[..]))
+                .await
+                .unwrap();
         }
         let removed = layer
-            .invalidate(&Pattern::new("reviews:offer:1:*"))
+            .invalidate(&ctx::remove(), &Pattern::new("reviews:offer:1:*"))
             .await
             .unwrap();
         assert_eq!(removed, 2);
         assert!(
             layer
-                .get("reviews:offer:12:page:0")
+                .get(&ctx::read(), "reviews:offer:12:page:0")
                 .await
                 .unwrap()
                 .is_some()
         );
         assert_eq!(
             layer
-                .invalidate(&Pattern::exact("weird*key"))
+                .invalidate(&ctx::remove(), &Pattern::exact("weird*key"))
                 .await
                 .unwrap(),
             1
         );
-        assert!(layer.get("rating:offer:1").await.unwrap().is_some());
+        assert!(
+            layer
+                .get(&ctx::read(), "rating:offer:1")
+                .await
+                .unwrap()
+                .is_some()
+        );
         assert_eq!(layer.stats().removals, 3);
     });
 }

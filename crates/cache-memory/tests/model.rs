@@ -4,11 +4,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cache_core::Operation;
 use cache_core::{CacheLayer, Clock, Entry, ManualClock, Pattern};
 use cache_memory::MemoryLayer;
 use cache_test_support::model::Model;
 use futures::executor::block_on;
 use proptest::prelude::*;
+
+/// A context on the test's clock: the layer judges expiry by it.
+fn at(
+    clock: &dyn cache_core::Clock,
+    operation: cache_core::Operation,
+) -> cache_core::CallContext<'_> {
+    cache_core::CallContext::new(clock, operation)
+}
 
 const KEYS: &[&str] = &["a:1", "a:2", "a:10", "b:1", "b:[x]", "b:*", "c"];
 const PATTERNS: &[&str] = &["a:*", "a:?", "b:\\[x]", "b:\\*", "*1*", "[ab]:1", "c", "*"];
@@ -75,7 +84,7 @@ proptest! {
                     let key = KEYS[key];
                     let expires_at = ttl_ms.map(|ms| clock.now() + Duration::from_millis(ms));
                     let entry = Entry::new(payload(value, size)).expires_at(expires_at);
-                    match block_on(layer.set(key, entry)) {
+                    match block_on(layer.set(&at(&*clock, Operation::Write), key, entry)) {
                         Ok(()) => model.set(key, &payload(value, size), expires_at),
                         // A refused value must not leave the old one behind.
                         Err(error) => {
@@ -86,7 +95,7 @@ proptest! {
                 }
                 Op::Get { key } => {
                     let key = KEYS[key];
-                    let found = block_on(layer.get(key)).unwrap();
+                    let found = block_on(layer.get(&at(&*clock, Operation::Read), key)).unwrap();
                     if let Some(entry) = &found {
                         prop_assert_eq!(Some(entry.expiry()), model.expiry(key, clock.now()));
                     }
@@ -94,12 +103,12 @@ proptest! {
                     model.check(key, clock.now(), found.as_deref()).map_err(TestCaseError::fail)?;
                 }
                 Op::Delete { key } => {
-                    block_on(layer.delete(KEYS[key])).unwrap();
+                    block_on(layer.delete(&at(&*clock, Operation::Remove), KEYS[key])).unwrap();
                     model.delete(KEYS[key]);
                 }
                 Op::Invalidate { pattern } => {
                     let pattern = Pattern::new(PATTERNS[pattern]);
-                    block_on(layer.invalidate(&pattern)).unwrap();
+                    block_on(layer.invalidate(&at(&*clock, Operation::Remove), &pattern)).unwrap();
                     model.invalidate(&pattern);
                 }
                 Op::Advance { ms } => clock.advance(Duration::from_millis(ms)),
@@ -110,7 +119,7 @@ proptest! {
             // After every step: every key reads as the model says (or as forgotten),
             // and the bounds hold.
             for key in KEYS {
-                let found = block_on(layer.get(key)).unwrap().map(|entry| entry.value().to_vec());
+                let found = block_on(layer.get(&at(&*clock, Operation::Read), key)).unwrap().map(|entry| entry.value().to_vec());
                 model.check(key, clock.now(), found.as_deref()).map_err(TestCaseError::fail)?;
             }
             let stats = layer.stats();

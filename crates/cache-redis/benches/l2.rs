@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use cache_core::{CacheLayer, Entry};
 use cache_redis::RedisLayer;
+use cache_test_support::ctx;
 use cache_test_support::redis::RedisServer;
 use criterion::Criterion;
 use redis::aio::MultiplexedConnection;
@@ -88,13 +89,21 @@ async fn one_op(
     let key = &fixture.keys[n % KEYS];
     match (client, op) {
         (Client::Layer, Op::Get) => {
-            let hit = fixture.layer.get(key).await.expect("layer get");
+            let hit = fixture
+                .layer
+                .get(&ctx::read(), key)
+                .await
+                .expect("layer get");
             assert!(hit.is_some());
         }
         (Client::Layer, Op::Set) => {
             let entry = Entry::new(fixture.value.to_vec())
                 .expires_at(Instant::now() + Duration::from_secs(300));
-            fixture.layer.set(key, entry).await.expect("layer set");
+            fixture
+                .layer
+                .set(&ctx::write(), key, entry)
+                .await
+                .expect("layer set");
         }
         (Client::Raw, Op::Get) => {
             let full = fixture.layer.redis_key(key);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cache_core::{Clock, Error, Result, system_clock};
+use cache_core::{Error, Result};
 
 use crate::RedisLayer;
 use crate::layer::{Inner, Stats};
@@ -68,7 +68,6 @@ pub struct RedisLayerBuilder {
     compress_above: Option<usize>,
     scan_count: usize,
     node_retry_after: Duration,
-    clock: Arc<dyn Clock>,
     /// Replicas added to a Cluster builder, an error reported by `build()`.
     cluster_replicas: Vec<String>,
 }
@@ -92,7 +91,6 @@ impl RedisLayerBuilder {
             compress_above: None,
             scan_count: 1000,
             node_retry_after: Duration::from_secs(1),
-            clock: system_clock(),
             cluster_replicas: Vec::new(),
         }
     }
@@ -230,13 +228,6 @@ impl RedisLayerBuilder {
         self
     }
 
-    /// The clock on which entry expiries are read and written. Share one
-    /// clock between all the layers of a cache. Default: the system clock.
-    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
-    }
-
     /// Validates the configuration, opens `pool_min_idle` connections to the
     /// primary (or the Cluster) and returns the layer.
     ///
@@ -318,7 +309,6 @@ impl RedisLayerBuilder {
             compress_above: self.compress_above,
             scan_count: self.scan_count,
             node_retry_after: self.node_retry_after,
-            clock: self.clock,
             stats: Stats::default(),
         };
         Ok(RedisLayer {
@@ -451,7 +441,13 @@ mod tests {
             .build()
             .await
             .expect("no connection is opened");
-        let err = layer.get("k").await.expect_err("nothing listens on port 1");
+        let err = layer
+            .get(
+                &cache_core::CallContext::system(cache_core::Operation::Read),
+                "k",
+            )
+            .await
+            .expect_err("nothing listens on port 1");
         assert_eq!(err.layer(), Some("redis"));
     }
 }

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cache_core::{CacheLayer, Clock, Counter, Entry, Error, LayerStats, Pattern, Result};
+use cache_core::{
+    CacheLayer, CallContext, Counter, Entry, Error, ErrorClass, LayerStats, Lookups, Pattern,
+    Result, Writes,
+};
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{RedisError, RedisResult, Value};
 
@@ -48,7 +51,6 @@ pub(crate) struct Inner {
     pub(crate) compress_above: Option<usize>,
     pub(crate) scan_count: usize,
     pub(crate) node_retry_after: Duration,
-    pub(crate) clock: Arc<dyn Clock>,
     pub(crate) stats: Stats,
 }
 
@@ -119,7 +121,11 @@ impl Inner {
     }
 
     fn backend(&self, node: &Node, err: RedisError) -> Error {
-        Error::backend(self.name.clone(), format!("{} ({})", err, node.label()))
+        Error::classified(
+            self.name.clone(),
+            classify(&err),
+            format!("{} ({})", err, node.label()),
+        )
     }
 
     fn timed_out(&self) -> Error {
@@ -416,14 +422,38 @@ fn parse_cluster_primaries(nodes: &str) -> Vec<(String, u16)> {
         .collect()
 }
 
+/// The class of a Redis failure: a full, read-only or locked-out server is
+/// not a dead one.
+pub(crate) fn classify(err: &RedisError) -> ErrorClass {
+    match err.code() {
+        Some("OOM") => ErrorClass::OutOfMemory,
+        Some("READONLY") => ErrorClass::ReadOnly,
+        Some("NOAUTH" | "WRONGPASS" | "NOPERM") => ErrorClass::Auth,
+        Some("LOADING" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN") => ErrorClass::Unavailable,
+        _ if err.kind() == redis::ErrorKind::AuthenticationFailed => ErrorClass::Auth,
+        _ if err.is_timeout() => ErrorClass::Timeout,
+        _ if err.is_io_error() || err.is_connection_refusal() || err.is_connection_dropped() => {
+            ErrorClass::Unavailable
+        }
+        _ => ErrorClass::Other,
+    }
+}
+
 pub(crate) fn pool_error(layer: &Arc<str>, node: &str, err: mobc::Error<RedisError>) -> Error {
     match err {
-        mobc::Error::Inner(err) => Error::backend(layer.clone(), format!("{err} ({node})")),
-        mobc::Error::Timeout => Error::backend(
+        mobc::Error::Inner(err) => {
+            Error::classified(layer.clone(), classify(&err), format!("{err} ({node})"))
+        }
+        mobc::Error::Timeout => Error::classified(
             layer.clone(),
+            ErrorClass::Unavailable,
             format!("no connection to {node} within the connect timeout"),
         ),
-        mobc::Error::BadConn => Error::backend(layer.clone(), format!("bad connection to {node}")),
+        mobc::Error::BadConn => Error::classified(
+            layer.clone(),
+            ErrorClass::Unavailable,
+            format!("bad connection to {node}"),
+        ),
         mobc::Error::PoolClosed => {
             Error::unavailable(layer.clone(), format!("the pool of {node} is closed"))
         }
@@ -462,10 +492,11 @@ impl CacheLayer for RedisLayer {
         &self.inner.name
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Entry>> {
+    // Single-key calls skip the batch's Vecs: one key is the common case.
+    async fn get(&self, ctx: &CallContext<'_>, key: &str) -> Result<Option<Entry>> {
         let inner = &*self.inner;
         let full_key = inner.key(key);
-        let sent_at = inner.clock.now();
+        let sent_at = ctx.now();
         let pipe = &get_pipeline(&[&full_key]);
         let read = inner
             .read(|mut conn| async move {
@@ -476,7 +507,7 @@ impl CacheLayer for RedisLayer {
         Ok(inner.settle(&full_key, read).await)
     }
 
-    async fn set(&self, key: &str, entry: Entry) -> Result<()> {
+    async fn set(&self, ctx: &CallContext<'_>, key: &str, entry: Entry) -> Result<()> {
         let inner = &*self.inner;
         let full_key = inner.key(key);
         if let Some(refused) = inner.too_large(&entry) {
@@ -484,7 +515,7 @@ impl CacheLayer for RedisLayer {
             inner.unlink(&[&full_key]).await?;
             return Err(refused);
         }
-        let Some(cmd) = inner.set_command(&full_key, &entry, inner.clock.now()) else {
+        let Some(cmd) = inner.set_command(&full_key, &entry, ctx.now()) else {
             inner.unlink(&[&full_key]).await?;
             return Ok(());
         };
@@ -496,15 +527,33 @@ impl CacheLayer for RedisLayer {
         Ok(())
     }
 
-    async fn delete(&self, key: &str) -> Result<bool> {
+    async fn delete(&self, _ctx: &CallContext<'_>, key: &str) -> Result<bool> {
         let full_key = self.inner.key(key);
         Ok(self.inner.unlink(&[&full_key]).await? > 0)
     }
 
-    async fn invalidate(&self, pattern: &Pattern) -> Result<u64> {
+    async fn delete_many(&self, _ctx: &CallContext<'_>, keys: &[&str]) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let inner = &*self.inner;
+        let full_keys: Vec<String> = keys.iter().map(|key| inner.key(key)).collect();
+        if inner.standalone {
+            let full_keys: Vec<&str> = full_keys.iter().map(String::as_str).collect();
+            return inner.unlink(&full_keys).await;
+        }
+        // A multi-key UNLINK must stay in one slot: one per key.
+        let mut removed = 0;
+        for full_key in &full_keys {
+            removed += inner.unlink(&[full_key]).await?;
+        }
+        Ok(removed)
+    }
+
+    async fn invalidate(&self, ctx: &CallContext<'_>, pattern: &Pattern) -> Result<u64> {
         let inner = &*self.inner;
         if let Some(key) = pattern.literal() {
-            return Ok(u64::from(self.delete(key).await?));
+            return Ok(u64::from(self.delete(ctx, key).await?));
         }
         let glob = format!("{}{}", inner.match_prefix, pattern.as_str());
         if inner.standalone {
@@ -517,13 +566,13 @@ impl CacheLayer for RedisLayer {
         Ok(removed)
     }
 
-    async fn get_many(&self, keys: &[&str]) -> Vec<Result<Option<Entry>>> {
+    async fn get_many(&self, ctx: &CallContext<'_>, keys: &[&str]) -> Result<Lookups> {
         let inner = &*self.inner;
         if keys.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let full_keys: Vec<String> = keys.iter().map(|key| inner.key(key)).collect();
-        let sent_at = inner.clock.now();
+        let sent_at = ctx.now();
         let reads: Result<Vec<RedisResult<Read>>> = if inner.standalone {
             // One pipeline, one round trip.
             let pipe = &get_pipeline(&full_keys);
@@ -556,14 +605,11 @@ impl CacheLayer for RedisLayer {
                 })
                 .await
         };
-        let reads = match reads {
-            Ok(reads) if reads.len() == keys.len() => reads,
-            Ok(_) => {
-                let err = Error::backend(inner.name.clone(), "short pipeline reply");
-                return keys.iter().map(|_| Err(err.clone())).collect();
-            }
-            Err(err) => return keys.iter().map(|_| Err(err.clone())).collect(),
-        };
+        let reads = reads?;
+        if reads.len() != keys.len() {
+            inner.stats.errors.incr();
+            return Err(Error::backend(inner.name.clone(), "short pipeline reply"));
+        }
         let mut results = Vec::with_capacity(keys.len());
         for (full_key, read) in full_keys.iter().zip(reads) {
             results.push(match read {
@@ -574,12 +620,15 @@ impl CacheLayer for RedisLayer {
                 }
             });
         }
-        results
+        Ok(results)
     }
 
-    async fn set_many(&self, entries: &[(&str, Entry)]) -> Vec<Result<()>> {
+    async fn set_many(&self, ctx: &CallContext<'_>, entries: &[(&str, Entry)]) -> Result<Writes> {
         let inner = &*self.inner;
-        let now = inner.clock.now();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = ctx.now();
         let full_keys: Vec<String> = entries.iter().map(|(key, _)| inner.key(key)).collect();
         // Per entry: the command to send, and the result to report once it is sent.
         let mut commands = Vec::with_capacity(entries.len());
@@ -622,11 +671,12 @@ impl CacheLayer for RedisLayer {
                 })
                 .await
         };
-        let replies = match replies {
-            Ok(replies) => replies,
-            Err(err) => return entries.iter().map(|_| Err(err.clone())).collect(),
-        };
-        outcomes
+        let replies = replies?;
+        if replies.len() != entries.len() {
+            inner.stats.errors.incr();
+            return Err(Error::backend(inner.name.clone(), "short pipeline reply"));
+        }
+        Ok(outcomes
             .into_iter()
             .zip(&commands)
             .zip(replies)
@@ -639,7 +689,11 @@ impl CacheLayer for RedisLayer {
                     }
                     Value::SimpleString(text) if text.starts_with("ERR ") => {
                         inner.stats.errors.incr();
-                        Err(Error::backend(inner.name.clone(), text))
+                        Err(Error::classified(
+                            inner.name.clone(),
+                            ErrorClass::Unavailable,
+                            text,
+                        ))
                     }
                     Value::Int(removed) => {
                         inner.stats.removals.add(removed.max(0) as u64);
@@ -653,7 +707,7 @@ impl CacheLayer for RedisLayer {
                     }
                 }
             })
-            .collect()
+            .collect())
     }
 
     /// Every instance pointed at the same Redis sees the same keys.

@@ -7,7 +7,7 @@
 //! ```no_run
 //! # async fn demo() -> cache_core::Result<()> {
 //! use std::time::{Duration, Instant};
-//! use cache_core::{CacheLayer, Entry, Pattern, escape};
+//! use cache_core::{CacheLayer, CallContext, Entry, Operation, Pattern, escape};
 //! use cache_redis::RedisLayer;
 //!
 //! let redis = RedisLayer::builder("redis://127.0.0.1:6379")
@@ -16,13 +16,17 @@
 //!     .build()
 //!     .await?;
 //!
+//! // Outside a composer, each call carries a context of its own.
+//! let (write, read) = (CallContext::system(Operation::Write), CallContext::system(Operation::Read));
 //! let expires = Instant::now() + Duration::from_secs(300);
-//! redis.set("reviews:offer:42:page:0", Entry::new(&b"[...]"[..]).expires_at(expires)).await?;
-//! let hit = redis.get("reviews:offer:42:page:0").await?.expect("just written");
+//! let entry = Entry::new(&b"[...]"[..]).expires_at(expires);
+//! redis.set(&write, "reviews:offer:42:page:0", entry).await?;
+//! let hit = redis.get(&read, "reviews:offer:42:page:0").await?.expect("just written");
 //! assert!(hit.expiry().is_some()); // the remaining TTL travels with the value
 //!
 //! // Everything about offer 42, whatever characters the id holds:
-//! let removed = redis.invalidate(&Pattern::new(format!("reviews:offer:{}:*", escape("42")))).await?;
+//! let pages = Pattern::new(format!("reviews:offer:{}:*", escape("42")));
+//! let removed = redis.invalidate(&CallContext::system(Operation::Remove), &pages).await?;
 //! # Ok(()) }
 //! ```
 //!

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use cache_core::{CacheLayer, Entry, Pattern, escape};
 use cache_redis::RedisLayer;
+use cache_test_support::ctx;
 use cache_test_support::redis::RedisCluster;
 
 #[tokio::test]
@@ -25,7 +26,9 @@ async fn cluster_get_set_delete_invalidate_across_slots() {
         .collect();
     let set_at = Instant::now();
     let expires = set_at + Duration::from_secs(60);
+    let write = ctx::write();
     let first_set = redis.set(
+        &write,
         &keys[0],
         Entry::new(keys[0].as_bytes().to_vec()).expires_at(expires),
     );
@@ -36,7 +39,11 @@ async fn cluster_get_set_delete_invalidate_across_slots() {
     let latest = expires + set_at.elapsed() + Duration::from_millis(1);
     for key in &keys[1..300] {
         redis
-            .set(key, Entry::new(key.as_bytes().to_vec()).expires_at(expires))
+            .set(
+                &ctx::write(),
+                key,
+                Entry::new(key.as_bytes().to_vec()).expires_at(expires),
+            )
             .await
             .unwrap();
     }
@@ -44,7 +51,14 @@ async fn cluster_get_set_delete_invalidate_across_slots() {
         .iter()
         .map(|key| (key.as_str(), Entry::new(key.as_bytes().to_vec())))
         .collect();
-    assert!(redis.set_many(&batch).await.iter().all(Result::is_ok));
+    assert!(
+        redis
+            .set_many(&ctx::write(), &batch)
+            .await
+            .unwrap()
+            .iter()
+            .all(Result::is_ok)
+    );
     for node in cluster.nodes() {
         let held: u64 = node.cli(&["DBSIZE"]).trim().parse().unwrap();
         assert!(held > 100, "node {} holds only {held} keys", node.port());
@@ -52,17 +66,29 @@ async fn cluster_get_set_delete_invalidate_across_slots() {
     assert_eq!(cluster.total_keys(), 600);
 
     for key in keys.iter().step_by(7) {
-        let entry = redis.get(key).await.unwrap().expect("written");
+        let entry = redis
+            .get(&ctx::read(), key)
+            .await
+            .unwrap()
+            .expect("written");
         assert_eq!(entry.value().as_ref(), key.as_bytes());
     }
-    let first = redis.get(&keys[0]).await.unwrap().unwrap();
+    let first = redis.get(&ctx::read(), &keys[0]).await.unwrap().unwrap();
     assert!(first.expiry().unwrap() <= latest);
     assert!(first.expiry().unwrap() > expires - Duration::from_secs(5));
-    assert_eq!(redis.get(&keys[599]).await.unwrap().unwrap().expiry(), None);
+    assert_eq!(
+        redis
+            .get(&ctx::read(), &keys[599])
+            .await
+            .unwrap()
+            .unwrap()
+            .expiry(),
+        None
+    );
 
     let mut wanted: Vec<&str> = keys.iter().map(String::as_str).collect();
     wanted.push("missing");
-    let got = redis.get_many(&wanted).await;
+    let got = redis.get_many(&ctx::read(), &wanted).await.unwrap();
     assert_eq!(got.len(), 601);
     for (key, result) in wanted.iter().zip(&got).take(600) {
         assert_eq!(
@@ -72,8 +98,8 @@ async fn cluster_get_set_delete_invalidate_across_slots() {
     }
     assert!(got[600].as_ref().unwrap().is_none());
 
-    assert!(redis.delete(&keys[1]).await.unwrap());
-    assert!(redis.get(&keys[1]).await.unwrap().is_none());
+    assert!(redis.delete(&ctx::remove(), &keys[1]).await.unwrap());
+    assert!(redis.get(&ctx::read(), &keys[1]).await.unwrap().is_none());
     assert_eq!(cluster.total_keys(), 599);
 
     // Pattern invalidation scans every primary.
@@ -86,7 +112,10 @@ async fn cluster_get_set_delete_invalidate_across_slots() {
         .collect();
     let expected = live.iter().filter(|key| pattern.matches(key)).count() as u64;
     assert_eq!(expected, 120);
-    assert_eq!(redis.invalidate(&pattern).await.unwrap(), expected);
+    assert_eq!(
+        redis.invalidate(&ctx::remove(), &pattern).await.unwrap(),
+        expected
+    );
     assert_eq!(cluster.total_keys(), 599 - expected);
     let glob = Pattern::new("reviews:author:?[?x]*:page:1*");
     let expected = live
@@ -94,9 +123,18 @@ async fn cluster_get_set_delete_invalidate_across_slots() {
         .filter(|key| !pattern.matches(key) && glob.matches(key))
         .count() as u64;
     assert!(expected > 0);
-    assert_eq!(redis.invalidate(&glob).await.unwrap(), expected);
+    assert_eq!(
+        redis.invalidate(&ctx::remove(), &glob).await.unwrap(),
+        expected
+    );
     let before = cluster.total_keys();
-    assert_eq!(redis.invalidate(&Pattern::new("*")).await.unwrap(), before);
+    assert_eq!(
+        redis
+            .invalidate(&ctx::remove(), &Pattern::new("*"))
+            .await
+            .unwrap(),
+        before
+    );
     assert_eq!(cluster.total_keys(), 0);
 }
 

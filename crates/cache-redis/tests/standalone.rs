@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cache_core::{CacheLayer, Entry, Error, ManualClock, Pattern, escape};
+use cache_core::{CallContext, Operation};
 use cache_redis::{ReadFrom, RedisLayer};
+use cache_test_support::ctx;
 use cache_test_support::redis::{RedisServer, ReplicatedRedis};
 
 async fn layer(server: &RedisServer, namespace: &str) -> RedisLayer {
@@ -39,6 +41,7 @@ async fn round_trip_keeps_the_remaining_expiry() {
     let now = Instant::now();
     redis
         .set(
+            &ctx::write(),
             "k",
             Entry::new(&b"v"[..]).expires_at(now + Duration::from_secs(10)),
         )
@@ -47,9 +50,16 @@ async fn round_trip_keeps_the_remaining_expiry() {
     // PX starts when the SET arrives: Redis may hold the key past the set
     // expiry by as long as the set took (plus a millisecond), never more.
     let latest = now + Duration::from_secs(10) + now.elapsed() + Duration::from_millis(1);
-    redis.set("forever", Entry::new(&b"f"[..])).await.unwrap();
+    redis
+        .set(&ctx::write(), "forever", Entry::new(&b"f"[..]))
+        .await
+        .unwrap();
 
-    let hit = redis.get("k").await.unwrap().expect("just written");
+    let hit = redis
+        .get(&ctx::read(), "k")
+        .await
+        .unwrap()
+        .expect("just written");
     assert_eq!(hit.value().as_ref(), b"v");
     let expiry = hit.expiry().expect("the TTL comes back with the value");
     // Never later than what Redis holds, and not much earlier.
@@ -62,14 +72,14 @@ async fn round_trip_keeps_the_remaining_expiry() {
     let pttl: i64 = server.cli(&["PTTL", "t:k"]).trim().parse().unwrap();
     assert!((9_000..=10_000).contains(&pttl), "{pttl}");
 
-    let forever = redis.get("forever").await.unwrap().unwrap();
+    let forever = redis.get(&ctx::read(), "forever").await.unwrap().unwrap();
     assert_eq!(forever.expiry(), None);
     assert_eq!(server.cli(&["PTTL", "t:forever"]).trim(), "-1");
-    assert!(redis.get("absent").await.unwrap().is_none());
+    assert!(redis.get(&ctx::read(), "absent").await.unwrap().is_none());
 
-    assert!(redis.delete("k").await.unwrap());
-    assert!(!redis.delete("k").await.unwrap());
-    assert!(redis.get("k").await.unwrap().is_none());
+    assert!(redis.delete(&ctx::remove(), "k").await.unwrap());
+    assert!(!redis.delete(&ctx::remove(), "k").await.unwrap());
+    assert!(redis.get(&ctx::read(), "k").await.unwrap().is_none());
     let stats = redis.stats();
     assert_eq!((stats.hits, stats.misses, stats.sets), (2, 2, 2));
     assert_eq!(stats.removals, 1);
@@ -83,7 +93,11 @@ async fn expiry_is_honoured_to_the_millisecond_range() {
     let set_at = Instant::now();
     let expires = set_at + ttl;
     redis
-        .set("short", Entry::new(&b"v"[..]).expires_at(expires))
+        .set(
+            &ctx::write(),
+            "short",
+            Entry::new(&b"v"[..]).expires_at(expires),
+        )
         .await
         .unwrap();
     // Redis starts a PX expiry when the SET arrives, so the key may live
@@ -92,7 +106,7 @@ async fn expiry_is_honoured_to_the_millisecond_range() {
     let latest = expires + set_at.elapsed() + Duration::from_millis(1);
     let first_miss = loop {
         let asked = Instant::now();
-        match redis.get("short").await.unwrap() {
+        match redis.get(&ctx::read(), "short").await.unwrap() {
             Some(entry) => {
                 let at = entry.expiry().expect("has an expiry");
                 // A hit never claims to live past what Redis holds.
@@ -125,18 +139,20 @@ async fn expiry_is_honoured_to_the_millisecond_range() {
 }
 
 #[tokio::test]
-async fn the_layer_clock_sets_the_ttl_and_expired_entries_are_not_written() {
+async fn the_context_clock_sets_the_ttl_and_expired_entries_are_not_written() {
     let server = RedisServer::start();
     let clock = ManualClock::shared();
     let redis = RedisLayer::builder(server.url())
         .namespace("t:")
-        .clock(clock.clone())
         .build()
         .await
         .unwrap();
+    let write = || CallContext::new(&*clock, Operation::Write);
+    let read = || CallContext::new(&*clock, Operation::Read);
     let now = cache_core::Clock::now(&*clock);
     redis
         .set(
+            &write(),
             "k",
             Entry::new(&b"old"[..]).expires_at(now + Duration::from_secs(60)),
         )
@@ -144,18 +160,18 @@ async fn the_layer_clock_sets_the_ttl_and_expired_entries_are_not_written() {
         .unwrap();
     let pttl: i64 = server.cli(&["PTTL", "t:k"]).trim().parse().unwrap();
     assert!((59_000..=60_000).contains(&pttl), "{pttl}");
-    let hit = redis.get("k").await.unwrap().unwrap();
+    let hit = redis.get(&read(), "k").await.unwrap().unwrap();
     // Read back on the same (stopped) clock: remaining ≈ 60 s.
     let remaining = hit.remaining(now).unwrap();
     assert!(remaining > Duration::from_secs(59) && remaining <= Duration::from_secs(60));
 
-    // An entry that already expired by the layer's clock is not written, and
-    // the old value goes.
+    // An entry that already expired by the context's clock is not written,
+    // and the old value goes.
     clock.advance(Duration::from_secs(10));
     let expired = Entry::new(&b"new"[..]).expires_at(now + Duration::from_secs(5));
-    redis.set("k", expired).await.unwrap();
+    redis.set(&write(), "k", expired).await.unwrap();
     assert_eq!(server.cli(&["EXISTS", "t:k"]).trim(), "0");
-    assert!(redis.get("k").await.unwrap().is_none());
+    assert!(redis.get(&read(), "k").await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -169,24 +185,52 @@ async fn two_namespaces_never_see_each_other() {
     for (layer, v) in [(&a, "a"), (&b, "b"), (&c, "c")] {
         for key in ["k", "other", "*"] {
             layer
-                .set(key, Entry::new(v.as_bytes().to_vec()))
+                .set(&ctx::write(), key, Entry::new(v.as_bytes().to_vec()))
                 .await
                 .unwrap();
         }
     }
-    assert_eq!(value(&a.get("k").await.unwrap()), Some(&b"a"[..]));
-    assert_eq!(value(&b.get("k").await.unwrap()), Some(&b"b"[..]));
-    assert_eq!(value(&c.get("k").await.unwrap()), Some(&b"c"[..]));
+    assert_eq!(
+        value(&a.get(&ctx::read(), "k").await.unwrap()),
+        Some(&b"a"[..])
+    );
+    assert_eq!(
+        value(&b.get(&ctx::read(), "k").await.unwrap()),
+        Some(&b"b"[..])
+    );
+    assert_eq!(
+        value(&c.get(&ctx::read(), "k").await.unwrap()),
+        Some(&b"c"[..])
+    );
     assert_eq!(server.cli(&["DBSIZE"]).trim(), "9");
 
-    assert_eq!(a.invalidate(&Pattern::new("*")).await.unwrap(), 3);
-    assert!(a.get("k").await.unwrap().is_none());
-    assert_eq!(value(&b.get("k").await.unwrap()), Some(&b"b"[..]));
-    assert_eq!(value(&b.get("*").await.unwrap()), Some(&b"b"[..]));
-    assert_eq!(c.invalidate(&Pattern::new("o*")).await.unwrap(), 1);
+    assert_eq!(
+        a.invalidate(&ctx::remove(), &Pattern::new("*"))
+            .await
+            .unwrap(),
+        3
+    );
+    assert!(a.get(&ctx::read(), "k").await.unwrap().is_none());
+    assert_eq!(
+        value(&b.get(&ctx::read(), "k").await.unwrap()),
+        Some(&b"b"[..])
+    );
+    assert_eq!(
+        value(&b.get(&ctx::read(), "*").await.unwrap()),
+        Some(&b"b"[..])
+    );
+    assert_eq!(
+        c.invalidate(&ctx::remove(), &Pattern::new("o*"))
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(server.cli(&["DBSIZE"]).trim(), "5");
-    assert!(b.delete("*").await.unwrap());
-    assert_eq!(value(&c.get("*").await.unwrap()), Some(&b"c"[..]));
+    assert!(b.delete(&ctx::remove(), "*").await.unwrap());
+    assert_eq!(
+        value(&c.get(&ctx::read(), "*").await.unwrap()),
+        Some(&b"c"[..])
+    );
 }
 
 #[tokio::test]
@@ -221,7 +265,7 @@ async fn pattern_invalidation_removes_exactly_the_matching_keys_among_100k() {
             .iter()
             .map(|key| (key.as_str(), payload.clone()))
             .collect();
-        for result in redis.set_many(&entries).await {
+        for result in redis.set_many(&ctx::write(), &entries).await.unwrap() {
             result.unwrap();
         }
     }
@@ -255,7 +299,7 @@ async fn pattern_invalidation_removes_exactly_the_matching_keys_among_100k() {
             .cloned()
             .collect();
         assert!(!expected.is_empty(), "{pattern:?} should match something");
-        let removed = redis.invalidate(pattern).await.unwrap();
+        let removed = redis.invalidate(&ctx::remove(), pattern).await.unwrap();
         assert_eq!(removed, expected.len() as u64, "{pattern:?}");
         for key in &expected {
             remaining.remove(key);
@@ -303,7 +347,10 @@ async fn garbage_bytes_are_a_counted_miss_and_removed() {
     server.cli(&["RPUSH", "t:list", "a", "b"]);
     server.cli(&["SET", "t:empty", ""]);
     for key in ["garbage", "bad-version", "list", "empty"] {
-        assert!(redis.get(key).await.unwrap().is_none(), "{key}");
+        assert!(
+            redis.get(&ctx::read(), key).await.unwrap().is_none(),
+            "{key}"
+        );
         assert_eq!(
             server.cli(&["EXISTS", &format!("t:{key}")]).trim(),
             "0",
@@ -315,8 +362,14 @@ async fn garbage_bytes_are_a_counted_miss_and_removed() {
     assert_eq!(stats.misses, 4);
     // Batch reads treat them the same way.
     server.cli(&["SET", "t:garbage", "again"]);
-    redis.set("good", Entry::new(&b"ok"[..])).await.unwrap();
-    let results = redis.get_many(&["garbage", "good", "none"]).await;
+    redis
+        .set(&ctx::write(), "good", Entry::new(&b"ok"[..]))
+        .await
+        .unwrap();
+    let results = redis
+        .get_many(&ctx::read(), &["garbage", "good", "none"])
+        .await
+        .unwrap();
     assert!(results[0].as_ref().unwrap().is_none());
     assert_eq!(value(results[1].as_ref().unwrap()), Some(&b"ok"[..]));
     assert!(results[2].as_ref().unwrap().is_none());
@@ -332,9 +385,12 @@ async fn oversize_values_are_refused_and_the_old_value_removed() {
         .build()
         .await
         .unwrap();
-    redis.set("k", Entry::new(vec![1u8; 1024])).await.unwrap();
+    redis
+        .set(&ctx::write(), "k", Entry::new(vec![1u8; 1024]))
+        .await
+        .unwrap();
     let err = redis
-        .set("k", Entry::new(vec![1u8; 1025]))
+        .set(&ctx::write(), "k", Entry::new(vec![1u8; 1025]))
         .await
         .unwrap_err();
     assert!(
@@ -349,24 +405,31 @@ async fn oversize_values_are_refused_and_the_old_value_removed() {
         "{err:?}"
     );
     assert!(err.is_refusal());
-    assert!(redis.get("k").await.unwrap().is_none());
+    assert!(redis.get(&ctx::read(), "k").await.unwrap().is_none());
     assert_eq!(redis.stats().rejections, 1);
 
     // In a batch, only the oversize slot fails.
     let results = redis
-        .set_many(&[
-            ("a", Entry::new(vec![2u8; 10])),
-            ("b", Entry::new(vec![2u8; 5000])),
-            (
-                "c",
-                Entry::new(vec![3u8; 10]).expires_at(Instant::now() - Duration::from_secs(1)),
-            ),
-        ])
-        .await;
+        .set_many(
+            &ctx::write(),
+            &[
+                ("a", Entry::new(vec![2u8; 10])),
+                ("b", Entry::new(vec![2u8; 5000])),
+                (
+                    "c",
+                    Entry::new(vec![3u8; 10]).expires_at(Instant::now() - Duration::from_secs(1)),
+                ),
+            ],
+        )
+        .await
+        .unwrap();
     assert!(results[0].is_ok());
     assert!(matches!(results[1], Err(Error::ValueTooLarge { .. })));
     assert!(results[2].is_ok(), "an expired entry is simply not written");
-    let got = redis.get_many(&["a", "b", "c"]).await;
+    let got = redis
+        .get_many(&ctx::read(), &["a", "b", "c"])
+        .await
+        .unwrap();
     assert_eq!(value(got[0].as_ref().unwrap()), Some(&[2u8; 10][..]));
     assert!(got[1].as_ref().unwrap().is_none());
     assert!(got[2].as_ref().unwrap().is_none());
@@ -391,12 +454,19 @@ async fn batch_calls_round_trip_with_expiry() {
         .iter()
         .map(|(k, e)| (k.as_str(), e.clone()))
         .collect();
-    assert!(redis.set_many(&refs).await.iter().all(Result::is_ok));
+    assert!(
+        redis
+            .set_many(&ctx::write(), &refs)
+            .await
+            .unwrap()
+            .iter()
+            .all(Result::is_ok)
+    );
     // PX starts when the SET arrives: allow for the time the batch took.
     let set_took = now.elapsed() + Duration::from_millis(1);
     let mut keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
     keys.push("missing");
-    let got = redis.get_many(&keys).await;
+    let got = redis.get_many(&ctx::read(), &keys).await.unwrap();
     assert_eq!(got.len(), 51);
     for (n, result) in got.iter().take(50).enumerate() {
         let entry = result.as_ref().unwrap().as_ref().unwrap();
@@ -419,14 +489,23 @@ async fn a_stopped_server_costs_at_most_the_timeout() {
         .build()
         .await
         .unwrap();
-    redis.set("k", Entry::new(&b"v"[..])).await.unwrap();
+    redis
+        .set(&ctx::write(), "k", Entry::new(&b"v"[..]))
+        .await
+        .unwrap();
     server.pause();
     for attempt in 0..3 {
         let started = Instant::now();
         let err = match attempt {
-            0 => redis.get("k").await.unwrap_err(),
-            1 => redis.set("k", Entry::new(&b"w"[..])).await.unwrap_err(),
-            _ => redis.invalidate(&Pattern::new("*")).await.unwrap_err(),
+            0 => redis.get(&ctx::read(), "k").await.unwrap_err(),
+            1 => redis
+                .set(&ctx::write(), "k", Entry::new(&b"w"[..]))
+                .await
+                .unwrap_err(),
+            _ => redis
+                .invalidate(&ctx::remove(), &Pattern::new("*"))
+                .await
+                .unwrap_err(),
         };
         let took = started.elapsed();
         assert!(err.is_timeout(), "{err:?}");
@@ -439,7 +518,7 @@ async fn a_stopped_server_costs_at_most_the_timeout() {
     // The same layer recovers once the server answers again.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match redis.get("k").await {
+        match redis.get(&ctx::read(), "k").await {
             Ok(Some(_)) => break,
             other => assert!(Instant::now() < deadline, "no recovery: {other:?}"),
         }
@@ -451,20 +530,26 @@ async fn a_stopped_server_costs_at_most_the_timeout() {
 async fn a_restarted_server_is_reconnected() {
     let mut server = RedisServer::start();
     let redis = layer(&server, "t:").await;
-    redis.set("k", Entry::new(&b"v"[..])).await.unwrap();
+    redis
+        .set(&ctx::write(), "k", Entry::new(&b"v"[..]))
+        .await
+        .unwrap();
     server.restart();
     // The old connection is dead; the first call may fail, later ones reconnect.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match redis.set("k2", Entry::new(&b"v2"[..])).await {
+        match redis.set(&ctx::write(), "k2", Entry::new(&b"v2"[..])).await {
             Ok(()) => break,
             Err(err) => assert!(Instant::now() < deadline, "no reconnect: {err:?}"),
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(value(&redis.get("k2").await.unwrap()), Some(&b"v2"[..]));
+    assert_eq!(
+        value(&redis.get(&ctx::read(), "k2").await.unwrap()),
+        Some(&b"v2"[..])
+    );
     // Nothing persisted across the restart.
-    assert!(redis.get("k").await.unwrap().is_none());
+    assert!(redis.get(&ctx::read(), "k").await.unwrap().is_none());
 }
 
 /// Concurrent sets then gets of distinct keys; every read sees its own write.
@@ -475,8 +560,10 @@ async fn each_task_reads_its_own_writes(redis: &RedisLayer, round: usize) -> Res
             tokio::spawn(async move {
                 let key = format!("task{task}");
                 let written = format!("round{round}-task{task}").into_bytes();
-                redis.set(&key, Entry::new(written.clone())).await?;
-                let read = redis.get(&key).await?;
+                redis
+                    .set(&ctx::write(), &key, Entry::new(written.clone()))
+                    .await?;
+                let read = redis.get(&ctx::read(), &key).await?;
                 assert_eq!(value(&read), Some(&written[..]), "{key}");
                 Ok::<_, Error>(())
             })
@@ -534,21 +621,36 @@ async fn reads_fall_back_to_the_replica_when_the_primary_is_killed() {
         .build()
         .await
         .unwrap();
-    redis.set("k", Entry::new(&b"v"[..])).await.unwrap();
+    redis
+        .set(&ctx::write(), "k", Entry::new(&b"v"[..]))
+        .await
+        .unwrap();
     assert!(pair.wait_for_replica(Duration::from_secs(5)));
-    assert_eq!(value(&redis.get("k").await.unwrap()), Some(&b"v"[..]));
+    assert_eq!(
+        value(&redis.get(&ctx::read(), "k").await.unwrap()),
+        Some(&b"v"[..])
+    );
 
     pair.primary.kill();
     for _ in 0..3 {
         let started = Instant::now();
-        let hit = redis.get("k").await.expect("the replica answers");
+        let hit = redis
+            .get(&ctx::read(), "k")
+            .await
+            .expect("the replica answers");
         assert_eq!(value(&hit), Some(&b"v"[..]));
         assert!(started.elapsed() < Duration::from_millis(500));
     }
-    let batch = redis.get_many(&["k", "absent"]).await;
+    let batch = redis
+        .get_many(&ctx::read(), &["k", "absent"])
+        .await
+        .unwrap();
     assert_eq!(value(batch[0].as_ref().unwrap()), Some(&b"v"[..]));
     // Writes go to the primary only, so they fail (fast: the port refuses).
-    let err = redis.set("k", Entry::new(&b"w"[..])).await.unwrap_err();
+    let err = redis
+        .set(&ctx::write(), "k", Entry::new(&b"w"[..]))
+        .await
+        .unwrap_err();
     assert!(!err.is_refusal(), "{err:?}");
 }
 
@@ -562,7 +664,10 @@ async fn replicas_first_reads_from_the_replica() {
         .build()
         .await
         .unwrap();
-    redis.set("k", Entry::new(&b"v"[..])).await.unwrap();
+    redis
+        .set(&ctx::write(), "k", Entry::new(&b"v"[..]))
+        .await
+        .unwrap();
     assert!(pair.wait_for_replica(Duration::from_secs(5)));
     let gets = |server: &RedisServer| -> u64 {
         let stats = server.cli(&["INFO", "commandstats"]);
@@ -575,7 +680,10 @@ async fn replicas_first_reads_from_the_replica() {
     };
     let (primary_before, replica_before) = (gets(&pair.primary), gets(&pair.replica));
     for _ in 0..10 {
-        assert_eq!(value(&redis.get("k").await.unwrap()), Some(&b"v"[..]));
+        assert_eq!(
+            value(&redis.get(&ctx::read(), "k").await.unwrap()),
+            Some(&b"v"[..])
+        );
     }
     assert_eq!(gets(&pair.replica) - replica_before, 10);
     assert_eq!(gets(&pair.primary), primary_before);
@@ -600,8 +708,14 @@ async fn credentials_come_from_the_url() {
         format!("redis://alice:wonderland@127.0.0.1:{port}"),
     ] {
         let redis = RedisLayer::builder(&url).build().await.unwrap();
-        redis.set("k", Entry::new(&b"v"[..])).await.unwrap();
-        assert_eq!(value(&redis.get("k").await.unwrap()), Some(&b"v"[..]));
+        redis
+            .set(&ctx::write(), "k", Entry::new(&b"v"[..]))
+            .await
+            .unwrap();
+        assert_eq!(
+            value(&redis.get(&ctx::read(), "k").await.unwrap()),
+            Some(&b"v"[..])
+        );
     }
     let err = RedisLayer::builder(format!("redis://alice:wrong@127.0.0.1:{port}"))
         .build()
@@ -623,13 +737,16 @@ async fn compressed_and_plain_values_read_side_by_side() {
         .await
         .unwrap();
     let big = "offer review text ".repeat(1000).into_bytes();
-    plain.set("old", Entry::new(big.clone())).await.unwrap();
-    compressing
-        .set("new", Entry::new(big.clone()))
+    plain
+        .set(&ctx::write(), "old", Entry::new(big.clone()))
         .await
         .unwrap();
     compressing
-        .set("small", Entry::new(&b"tiny"[..]))
+        .set(&ctx::write(), "new", Entry::new(big.clone()))
+        .await
+        .unwrap();
+    compressing
+        .set(&ctx::write(), "small", Entry::new(&b"tiny"[..]))
         .await
         .unwrap();
     let stored_old: usize = server.cli(&["STRLEN", "t:old"]).trim().parse().unwrap();
@@ -638,10 +755,13 @@ async fn compressed_and_plain_values_read_side_by_side() {
     assert!(stored_new < big.len() / 10, "{stored_new}");
     for layer in [&plain, &compressing] {
         for key in ["old", "new"] {
-            assert_eq!(value(&layer.get(key).await.unwrap()), Some(&big[..]));
+            assert_eq!(
+                value(&layer.get(&ctx::read(), key).await.unwrap()),
+                Some(&big[..])
+            );
         }
         assert_eq!(
-            value(&layer.get("small").await.unwrap()),
+            value(&layer.get(&ctx::read(), "small").await.unwrap()),
             Some(&b"tiny"[..])
         );
     }
@@ -656,7 +776,11 @@ async fn two_processes_share_one_redis() {
     let server = RedisServer::start();
     let redis = layer(&server, "shared:").await;
     redis
-        .set("from-parent", Entry::new(&b"hello child"[..]))
+        .set(
+            &ctx::write(),
+            "from-parent",
+            Entry::new(&b"hello child"[..]),
+        )
         .await
         .unwrap();
     let exe = std::env::current_exe().unwrap();
@@ -679,7 +803,7 @@ async fn two_processes_share_one_redis() {
     );
     assert!(stdout.contains("child saw the parent's write"), "{stdout}");
     assert_eq!(
-        value(&redis.get("from-child").await.unwrap()),
+        value(&redis.get(&ctx::read(), "from-child").await.unwrap()),
         Some(&b"hello parent"[..])
     );
 }
@@ -696,11 +820,15 @@ async fn second_process() {
         .build()
         .await
         .unwrap();
-    let seen = redis.get("from-parent").await.unwrap();
+    let seen = redis.get(&ctx::read(), "from-parent").await.unwrap();
     assert_eq!(value(&seen), Some(&b"hello child"[..]));
     println!("child saw the parent's write");
     redis
-        .set("from-child", Entry::new(&b"hello parent"[..]))
+        .set(
+            &ctx::write(),
+            "from-child",
+            Entry::new(&b"hello parent"[..]),
+        )
         .await
         .unwrap();
 }
@@ -709,7 +837,13 @@ async fn second_process() {
 async fn works_as_a_trait_object() {
     let server = RedisServer::start();
     let redis: Arc<dyn CacheLayer> = Arc::new(layer(&server, "t:").await);
-    redis.set("k", Entry::new(&b"v"[..])).await.unwrap();
+    redis
+        .set(&ctx::write(), "k", Entry::new(&b"v"[..]))
+        .await
+        .unwrap();
     assert_eq!(redis.name(), "redis");
-    assert_eq!(value(&redis.get("k").await.unwrap()), Some(&b"v"[..]));
+    assert_eq!(
+        value(&redis.get(&ctx::read(), "k").await.unwrap()),
+        Some(&b"v"[..])
+    );
 }

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use cache_core::{CacheLayer, Entry, Error, LayerStats, Pattern, Result};
+use cache_core::{
+    CacheLayer, CallContext, Entry, Error, ErrorClass, LayerStats, Lookups, Operation, Pattern,
+    Result, Writes,
+};
 use tokio::sync::Semaphore;
 
 /// Wraps a layer so that a test can hold a `get` between reading the value
@@ -82,28 +85,22 @@ impl CacheLayer for HoldableLayer {
         self.inner.name()
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Entry>> {
-        let found = self.inner.get(key).await;
+    async fn get_many(&self, ctx: &CallContext<'_>, keys: &[&str]) -> Result<Lookups> {
+        let found = self.inner.get_many(ctx, keys).await;
         self.maybe_hold().await;
         found
     }
 
-    async fn set(&self, key: &str, entry: Entry) -> Result<()> {
-        self.inner.set(key, entry).await
+    async fn set_many(&self, ctx: &CallContext<'_>, entries: &[(&str, Entry)]) -> Result<Writes> {
+        self.inner.set_many(ctx, entries).await
     }
 
-    async fn delete(&self, key: &str) -> Result<bool> {
-        self.inner.delete(key).await
+    async fn delete_many(&self, ctx: &CallContext<'_>, keys: &[&str]) -> Result<u64> {
+        self.inner.delete_many(ctx, keys).await
     }
 
-    async fn invalidate(&self, pattern: &Pattern) -> Result<u64> {
-        self.inner.invalidate(pattern).await
-    }
-
-    async fn get_many(&self, keys: &[&str]) -> Vec<Result<Option<Entry>>> {
-        let found = self.inner.get_many(keys).await;
-        self.maybe_hold().await;
-        found
+    async fn invalidate(&self, ctx: &CallContext<'_>, pattern: &Pattern) -> Result<u64> {
+        self.inner.invalidate(ctx, pattern).await
     }
 
     fn stats(&self) -> LayerStats {
@@ -124,6 +121,10 @@ pub enum Fault {
     Fail,
     /// Never answers (a hung server); only a timeout gets the caller out.
     Hang,
+    /// Fails writes and removals at once with an error of this class (a
+    /// dead primary with live replicas: `Unavailable`; a full server:
+    /// `OutOfMemory`); reads pass.
+    FailWrites(ErrorClass),
 }
 
 /// Wraps a layer with switchable failures.
@@ -153,16 +154,20 @@ impl FaultyLayer {
         self.calls.load(Ordering::SeqCst)
     }
 
-    async fn enter(&self) -> Result<()> {
+    async fn enter(&self, operation: Operation) -> Result<()> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let fault = *self.fault.lock().unwrap();
+        let name = self.inner.name().to_owned();
         match fault {
             Fault::None => Ok(()),
-            Fault::Fail => Err(Error::backend(
-                self.inner.name().to_owned(),
+            Fault::Fail => Err(Error::classified(
+                name,
+                ErrorClass::Unavailable,
                 "injected failure",
             )),
             Fault::Hang => std::future::pending().await,
+            Fault::FailWrites(_) if operation == Operation::Read => Ok(()),
+            Fault::FailWrites(class) => Err(Error::classified(name, class, "injected failure")),
         }
     }
 }
@@ -182,24 +187,24 @@ impl CacheLayer for FaultyLayer {
         self.inner.name()
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Entry>> {
-        self.enter().await?;
-        self.inner.get(key).await
+    async fn get_many(&self, ctx: &CallContext<'_>, keys: &[&str]) -> Result<Lookups> {
+        self.enter(Operation::Read).await?;
+        self.inner.get_many(ctx, keys).await
     }
 
-    async fn set(&self, key: &str, entry: Entry) -> Result<()> {
-        self.enter().await?;
-        self.inner.set(key, entry).await
+    async fn set_many(&self, ctx: &CallContext<'_>, entries: &[(&str, Entry)]) -> Result<Writes> {
+        self.enter(Operation::Write).await?;
+        self.inner.set_many(ctx, entries).await
     }
 
-    async fn delete(&self, key: &str) -> Result<bool> {
-        self.enter().await?;
-        self.inner.delete(key).await
+    async fn delete_many(&self, ctx: &CallContext<'_>, keys: &[&str]) -> Result<u64> {
+        self.enter(Operation::Remove).await?;
+        self.inner.delete_many(ctx, keys).await
     }
 
-    async fn invalidate(&self, pattern: &Pattern) -> Result<u64> {
-        self.enter().await?;
-        self.inner.invalidate(pattern).await
+    async fn invalidate(&self, ctx: &CallContext<'_>, pattern: &Pattern) -> Result<u64> {
+        self.enter(Operation::Remove).await?;
+        self.inner.invalidate(ctx, pattern).await
     }
 
     fn stats(&self) -> LayerStats {
@@ -223,20 +228,20 @@ impl CacheLayer for SharedLayer {
         self.0.name()
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Entry>> {
-        self.0.get(key).await
+    async fn get_many(&self, ctx: &CallContext<'_>, keys: &[&str]) -> Result<Lookups> {
+        self.0.get_many(ctx, keys).await
     }
 
-    async fn set(&self, key: &str, entry: Entry) -> Result<()> {
-        self.0.set(key, entry).await
+    async fn set_many(&self, ctx: &CallContext<'_>, entries: &[(&str, Entry)]) -> Result<Writes> {
+        self.0.set_many(ctx, entries).await
     }
 
-    async fn delete(&self, key: &str) -> Result<bool> {
-        self.0.delete(key).await
+    async fn delete_many(&self, ctx: &CallContext<'_>, keys: &[&str]) -> Result<u64> {
+        self.0.delete_many(ctx, keys).await
     }
 
-    async fn invalidate(&self, pattern: &Pattern) -> Result<u64> {
-        self.0.invalidate(pattern).await
+    async fn invalidate(&self, ctx: &CallContext<'_>, pattern: &Pattern) -> Result<u64> {
+        self.0.invalidate(ctx, pattern).await
     }
 
     fn is_shared(&self) -> bool {

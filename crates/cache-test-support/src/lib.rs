@@ -2,8 +2,29 @@
 //!
 //! - [`model`]: the reference model property tests compare caches against;
 //! - [`layers`]: layers whose timing a test controls;
-//! - [`redis`]: throwaway `redis-server` processes on free ports.
+//! - [`redis`]: throwaway `redis-server` processes on free ports;
+//! - [`ctx`]: call contexts for calling a layer directly.
 
 pub mod layers;
 pub mod model;
 pub mod redis;
+
+/// Contexts for calling a layer directly in a test, on the system clock.
+pub mod ctx {
+    use cache_core::{CallContext, Operation};
+
+    /// A read's context.
+    pub fn read() -> CallContext<'static> {
+        CallContext::system(Operation::Read)
+    }
+
+    /// A write's context.
+    pub fn write() -> CallContext<'static> {
+        CallContext::system(Operation::Write)
+    }
+
+    /// A removal's context.
+    pub fn remove() -> CallContext<'static> {
+        CallContext::system(Operation::Remove)
+    }
+}

@@ -22,12 +22,35 @@ pub enum Error {
     /// [`loader_timeout`](crate::TieredCacheBuilder::loader_timeout).
     #[error("loader did not finish within {0:?}")]
     LoaderTimeout(Duration),
+    /// The loader panicked. The callers that waited on it get this error at
+    /// once; the panic itself resumes in the caller that ran the loader.
+    #[error("loader panicked")]
+    LoaderPanicked,
 }
 
 impl Error {
     /// Whether the loader failed or timed out (as opposed to a tier).
     pub fn is_loader(&self) -> bool {
-        matches!(self, Error::Loader(_) | Error::LoaderTimeout(_))
+        matches!(
+            self,
+            Error::Loader(_) | Error::LoaderTimeout(_) | Error::LoaderPanicked
+        )
+    }
+
+    /// The class of a tier's failure (timeout, unavailable, refused input,
+    /// ...); `None` for a loader's failure.
+    pub fn class(&self) -> Option<cache_core::ErrorClass> {
+        match self {
+            Error::Cache(error) => Some(error.class()),
+            _ => None,
+        }
+    }
+
+    /// Whether a tier refused the input (a value over its size limit, a
+    /// value that would not serialize): returned whatever the tier's
+    /// failure policy, since it says nothing about the tier's health.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Error::Cache(error) if error.is_refusal())
     }
 }
 

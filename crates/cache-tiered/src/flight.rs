@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
 
 use crate::Error;
+use crate::guard::{FillGuard, Ticket};
 
 /// What a leader hands to the callers waiting on it.
 pub(crate) type Outcome = Result<Arc<dyn Any + Send + Sync>, Error>;
@@ -17,8 +18,17 @@ type Slot = watch::Sender<Option<Outcome>>;
 /// The loads in progress, by key.
 #[derive(Debug, Default)]
 pub(crate) struct Flights {
-    in_progress: Mutex<HashMap<String, (u64, Slot)>>,
+    in_progress: Mutex<HashMap<String, Flight>>,
     next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Flight {
+    id: u64,
+    slot: Slot,
+    /// Taken before the load began: a caller may join only while no
+    /// mutation of the key has begun since.
+    ticket: Ticket,
 }
 
 /// The caller's part in a load.
@@ -35,6 +45,9 @@ pub(crate) struct Leader<'a> {
     flights: &'a Flights,
     key: String,
     id: u64,
+    /// Taken before the load: what it loads may be cached only while this
+    /// ticket is still valid.
+    pub(crate) ticket: Ticket,
 }
 
 pub(crate) struct Follower {
@@ -42,23 +55,40 @@ pub(crate) struct Follower {
 }
 
 impl Flights {
-    pub(crate) fn join(&self, key: &str) -> Role<'_> {
+    /// Joins the load of `key` in flight, or starts one.
+    ///
+    /// A load that began before a mutation of the key (a delete, an
+    /// invalidation, a set) is not joined: a caller that starts after the
+    /// mutation returned must never be answered by it. The newcomer starts
+    /// a load of its own instead, and the stale flight's followers (who
+    /// joined before the mutation) are released to try again.
+    pub(crate) fn join(&self, key: &str, guard: &FillGuard) -> Role<'_> {
         let mut in_progress = self.lock();
-        if let Some((_, slot)) = in_progress.get(key) {
+        if let Some(flight) = in_progress.get(key)
+            && guard.unchanged_since(&flight.ticket)
+        {
             return Role::Follower(Follower {
-                receiver: slot.subscribe(),
+                receiver: flight.slot.subscribe(),
             });
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        in_progress.insert(key.to_owned(), (id, watch::channel(None).0));
+        let ticket = guard.ticket(key);
+        let flight = Flight {
+            id,
+            slot: watch::channel(None).0,
+            ticket,
+        };
+        // Replacing a stale flight drops its slot, which wakes its followers.
+        in_progress.insert(key.to_owned(), flight);
         Role::Leader(Leader {
             flights: self,
             key: key.to_owned(),
             id,
+            ticket,
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Slot)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight>> {
         // Nothing panics while holding the lock; recover rather than cascade.
         self.in_progress
             .lock()
@@ -68,7 +98,7 @@ impl Flights {
     fn remove(&self, key: &str, id: u64) -> Option<Slot> {
         let mut in_progress = self.lock();
         match in_progress.get(key) {
-            Some((owner, _)) if *owner == id => in_progress.remove(key).map(|(_, slot)| slot),
+            Some(flight) if flight.id == id => in_progress.remove(key).map(|flight| flight.slot),
             _ => None,
         }
     }
@@ -109,32 +139,58 @@ mod tests {
     #[tokio::test]
     async fn followers_get_the_leaders_outcome() {
         let flights = Flights::default();
-        let Role::Leader(leader) = flights.join("k") else {
+        let guard = FillGuard::new();
+        let Role::Leader(leader) = flights.join("k", &guard) else {
             panic!("first caller leads")
         };
-        let Role::Follower(follower) = flights.join("k") else {
+        let Role::Follower(follower) = flights.join("k", &guard) else {
             panic!("second follows")
         };
         leader.finish(Ok(Arc::new(5u32)));
         let outcome = follower.wait().await.unwrap().unwrap();
         assert_eq!(outcome.downcast_ref::<u32>(), Some(&5));
         assert!(
-            matches!(flights.join("k"), Role::Leader(_)),
+            matches!(flights.join("k", &guard), Role::Leader(_)),
             "the flight ended"
         );
     }
 
     #[tokio::test]
-    async fn a_dropped_leader_releases_its_followers() {
+    async fn a_mutation_ends_the_joinability_of_a_flight() {
         let flights = Flights::default();
-        let Role::Leader(leader) = flights.join("k") else {
+        let guard = FillGuard::new();
+        let Role::Leader(stale) = flights.join("k", &guard) else {
             panic!()
         };
-        let Role::Follower(follower) = flights.join("k") else {
+        let Role::Follower(early) = flights.join("k", &guard) else {
+            panic!("joined before the mutation")
+        };
+        drop(guard.mutate("k"));
+        let Role::Leader(fresh) = flights.join("k", &guard) else {
+            panic!("a caller after the mutation leads a load of its own")
+        };
+        assert!(early.wait().await.is_none(), "released to try again");
+        stale.finish(Ok(Arc::new(1u32)));
+        let Role::Follower(late) = flights.join("k", &guard) else {
+            panic!("the stale leader did not end the fresh flight")
+        };
+        fresh.finish(Ok(Arc::new(2u32)));
+        let outcome = late.wait().await.unwrap().unwrap();
+        assert_eq!(outcome.downcast_ref::<u32>(), Some(&2));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_leader_releases_its_followers() {
+        let flights = Flights::default();
+        let guard = FillGuard::new();
+        let Role::Leader(leader) = flights.join("k", &guard) else {
+            panic!()
+        };
+        let Role::Follower(follower) = flights.join("k", &guard) else {
             panic!()
         };
         drop(leader);
         assert!(follower.wait().await.is_none());
-        assert!(matches!(flights.join("k"), Role::Leader(_)));
+        assert!(matches!(flights.join("k", &guard), Role::Leader(_)));
     }
 }

@@ -102,6 +102,17 @@ impl FillGuard {
             && self.global.epoch.load(SeqCst) == ticket.global_epoch
     }
 
+    /// Whether no mutation of the ticket's key (or invalidation) has begun
+    /// since the ticket was taken. Unlike [`still_valid`](Self::still_valid)
+    /// a mutation already in flight at ticket time does not count: what
+    /// started after that mutation began sees its effect (a service writes
+    /// its database, then removes the key). Decides whether a caller may
+    /// join a load in flight.
+    pub(crate) fn unchanged_since(&self, ticket: &Ticket) -> bool {
+        self.stripes[ticket.stripe].epoch.load(SeqCst) == ticket.epoch
+            && self.global.epoch.load(SeqCst) == ticket.global_epoch
+    }
+
     /// Call before a set or delete of `key` touches any tier.
     pub(crate) fn mutate(&self, key: &str) -> MutationGuard<'_> {
         self.stripes[self.stripe_of(key)].begin()

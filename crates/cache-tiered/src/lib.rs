@@ -41,11 +41,16 @@ mod envelope;
 mod error;
 mod flight;
 mod guard;
+mod load;
+mod read;
+mod remove;
 mod stats;
 mod tags;
 mod tier;
+mod write;
 
 pub use cache::{TieredCache, TieredCacheBuilder};
 pub use error::{Error, Result};
+pub use remove::{Removal, Removed};
 pub use stats::{TierStats, TieredStats};
 pub use tier::Tier;

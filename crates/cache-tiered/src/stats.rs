@@ -14,14 +14,21 @@ pub struct TierStats {
     pub fills: u64,
     /// Fills skipped or undone because the key changed meanwhile.
     pub fills_discarded: u64,
-    /// Values found here that did not decode (another schema, serializer or
-    /// garbage); counted as misses and removed.
+    /// Values found here whose bytes did not parse (garbage, a truncated
+    /// value); counted as misses and removed.
     pub undecodable: u64,
+    /// Values found here that were written for another type, schema version
+    /// or serializer (another version of the service, during a rolling
+    /// deploy); counted as misses and left in place.
+    pub foreign: u64,
     /// Tagged values found here after one of their tags was invalidated;
     /// counted as misses and removed.
     pub tag_stale: u64,
     /// Calls that failed or timed out.
     pub errors: u64,
+    /// Values the layer refused (over its size limit); returned to the
+    /// caller as errors, not counted in `errors`.
+    pub refused: u64,
     /// Calls the failure policy did not let through (an open breaker).
     pub rejected: u64,
     /// The layer's own counters.
@@ -65,8 +72,10 @@ pub(crate) struct TierCounters {
     pub(crate) fills: Counter,
     pub(crate) fills_discarded: Counter,
     pub(crate) undecodable: Counter,
+    pub(crate) foreign: Counter,
     pub(crate) tag_stale: Counter,
     pub(crate) errors: Counter,
+    pub(crate) refused: Counter,
     pub(crate) rejected: Counter,
 }
 

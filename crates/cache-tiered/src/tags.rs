@@ -34,7 +34,7 @@ use cache_core::Serializer;
 use serde::Serialize;
 
 use crate::envelope::Stamps;
-use crate::{Result, TieredCache};
+use crate::{Removed, Result, TieredCache};
 
 /// Where and for how long tag versions are kept.
 #[derive(Clone)]
@@ -115,8 +115,8 @@ impl<S: Serializer> TieredCache<S> {
     /// see it once their upper tiers drop their copy of the version: it is
     /// an ordinary key, [`tag_key`](Self::tag_key), which
     /// `cache-invalidation` removes and publishes like any other.
-    pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
-        self.delete(&self.tag_key(tag)).await.map(drop)
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<Removed> {
+        self.delete(&self.tag_key(tag)).await
     }
 
     /// The key under which `tag`'s version is stored.

@@ -4,14 +4,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cache_core::{
-    Admission, CacheLayer, CallOutcome, Entry, Error, FailOpen, FailureAction, FailurePolicy,
+    Admission, CacheLayer, CallContext, CallOutcome, Clock, Entry, Error, FailOpen, FailureAction,
+    FailurePolicy, Lookups, Operation, Pattern, Ticket, Writes,
 };
 
 use crate::stats::{TierCounters, TierStats};
 
-/// The outcome of reading one tier: `Ok(Some(found))` if it answered,
-/// `Ok(None)` if it failed and fails open, `Err` if it fails closed.
-pub(crate) type TierRead = Result<Option<Option<Entry>>, Error>;
+/// How one call to a tier ended, after its failure policy had its say.
+#[derive(Debug)]
+pub(crate) enum Call<T> {
+    /// The layer answered.
+    Done(T),
+    /// The call failed (or was rejected) and the policy fails open: a read
+    /// is a miss, a write or removal was skipped. Already counted.
+    FailedOpen,
+    /// The call failed and the error goes to the caller: the policy fails
+    /// closed, or the layer refused the input (whatever the policy).
+    Failed(Error),
+}
 
 /// One tier of a [`TieredCache`](crate::TieredCache): a layer with its
 /// failure policy, an optional TTL cap and an optional call timeout.
@@ -78,10 +88,11 @@ impl Tier {
     }
 
     /// The longest a call to this tier may take before it counts as failed
-    /// with [`Error::Timeout`]. Layers usually have their own timeout; this
-    /// one also covers custom layers that lack one. It uses tokio's timer,
-    /// so the runtime needs its time driver (`enable_time`, on by default
-    /// with `#[tokio::main]`). Default: none.
+    /// with [`Error::Timeout`]. The layer sees it as the deadline of the
+    /// call's [`CallContext`]; this timeout also covers custom layers that
+    /// ignore it. It uses tokio's timer, so the runtime needs its time
+    /// driver (`enable_time`, on by default with `#[tokio::main]`).
+    /// Default: none.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -91,77 +102,173 @@ impl Tier {
         self.layer.name()
     }
 
-    /// A read of `key`, with the same outcomes as [`call`](Tier::call).
-    pub(crate) async fn read(&self, key: &str) -> TierRead {
-        match self.read_now(key) {
-            Some(answer) => answer,
-            None => self.call(self.layer.get(key)).await,
-        }
-    }
-
     /// The read of `key`, if the layer answers at once (`get_now`, an
     /// in-process layer) and the tier has no policy or timeout to apply.
     /// Spares the hottest path the boxed future of an async call.
-    pub(crate) fn read_now(&self, key: &str) -> Option<TierRead> {
+    #[inline]
+    pub(crate) fn read_now(&self, clock: &dyn Clock, key: &str) -> Option<Call<Option<Entry>>> {
         if self.observed || self.timeout.is_some() {
             return None;
         }
-        Some(match self.layer.get_now(key)? {
-            Ok(found) => Ok(Some(found)),
-            Err(error) => self.failed(error),
+        let ctx = CallContext::new(clock, Operation::Read);
+        Some(match self.layer.get_now(&ctx, key)? {
+            Ok(found) => Call::Done(found),
+            Err(error) => self.failed(Operation::Read, error),
         })
     }
 
-    /// Runs one call to the layer under the tier's policy and timeout.
-    ///
-    /// `Ok(Some(_))`: the layer answered. `Ok(None)`: the call failed or was
-    /// rejected and the policy fails open. `Err(_)`: the policy fails closed.
-    pub(crate) async fn call<T, F>(&self, call: F) -> Result<Option<T>, Error>
+    pub(crate) async fn get(&self, clock: &dyn Clock, key: &str) -> Call<Option<Entry>> {
+        if let Some(answer) = self.read_now(clock, key) {
+            return answer;
+        }
+        let ctx = match self.admit(clock, Operation::Read) {
+            Ok(ctx) => ctx,
+            Err(rejected) => return rejected,
+        };
+        self.run(&ctx, self.layer.get(&ctx, key)).await
+    }
+
+    pub(crate) async fn get_many(&self, clock: &dyn Clock, keys: &[&str]) -> Call<Lookups> {
+        let ctx = match self.admit(clock, Operation::Read) {
+            Ok(ctx) => ctx,
+            Err(rejected) => return rejected,
+        };
+        let call = async {
+            let answers = self.layer.get_many(&ctx, keys).await?;
+            self.check_len(answers, keys.len())
+        };
+        self.run(&ctx, call).await
+    }
+
+    pub(crate) async fn set_many(
+        &self,
+        clock: &dyn Clock,
+        entries: &[(&str, Entry)],
+    ) -> Call<Writes> {
+        let ctx = match self.admit(clock, Operation::Write) {
+            Ok(ctx) => ctx,
+            Err(rejected) => return rejected,
+        };
+        let call = async {
+            let answers = match entries {
+                // One entry: the layer's single-key call, which may spare a Vec.
+                [(key, entry)] => vec![self.layer.set(&ctx, key, entry.clone()).await],
+                _ => self.layer.set_many(&ctx, entries).await?,
+            };
+            // A batch in which every entry failed for one cause is a failed
+            // call, which the policy should see; a refusal of one entry is not.
+            if let Some(Err(first)) = answers.first()
+                && !first.is_refusal()
+                && answers.iter().all(Result::is_err)
+            {
+                return Err(first.clone());
+            }
+            self.check_len(answers, entries.len())
+        };
+        self.run(&ctx, call).await
+    }
+
+    pub(crate) async fn delete_many(&self, clock: &dyn Clock, keys: &[&str]) -> Call<u64> {
+        let ctx = match self.admit(clock, Operation::Remove) {
+            Ok(ctx) => ctx,
+            Err(rejected) => return rejected,
+        };
+        let call = async {
+            match keys {
+                [key] => self.layer.delete(&ctx, key).await.map(u64::from),
+                _ => self.layer.delete_many(&ctx, keys).await,
+            }
+        };
+        self.run(&ctx, call).await
+    }
+
+    pub(crate) async fn invalidate(&self, clock: &dyn Clock, pattern: &Pattern) -> Call<u64> {
+        let ctx = match self.admit(clock, Operation::Remove) {
+            Ok(ctx) => ctx,
+            Err(rejected) => return rejected,
+        };
+        self.run(&ctx, self.layer.invalidate(&ctx, pattern)).await
+    }
+
+    /// A layer that answers a batch with the wrong number of slots broke
+    /// its contract: a failed call, never a panic or a misattributed value.
+    fn check_len<T>(&self, answers: Vec<T>, expected: usize) -> cache_core::Result<Vec<T>> {
+        if answers.len() == expected {
+            return Ok(answers);
+        }
+        Err(Error::backend(
+            self.name().to_owned(),
+            format!("answered {} results for {expected} keys", answers.len()),
+        ))
+    }
+
+    /// Asks the policy whether a call of kind `operation` may go ahead; on
+    /// admission returns the call's context (the policy's ticket and the
+    /// tier's deadline in it).
+    #[inline]
+    fn admit<'c, T>(
+        &self,
+        clock: &'c dyn Clock,
+        operation: Operation,
+    ) -> Result<CallContext<'c>, Call<T>> {
+        let mut ctx = CallContext::new(clock, operation);
+        if let Some(timeout) = self.timeout {
+            ctx = ctx.with_deadline(clock.now().checked_add(timeout));
+        }
+        if !self.observed {
+            return Ok(ctx);
+        }
+        match self.policy.admit(operation) {
+            Admission::Allow(ticket) => Ok(ctx.with_ticket(ticket)),
+            Admission::Reject => {
+                self.counters.rejected.incr();
+                let error =
+                    Error::unavailable(self.name().to_owned(), "rejected by its failure policy");
+                Err(match self.policy.on_failure(operation, &error) {
+                    FailureAction::Ignore => Call::FailedOpen,
+                    FailureAction::Propagate => Call::Failed(error),
+                })
+            }
+        }
+    }
+
+    /// Runs one admitted call under the tier's timeout, reports its outcome
+    /// to the policy with the call's ticket, and applies the policy.
+    async fn run<T, F>(&self, ctx: &CallContext<'_>, call: F) -> Call<T>
     where
-        F: Future<Output = Result<T, Error>>,
+        F: Future<Output = cache_core::Result<T>>,
     {
         if !self.observed {
             // FailOpen / FailClosed: no admission, no timing, on the hot path.
-            return match self.run(call).await {
-                Ok(value) => Ok(Some(value)),
-                Err(error) => self.failed(error),
-            };
-        }
-        if self.policy.admit() == Admission::Reject {
-            self.counters.rejected.incr();
-            let error =
-                Error::unavailable(self.name().to_owned(), "rejected by its failure policy");
-            return match self.policy.on_failure(&error) {
-                FailureAction::Ignore => Ok(None),
-                FailureAction::Propagate => Err(error),
+            return match self.timed(call).await {
+                Ok(value) => Call::Done(value),
+                Err(error) => self.failed(ctx.operation(), error),
             };
         }
         let mut report = Report {
             policy: &*self.policy,
+            operation: ctx.operation(),
+            ticket: ctx.ticket(),
             started: Instant::now(),
             done: false,
         };
-        let result = self.run(call).await;
+        let result = self.timed(call).await;
         let elapsed = report.started.elapsed();
         report.done = true;
+        let outcome = match &result {
+            Ok(_) => CallOutcome::Success { elapsed },
+            Err(error) => CallOutcome::Failure { elapsed, error },
+        };
+        self.policy.record(ctx.operation(), ctx.ticket(), outcome);
         match result {
-            Ok(value) => {
-                self.policy.record(CallOutcome::Success { elapsed });
-                Ok(Some(value))
-            }
-            Err(error) => {
-                self.policy.record(CallOutcome::Failure {
-                    elapsed,
-                    error: &error,
-                });
-                self.failed(error)
-            }
+            Ok(value) => Call::Done(value),
+            Err(error) => self.failed(ctx.operation(), error),
         }
     }
 
-    async fn run<T, F>(&self, call: F) -> Result<T, Error>
+    async fn timed<T, F>(&self, call: F) -> cache_core::Result<T>
     where
-        F: Future<Output = Result<T, Error>>,
+        F: Future<Output = cache_core::Result<T>>,
     {
         match self.timeout {
             None => call.await,
@@ -172,14 +279,20 @@ impl Tier {
         }
     }
 
-    fn failed<T>(&self, error: Error) -> Result<Option<T>, Error> {
+    /// Applies the policy to a failed call. A refused input goes to the
+    /// caller whatever the policy: it describes the input, not the tier.
+    pub(crate) fn failed<T>(&self, operation: Operation, error: Error) -> Call<T> {
+        if error.is_refusal() {
+            self.counters.refused.incr();
+            return Call::Failed(error);
+        }
         self.counters.errors.incr();
-        match self.policy.on_failure(&error) {
+        match self.policy.on_failure(operation, &error) {
             FailureAction::Ignore => {
-                tracing::debug!(tier = self.name(), %error, "tier call failed; treated as a miss");
-                Ok(None)
+                tracing::debug!(tier = self.name(), %operation, %error, "tier call failed; failing open");
+                Call::FailedOpen
             }
-            FailureAction::Propagate => Err(error),
+            FailureAction::Propagate => Call::Failed(error),
         }
     }
 
@@ -191,12 +304,6 @@ impl Tier {
         }
     }
 
-    /// A failure of one key inside a batch call that otherwise succeeded:
-    /// `None` if the policy ignores it, the error if it propagates.
-    pub(crate) fn on_key_failure(&self, error: Error) -> Option<Error> {
-        self.failed::<()>(error).err()
-    }
-
     pub(crate) fn stats(&self) -> TierStats {
         let c = &self.counters;
         let mut stats = TierStats::default();
@@ -206,8 +313,10 @@ impl Tier {
         stats.fills = c.fills.get();
         stats.fills_discarded = c.fills_discarded.get();
         stats.undecodable = c.undecodable.get();
+        stats.foreign = c.foreign.get();
         stats.tag_stale = c.tag_stale.get();
         stats.errors = c.errors.get();
+        stats.refused = c.refused.get();
         stats.rejected = c.rejected.get();
         stats.layer = self.layer.stats();
         stats
@@ -218,6 +327,8 @@ impl Tier {
 /// half-open breaker gets its trial slot back.
 struct Report<'a> {
     policy: &'a dyn FailurePolicy,
+    operation: Operation,
+    ticket: Ticket,
     started: Instant,
     done: bool,
 }
@@ -225,7 +336,8 @@ struct Report<'a> {
 impl Drop for Report<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.policy.record(CallOutcome::Abandoned);
+            self.policy
+                .record(self.operation, self.ticket, CallOutcome::Abandoned);
         }
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use cache_core::{CacheLayer, Clock, ManualClock, Pattern};
 use cache_memory::MemoryLayer;
+use cache_test_support::ctx;
 use cache_test_support::layers::HoldableLayer;
 use cache_test_support::model::Model;
 use cache_tiered::{Tier, TieredCache};
@@ -268,7 +269,7 @@ proptest! {
                 }
                 Op::Evict { key, depth } => {
                     if let Some(layer) = h.layers.get(depth) {
-                        block_on(layer.delete(KEYS[key])).unwrap();
+                        block_on(layer.delete(&ctx::remove(), KEYS[key])).unwrap();
                     }
                 }
                 Op::Advance { ms } => h.clock.advance(Duration::from_millis(ms)),

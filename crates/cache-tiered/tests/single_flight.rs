@@ -173,3 +173,94 @@ async fn a_hit_does_not_call_the_loader() {
         .unwrap();
     assert_eq!(value, "cached");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_after_a_delete_never_gets_a_load_from_before_it() {
+    let cache = cache();
+    let version = Arc::new(AtomicUsize::new(1));
+    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    // Task 1's loader reads version 1, then is slow.
+    let first = tokio::spawn({
+        let (cache, version, started, release) = (
+            cache.clone(),
+            version.clone(),
+            started.clone(),
+            release.clone(),
+        );
+        async move {
+            cache
+                .get_or_compute("k", TTL, || async move {
+                    let read = version.load(Ordering::SeqCst);
+                    started.notify_one();
+                    release.notified().await;
+                    Ok::<_, std::io::Error>(read)
+                })
+                .await
+        }
+    });
+    started.notified().await;
+    // The data becomes version 2, then the key is deleted.
+    version.store(2, Ordering::SeqCst);
+    cache.delete("k").await.unwrap();
+    // A call that starts now must not be answered by task 1's load.
+    let second = cache.get_or_compute("k", TTL, || async {
+        Ok::<_, std::io::Error>(version.load(Ordering::SeqCst))
+    });
+    let second = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("not stuck behind the load from before the delete");
+    assert_eq!(second.unwrap(), 2);
+    release.notify_one();
+    assert_eq!(first.await.unwrap().unwrap(), 1, "its own, older read");
+    assert_eq!(
+        cache.get::<usize>("k").await.unwrap(),
+        Some(2),
+        "never cached"
+    );
+    assert_eq!(cache.stats().loads, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_loader_fails_its_waiters_at_once_and_runs_once() {
+    let cache = cache();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let loader = {
+        let (calls, started, release) = (calls.clone(), started.clone(), release.clone());
+        move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            started.notify_one();
+            release.notified().await;
+            panic!("the back end's client panicked");
+            #[allow(unreachable_code)]
+            Ok::<u32, std::io::Error>(0)
+        }
+    };
+    let leader = tokio::spawn({
+        let (cache, loader) = (cache.clone(), loader.clone());
+        async move { cache.get_or_compute("k", TTL, loader).await }
+    });
+    started.notified().await;
+    let waiters: Vec<_> = (0..100)
+        .map(|_| {
+            let (cache, loader) = (cache.clone(), loader.clone());
+            tokio::spawn(async move { cache.get_or_compute("k", TTL, loader).await })
+        })
+        .collect();
+    while cache.stats().misses < 101 {
+        tokio::task::yield_now().await;
+    }
+    release.notify_one();
+    let panic = leader
+        .await
+        .expect_err("the panic goes on in the leader's task");
+    assert!(panic.is_panic());
+    for waiter in waiters {
+        let outcome = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("waiters are not left hanging")
+            .expect("waiters do not panic");
+        assert!(matches!(outcome, Err(Error::LoaderPanicked)), "{outcome:?}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one loader call, not 101");
+}

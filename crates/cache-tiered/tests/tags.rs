@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use cache_core::{CacheLayer, ManualClock};
 use cache_memory::MemoryLayer;
+use cache_test_support::ctx;
 use cache_test_support::layers::SharedLayer;
-use cache_tiered::{Tier, TieredCache};
+use cache_tiered::{Removal, Tier, TieredCache};
 
 const TTL: Duration = Duration::from_secs(300);
 
@@ -80,8 +81,8 @@ async fn invalidating_a_tag_reloads_exactly_the_values_that_carry_it() {
     // by the reload).
     let l1_stats = &cache.stats().tiers[0];
     assert_eq!(l1_stats.tag_stale, 2);
-    assert!(l1.get("card:7").await.unwrap().is_some());
-    assert!(l2.get("card:7").await.unwrap().is_some());
+    assert!(l1.get(&ctx::read(), "card:7").await.unwrap().is_some());
+    assert!(l2.get(&ctx::read(), "card:7").await.unwrap().is_some());
 }
 
 #[tokio::test]
@@ -126,7 +127,8 @@ async fn another_instance_sees_the_new_version_once_its_l1_copy_goes() {
     assert_eq!(a.get::<u32>("card:7").await.unwrap(), None);
     // b's L1 still holds the old version: what a backplane is for.
     assert_eq!(b.get::<u32>("card:7").await.unwrap(), Some(1));
-    b.delete_local(&b.tag_key("offer:7")).await.unwrap();
+    let version = b.tag_key("offer:7");
+    b.remove(Removal::key(&version).local()).await.unwrap();
     assert_eq!(b.get::<u32>("card:7").await.unwrap(), None);
 }
 
@@ -139,8 +141,8 @@ async fn a_lost_version_makes_its_values_misses_never_stale_reads() {
         .unwrap();
     let version_key = cache.tag_key("offer:7");
     assert_eq!(version_key, "tag-version:offer:7");
-    l1.delete(&version_key).await.unwrap();
-    l2.delete(&version_key).await.unwrap();
+    l1.delete(&ctx::remove(), &version_key).await.unwrap();
+    l2.delete(&ctx::remove(), &version_key).await.unwrap();
     assert_eq!(cache.get::<u32>("card:7").await.unwrap(), None);
     // A new value gets a new version, and reads normally.
     cache
@@ -180,5 +182,5 @@ async fn a_schema_bump_still_applies_to_tagged_values() {
         .build()
         .unwrap();
     assert_eq!(new.get::<u32>("card:7").await.unwrap(), None);
-    assert_eq!(new.stats().tiers[0].undecodable, 1);
+    assert_eq!(new.stats().tiers[0].foreign, 1);
 }

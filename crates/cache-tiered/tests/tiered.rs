@@ -4,9 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_core::{CacheLayer, Clock, Entry, FailClosed, ManualClock, Pattern};
+use cache_core::{CallContext, Operation};
 use cache_memory::MemoryLayer;
+use cache_test_support::ctx;
 use cache_test_support::layers::{Fault, FaultyLayer, HoldableLayer, SharedLayer};
-use cache_tiered::{Error, Tier, TieredCache};
+use cache_tiered::{Error, Removal, Tier, TieredCache};
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 
@@ -51,12 +53,16 @@ async fn a_lower_hit_fills_upward_with_the_remaining_expiry_never_more() {
     let clock = ManualClock::shared();
     let (cache, l1, l2) = two_tiers(&clock);
     cache.set("offer:1", &offer(1), TTL).await.unwrap();
-    l1.delete("offer:1").await.unwrap();
+    l1.delete(&ctx::remove(), "offer:1").await.unwrap();
     clock.advance(Duration::from_secs(100));
 
     assert_eq!(cache.get::<Offer>("offer:1").await.unwrap(), Some(offer(1)));
-    let in_l1 = l1.get("offer:1").await.unwrap().expect("filled into L1");
-    let in_l2 = l2.get("offer:1").await.unwrap().unwrap();
+    let in_l1 = l1
+        .get(&ctx::read(), "offer:1")
+        .await
+        .unwrap()
+        .expect("filled into L1");
+    let in_l2 = l2.get(&ctx::read(), "offer:1").await.unwrap().unwrap();
     assert_eq!(in_l1.expiry(), in_l2.expiry());
     assert_eq!(in_l1.remaining(clock.now()), Some(Duration::from_secs(200)));
 
@@ -85,22 +91,35 @@ async fn ttl_caps_bound_each_tier() {
     cache.set("k", &1u32, TTL).await.unwrap();
     let now = clock.now();
     assert_eq!(
-        l1.get("k").await.unwrap().unwrap().remaining(now),
+        l1.get(&ctx::read(), "k")
+            .await
+            .unwrap()
+            .unwrap()
+            .remaining(now),
         Some(Duration::from_secs(10))
     );
     assert_eq!(
-        l2.get("k").await.unwrap().unwrap().remaining(now),
+        l2.get(&ctx::read(), "k")
+            .await
+            .unwrap()
+            .unwrap()
+            .remaining(now),
         Some(TTL)
     );
     clock.advance(Duration::from_secs(11));
-    assert!(l1.get("k").await.unwrap().is_none());
+    let read = CallContext::new(&*clock, Operation::Read);
+    assert!(l1.get(&read, "k").await.unwrap().is_none());
     assert_eq!(
         cache.get::<u32>("k").await.unwrap(),
         Some(1),
         "L2 still has it"
     );
     assert_eq!(
-        l1.get("k").await.unwrap().unwrap().remaining(clock.now()),
+        l1.get(&ctx::read(), "k")
+            .await
+            .unwrap()
+            .unwrap()
+            .remaining(clock.now()),
         Some(Duration::from_secs(10)),
         "refilled, capped again"
     );
@@ -121,7 +140,7 @@ async fn a_failing_lower_tier_keeps_upper_tiers_from_holding_the_value() {
     l2.set_fault(Fault::Fail);
     // Fail open: no error, but L1 must not keep a value L2 could not take.
     cache.set("k", &2u32, TTL).await.unwrap();
-    assert!(l1.get("k").await.unwrap().is_none());
+    assert!(l1.get(&ctx::read(), "k").await.unwrap().is_none());
     assert_eq!(
         cache.get::<u32>("k").await.unwrap(),
         None,
@@ -155,7 +174,7 @@ async fn with_a_degraded_ttl_l1_keeps_serving_while_l2_is_down() {
         1,
         "served from L1"
     );
-    let in_l1 = l1.get("k").await.unwrap().unwrap();
+    let in_l1 = l1.get(&ctx::read(), "k").await.unwrap().unwrap();
     assert_eq!(
         in_l1.remaining(clock.now()),
         Some(Duration::from_secs(5)),
@@ -174,7 +193,11 @@ async fn with_a_degraded_ttl_l1_keeps_serving_while_l2_is_down() {
     l2.set_fault(Fault::None);
     cache.set("k", &8u32, TTL).await.unwrap();
     assert_eq!(
-        l1.get("k").await.unwrap().unwrap().remaining(clock.now()),
+        l1.get(&ctx::read(), "k")
+            .await
+            .unwrap()
+            .unwrap()
+            .remaining(clock.now()),
         Some(TTL)
     );
 }
@@ -241,15 +264,26 @@ async fn delete_and_invalidate_reach_every_tier() {
     ] {
         cache.set(key, &0u8, TTL).await.unwrap();
     }
-    assert!(cache.delete("reviews:offer:2:page:0").await.unwrap());
-    assert!(!cache.delete("reviews:offer:2:page:0").await.unwrap());
-    assert_eq!(
+    assert!(
         cache
-            .invalidate(&Pattern::new("reviews:offer:1:*"))
+            .delete("reviews:offer:2:page:0")
             .await
-            .unwrap(),
-        2
+            .unwrap()
+            .found()
     );
+    assert!(
+        !cache
+            .delete("reviews:offer:2:page:0")
+            .await
+            .unwrap()
+            .found()
+    );
+    let removed = cache
+        .invalidate(&Pattern::new("reviews:offer:1:*"))
+        .await
+        .unwrap();
+    assert_eq!(removed.removed, 2);
+    assert!(removed.is_complete(), "{removed}");
     assert!(l1.is_empty() && l2.is_empty());
 }
 
@@ -279,19 +313,70 @@ async fn schema_bumps_serializer_changes_and_garbage_read_as_misses() {
         .build()
         .unwrap();
     assert!(v2.get::<OfferV2>("offer:1").await.unwrap().is_none());
-    assert!(
-        l1.is_empty() && l2.is_empty(),
-        "old entries are evicted from every tier"
-    );
-    assert_eq!(v2.stats().tiers[0].undecodable, 1);
+    // Foreign, not garbage: the old version of the service may still be
+    // reading it (a rolling deploy), so it stays where it is.
+    assert_eq!((l1.len(), l2.len()), (1, 1));
+    let stats = v2.stats();
+    assert_eq!((stats.tiers[0].foreign, stats.tiers[1].foreign), (1, 1));
+    assert_eq!(stats.tiers[0].undecodable + stats.tiers[1].undecodable, 0);
+    assert_eq!(v1.get::<Offer>("offer:1").await.unwrap(), Some(offer(1)));
 
-    // Garbage under a key (another writer, a bug): a miss, never a panic.
-    l2.set("offer:2", Entry::new(vec![1u8, 1, 0, 0, 0, 0, 0xFF, 0xFF]))
+    // Garbage under a key (another writer, a bug): a miss, never a panic,
+    // and removed.
+    let mut garbage = vec![3u8, 1, 1, 0, 0, 0];
+    garbage.extend_from_slice(&[0xFF; 12]);
+    l2.set(&ctx::write(), "offer:2", Entry::new(garbage))
         .await
         .unwrap();
     assert!(v1.get::<Offer>("offer:2").await.unwrap().is_none());
-    l2.set("offer:3", Entry::new(vec![])).await.unwrap();
+    l2.set(&ctx::write(), "offer:3", Entry::new(vec![]))
+        .await
+        .unwrap();
     assert!(v1.get::<Offer>("offer:3").await.unwrap().is_none());
+    // The first is foreign (its fingerprint is not Offer's), the second
+    // does not parse at all.
+    assert_eq!(v1.stats().tiers[1].foreign, 1);
+    assert_eq!(v1.stats().tiers[1].undecodable, 1);
+    assert!(
+        l2.get(&ctx::read(), "offer:3").await.unwrap().is_none(),
+        "removed"
+    );
+}
+
+#[tokio::test]
+async fn a_value_of_one_type_never_reads_as_another() {
+    let clock = ManualClock::shared();
+    let (cache, _, _) = two_tiers(&clock);
+    cache.set("n", &7u64, TTL).await.unwrap();
+    assert_eq!(cache.get::<i64>("n").await.unwrap(), None, "not -4");
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Counter {
+        hits: u64,
+        enabled: bool,
+    }
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Pair {
+        a: u64,
+        b: u8,
+    }
+    cache.set("p", &Pair { a: 9, b: 1 }, TTL).await.unwrap();
+    assert_eq!(cache.get::<Counter>("p").await.unwrap(), None);
+    // In L2 too, where no decoded value is remembered.
+    let fresh = TieredCache::builder()
+        .tier(Tier::shared(cache.layers().nth(1).unwrap().clone()))
+        .build()
+        .unwrap();
+    assert_eq!(fresh.get::<Counter>("p").await.unwrap(), None);
+    assert_eq!(
+        fresh.get::<Pair>("p").await.unwrap(),
+        Some(Pair { a: 9, b: 1 })
+    );
+    // What serializes alike still reads alike.
+    cache.set("s", "lamp", TTL).await.unwrap();
+    assert_eq!(
+        cache.get::<String>("s").await.unwrap().as_deref(),
+        Some("lamp")
+    );
 }
 
 #[cfg(feature = "json")]
@@ -306,7 +391,7 @@ async fn json_and_postcard_entries_do_not_mix() {
         .unwrap();
     json.set("k", &offer(1), TTL).await.unwrap();
     assert!(
-        l1.get("k")
+        l1.get(&ctx::read(), "k")
             .await
             .unwrap()
             .unwrap()
@@ -326,15 +411,15 @@ async fn batch_reads_and_writes_keep_per_key_results_apart() {
         .set_many(&[("a", offer(1)), ("b", offer(2)), ("c", offer(3))], TTL)
         .await;
     assert!(written.iter().all(Result::is_ok));
-    l1.delete("b").await.unwrap();
-    l1.delete("c").await.unwrap();
-    l2.delete("c").await.unwrap();
+    l1.delete(&ctx::remove(), "b").await.unwrap();
+    l1.delete(&ctx::remove(), "c").await.unwrap();
+    l2.delete(&ctx::remove(), "c").await.unwrap();
 
     let found = cache.get_many::<Offer>(&["a", "b", "c", "d"]).await;
     let found: Vec<_> = found.into_iter().map(Result::unwrap).collect();
     assert_eq!(found, vec![Some(offer(1)), Some(offer(2)), None, None]);
     assert!(
-        l1.get("b").await.unwrap().is_some(),
+        l1.get(&ctx::read(), "b").await.unwrap().is_some(),
         "the L2 hit was filled into L1"
     );
     let stats = cache.stats();
@@ -359,7 +444,7 @@ async fn an_l1_refusing_an_oversized_value_is_not_an_error() {
         .unwrap();
     let big = vec![7u8; 10_000];
     cache.set("big", &big, TTL).await.unwrap();
-    assert!(small.get("big").await.unwrap().is_none());
+    assert!(small.get(&ctx::read(), "big").await.unwrap().is_none());
     assert_eq!(cache.get::<Vec<u8>>("big").await.unwrap(), Some(big));
     assert_eq!(
         small.stats().rejections,
@@ -383,7 +468,7 @@ async fn a_fill_racing_with_a_delete_does_not_resurrect_the_value() {
             .build()
             .unwrap();
         cache.set("k", &1u32, TTL).await.unwrap();
-        l1.delete("k").await.unwrap();
+        l1.delete(&ctx::remove(), "k").await.unwrap();
 
         l2.hold_next_get();
         let mut racing_get = Box::pin(cache.get::<u32>("k"));
@@ -427,7 +512,7 @@ async fn a_loader_racing_with_a_delete_is_returned_but_not_cached() {
         .await
         .unwrap();
     assert_eq!(value, 1);
-    assert!(l1.get("k").await.unwrap().is_none());
+    assert!(l1.get(&ctx::read(), "k").await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -489,28 +574,33 @@ async fn local_removals_leave_shared_tiers_alone() {
             .unwrap();
     }
 
-    assert!(cache.delete_local("offer:1").await.unwrap());
-    assert!(l1.get("offer:1").await.unwrap().is_none());
-    assert!(l2.get("offer:1").await.unwrap().is_some());
-
-    assert_eq!(
+    assert!(
         cache
-            .invalidate_local(&Pattern::new("offer:*"))
+            .remove(Removal::key("offer:1").local())
             .await
-            .unwrap(),
-        2
+            .unwrap()
+            .found()
     );
+    assert!(l1.get(&ctx::read(), "offer:1").await.unwrap().is_none());
+    assert!(l2.get(&ctx::read(), "offer:1").await.unwrap().is_some());
+
+    let local = cache
+        .remove(Removal::pattern(&Pattern::new("offer:*")).local())
+        .await
+        .unwrap();
+    assert_eq!(local.removed, 2);
+    assert_eq!(local.tiers.len(), 1, "only the local tier: {local}");
     for id in 1..=3 {
         let key = format!("offer:{id}");
-        assert!(l1.get(&key).await.unwrap().is_none(), "{key}");
-        assert!(l2.get(&key).await.unwrap().is_some(), "{key}");
+        assert!(l1.get(&ctx::read(), &key).await.unwrap().is_none(), "{key}");
+        assert!(l2.get(&ctx::read(), &key).await.unwrap().is_some(), "{key}");
         // The shared copy is still there to read (and refill L1 from).
         assert_eq!(cache.get::<Offer>(&key).await.unwrap(), Some(offer(id)));
     }
 
     // The everywhere variants reach the shared tier.
-    assert!(cache.delete("offer:1").await.unwrap());
-    assert!(l2.get("offer:1").await.unwrap().is_none());
+    assert!(cache.delete("offer:1").await.unwrap().found());
+    assert!(l2.get(&ctx::read(), "offer:1").await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -531,7 +621,7 @@ async fn a_local_removal_stops_a_racing_fill_from_the_shared_tier() {
         .build()
         .unwrap();
     cache.set("offer:1", &offer(1), TTL).await.unwrap();
-    l1.delete("offer:1").await.unwrap();
+    l1.delete(&ctx::remove(), "offer:1").await.unwrap();
 
     held.hold_next_get();
     let mut read = Box::pin(cache.get::<Offer>("offer:1"));
@@ -539,16 +629,16 @@ async fn a_local_removal_stops_a_racing_fill_from_the_shared_tier() {
         (&mut read).now_or_never().is_none(),
         "the read waits inside L2"
     );
-    cache.delete_local("offer:1").await.unwrap();
+    cache.remove(Removal::key("offer:1").local()).await.unwrap();
     held.release();
     // The read itself may answer with what it read; L1 must not keep it.
     assert_eq!(read.await.unwrap(), Some(offer(1)));
-    assert!(l1.get("offer:1").await.unwrap().is_none());
-    assert!(l2.get("offer:1").await.unwrap().is_some());
+    assert!(l1.get(&ctx::read(), "offer:1").await.unwrap().is_none());
+    assert!(l2.get(&ctx::read(), "offer:1").await.unwrap().is_some());
 }
 
 #[tokio::test]
-async fn strict_removals_report_a_tier_that_failed_open() {
+async fn removals_report_a_tier_that_failed_open() {
     let clock = Arc::new(ManualClock::new());
     let faulty = Arc::new(FaultyLayer::new(Arc::new(memory("l2", &clock))));
     let cache = TieredCache::builder()
@@ -562,19 +652,21 @@ async fn strict_removals_report_a_tier_that_failed_open() {
         .await
         .unwrap();
     faulty.set_fault(Fault::Fail);
-    // The default policy fails open: the plain calls carry on...
-    assert!(cache.delete("k").await.is_ok());
-    assert!(cache.invalidate(&Pattern::new("*")).await.is_ok());
-    // ...the strict ones say the shared tier was not reached.
-    for error in [
-        cache.delete_strict("k").await.unwrap_err(),
-        cache
-            .invalidate_strict(&Pattern::new("*"))
-            .await
-            .unwrap_err(),
+    // The default policy fails open: the calls carry on, and say that the
+    // shared tier was skipped (the value is still there, and would come
+    // back from it).
+    for removed in [
+        cache.delete("k").await.unwrap(),
+        cache.invalidate(&Pattern::new("*")).await.unwrap(),
     ] {
-        assert!(error.to_string().contains("l2"), "{error}");
+        assert!(!removed.is_complete(), "{removed}");
+        assert_eq!(removed.skipped().collect::<Vec<_>>(), ["l2"]);
+        assert!(removed.tiers[0].1.is_some(), "L1 did its part: {removed}");
     }
     faulty.set_fault(Fault::None);
-    assert!(cache.delete_strict("k").await.unwrap(), "still there below");
+    let removed = cache.delete("k").await.unwrap();
+    assert!(
+        removed.is_complete() && removed.found(),
+        "still there below: {removed}"
+    );
 }

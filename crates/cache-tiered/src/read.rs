@@ -1,0 +1,293 @@
+//! Reading: the walk down the tiers, and the fills back up.
+
+use cache_core::{Entry, Operation, Serializer};
+use serde::de::DeserializeOwned;
+
+use crate::cache::TierSet;
+use crate::envelope::{Envelope, Opened, Opening};
+use crate::guard::Ticket;
+use crate::tier::Call;
+use crate::{Result, Tier, TieredCache};
+
+/// What a walk found, per key, and which tiers failed open on the way.
+pub(crate) struct Found<T> {
+    pub(crate) values: Vec<Result<Option<T>>>,
+    /// Tiers whose read failed open: a caller that goes on to load should
+    /// not write there (it would pay for a failing tier twice).
+    pub(crate) failed_open: TierSet,
+}
+
+/// How far a walk goes, and whether it counts as a read of its own.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Walk {
+    /// Every tier; counted in the stats as a read.
+    Full,
+    /// Only the top tier, uncounted: `get_or_compute` looking again after
+    /// it joined a flight that may have just filled it.
+    Recheck,
+}
+
+impl<S: Serializer> TieredCache<S> {
+    /// The value under `key`, if a tier holds a live, decodable one.
+    ///
+    /// Fails only if a tier that fails closed fails.
+    pub async fn get<T>(&self, key: &str) -> Result<Option<T>>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let (value, _) = self.get_noting_failures(key).await?;
+        Ok(value)
+    }
+
+    /// [`get`](Self::get), also returning the tiers whose read failed open.
+    pub(crate) async fn get_noting_failures<T>(&self, key: &str) -> Result<(Option<T>, TierSet)>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let shared = &*self.shared;
+        let envelope = self.envelope::<T>();
+        // The hottest path there is, an L1 hit, answered without entering
+        // the general walk (and its futures and vectors).
+        let top = shared.tiers[0].read_now(&*shared.clock, key);
+        if let Some(Call::Done(Some(entry))) = &top
+            && let Opening::Value(Opened {
+                value,
+                stamps: None,
+            }) = envelope.decode::<S, T>(&shared.serializer, entry)
+        {
+            shared.tiers[0].counters.hits.incr();
+            return Ok((Some(value), 0));
+        }
+        let mut found = self.walk::<T>(&[key], envelope, Walk::Full, top).await;
+        let value = found.values.pop().unwrap_or(Ok(None))?;
+        Ok((value, found.failed_open))
+    }
+
+    /// Reads several keys with one call per tier for the keys still missing.
+    ///
+    /// One result per key, in order: hits, misses and per-key failures stay
+    /// apart. Hits from lower tiers are filled upward.
+    pub async fn get_many<T>(&self, keys: &[&str]) -> Vec<Result<Option<T>>>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let envelope = self.envelope::<T>();
+        self.walk::<T>(keys, envelope, Walk::Full, None)
+            .await
+            .values
+    }
+
+    /// The walk: asks each tier, top-down, for the keys still missing, then
+    /// fills the tiers above each hit. `top` is the top tier's answer for a
+    /// single key, if the caller already has it.
+    pub(crate) async fn walk<T>(
+        &self,
+        keys: &[&str],
+        envelope: Envelope,
+        walk: Walk,
+        mut top: Option<Call<Option<Entry>>>,
+    ) -> Found<T>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let shared = &*self.shared;
+        let tiers = match walk {
+            Walk::Full => &shared.tiers[..],
+            Walk::Recheck => &shared.tiers[..1],
+        };
+        let mut values: Vec<Result<Option<T>>> = keys.iter().map(|_| Ok(None)).collect();
+        let mut missing: Vec<usize> = (0..keys.len()).collect();
+        let mut tickets: Vec<Option<Ticket>> = vec![None; keys.len()];
+        let mut failed_open: TierSet = 0;
+        // (key index, depth found at, entry), for the fills.
+        let mut found_below = Vec::new();
+        for (depth, tier) in tiers.iter().enumerate() {
+            if missing.is_empty() {
+                break;
+            }
+            if depth == 1 {
+                // Before reading anything that may be copied upward.
+                for &i in &missing {
+                    tickets[i] = Some(shared.guard.ticket(keys[i]));
+                }
+            }
+            let answers: Vec<cache_core::Result<Option<Entry>>> = match top.take() {
+                Some(answer) => match answer {
+                    Call::Done(found) => vec![Ok(found)],
+                    Call::FailedOpen => {
+                        failed_open |= 1 << depth;
+                        continue;
+                    }
+                    Call::Failed(error) => {
+                        values[missing[0]] = Err(error.into());
+                        break;
+                    }
+                },
+                None => match self.ask(tier, &missing, keys).await {
+                    Call::Done(answers) => answers,
+                    Call::FailedOpen => {
+                        failed_open |= 1 << depth;
+                        continue;
+                    }
+                    Call::Failed(error) => {
+                        for &i in &missing {
+                            values[i] = Err(error.clone().into());
+                        }
+                        break;
+                    }
+                },
+            };
+            let mut still_missing = Vec::new();
+            for (&i, answer) in missing.iter().zip(answers) {
+                let entry = match answer {
+                    Ok(Some(entry)) => entry,
+                    Ok(None) => {
+                        tier.counters.misses.incr();
+                        still_missing.push(i);
+                        continue;
+                    }
+                    Err(error) => {
+                        match tier.failed::<()>(Operation::Read, error) {
+                            Call::Failed(error) => values[i] = Err(error.into()),
+                            _ => {
+                                failed_open |= 1 << depth;
+                                still_missing.push(i);
+                            }
+                        }
+                        continue;
+                    }
+                };
+                match envelope.decode::<S, T>(&shared.serializer, &entry) {
+                    Opening::Value(Opened { value, stamps }) => {
+                        if let Some(stamps) = stamps
+                            && !self.tags_current(&stamps).await
+                        {
+                            tier.counters.tag_stale.incr();
+                            self.discard(tier, keys[i]).await;
+                            still_missing.push(i);
+                            continue;
+                        }
+                        if walk == Walk::Full {
+                            tier.counters.hits.incr();
+                        }
+                        values[i] = Ok(Some(value));
+                        if depth > 0 {
+                            found_below.push((i, depth, entry));
+                        }
+                    }
+                    Opening::Foreign => {
+                        // Another type's or version's value: a miss, and not
+                        // ours to remove.
+                        tier.counters.foreign.incr();
+                        tier.counters.misses.incr();
+                        still_missing.push(i);
+                    }
+                    Opening::Undecodable => {
+                        tier.counters.undecodable.incr();
+                        self.discard(tier, keys[i]).await;
+                        still_missing.push(i);
+                    }
+                }
+            }
+            missing = still_missing;
+        }
+        if walk == Walk::Full {
+            let misses = values.iter().filter(|v| matches!(v, Ok(None))).count();
+            shared.counters.misses.add(misses as u64);
+        }
+        if !found_below.is_empty() {
+            self.fill(keys, &found_below, &tickets).await;
+        }
+        Found {
+            values,
+            failed_open,
+        }
+    }
+
+    /// One tier call for the keys at `indices`: the single-key call for one
+    /// key (which may spare the layer a batch), the batch call otherwise.
+    async fn ask(
+        &self,
+        tier: &Tier,
+        indices: &[usize],
+        keys: &[&str],
+    ) -> Call<Vec<cache_core::Result<Option<Entry>>>> {
+        let clock = &*self.shared.clock;
+        if let [i] = indices {
+            return match tier.get(clock, keys[*i]).await {
+                Call::Done(found) => Call::Done(vec![Ok(found)]),
+                Call::FailedOpen => Call::FailedOpen,
+                Call::Failed(error) => Call::Failed(error),
+            };
+        }
+        let batch: Vec<&str> = indices.iter().map(|&i| keys[i]).collect();
+        tier.get_many(clock, &batch).await
+    }
+
+    /// A value found in `tier` that must not be served again (undecodable,
+    /// or stamped with an invalidated tag): a miss, and removed from there.
+    async fn discard(&self, tier: &Tier, key: &str) {
+        tier.counters.misses.incr();
+        // Failures are already counted by the tier; the read is a miss either way.
+        let _ = tier.delete_many(&*self.shared.clock, &[key]).await;
+    }
+
+    /// Copies each entry found below into the tiers above it, one batch per
+    /// tier, lowest first, as long as its ticket says no mutation of the key
+    /// intervened.
+    async fn fill(
+        &self,
+        keys: &[&str],
+        found_below: &[(usize, usize, Entry)],
+        tickets: &[Option<Ticket>],
+    ) {
+        let shared = &*self.shared;
+        let now = shared.clock.now();
+        for (depth, tier) in shared.tiers.iter().enumerate().rev() {
+            let mut fills: Vec<(usize, Entry)> = Vec::new();
+            for (i, found_at, entry) in found_below {
+                if *found_at <= depth {
+                    continue;
+                }
+                match tickets[*i] {
+                    Some(ticket) if shared.guard.still_valid(&ticket) => {
+                        fills.push((*i, tier.cap(entry.clone(), now)));
+                    }
+                    _ => tier.counters.fills_discarded.incr(),
+                }
+            }
+            if fills.is_empty() {
+                continue;
+            }
+            let batch: Vec<(&str, Entry)> = fills
+                .iter()
+                .map(|(i, entry)| (keys[*i], entry.clone()))
+                .collect();
+            let Call::Done(written) = tier.set_many(&*shared.clock, &batch).await else {
+                continue;
+            };
+            for ((i, _), result) in fills.iter().zip(written) {
+                if result.is_ok()
+                    && let Some(ticket) = &tickets[*i]
+                {
+                    self.keep_fill(tier, keys[*i], ticket).await;
+                }
+            }
+        }
+    }
+
+    /// After writing a fill into `tier`: keeps it if the ticket still
+    /// holds, removes it otherwise. Returns whether it was kept.
+    pub(crate) async fn keep_fill(&self, tier: &Tier, key: &str, ticket: &Ticket) -> bool {
+        if self.shared.guard.still_valid(ticket) {
+            tier.counters.fills.incr();
+            return true;
+        }
+        tier.counters.fills_discarded.incr();
+        let _ = tier.delete_many(&*self.shared.clock, &[key]).await;
+        false
+    }
+}

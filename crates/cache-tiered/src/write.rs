@@ -1,0 +1,166 @@
+//! Writing through every tier, lowest (shared) first.
+
+use std::time::Duration;
+
+use cache_core::{Entry, Serializer};
+use serde::Serialize;
+
+use crate::cache::TierSet;
+use crate::guard::Ticket;
+use crate::tier::Call;
+use crate::{Result, TieredCache};
+
+/// How far a write-through got, per entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// Every tier so far took it.
+    Fully,
+    /// A lower tier failed and fails open; the tiers above take the value
+    /// for at most the degraded TTL.
+    Degraded,
+    /// A lower tier failed or refused it (or a racing mutation overtook
+    /// the write); the tiers above drop the key.
+    Stopped,
+}
+
+impl<S: Serializer> TieredCache<S> {
+    /// Stores `value` under `key` in every tier for `ttl` (each tier's cap
+    /// permitting).
+    ///
+    /// A value the lowest tier refuses (over its size limit) is an error
+    /// whatever the tier's failure policy, and leaves no older value under
+    /// the key readable in any tier. An upper tier that refuses a value a
+    /// lower one took only does not cache it (its stats count the refusal).
+    pub async fn set<T>(&self, key: &str, value: &T, ttl: Duration) -> Result<()>
+    where
+        T: Serialize + ?Sized + 'static,
+    {
+        let entry = self.encode(value, ttl)?;
+        let _mutation = self.shared.guard.mutate(key);
+        self.write_through(&[(key, entry)], None, 0)
+            .await
+            .pop()
+            .unwrap_or(Ok(()))
+    }
+
+    /// Stores several values for `ttl`, with one call per tier. One result
+    /// per value, in order.
+    pub async fn set_many<T>(&self, items: &[(&str, T)], ttl: Duration) -> Vec<Result<()>>
+    where
+        T: Serialize + 'static,
+    {
+        let mut results: Vec<Result<()>> = Vec::with_capacity(items.len());
+        let mut entries = Vec::with_capacity(items.len());
+        let mut slots = Vec::with_capacity(items.len());
+        for (key, value) in items {
+            match self.encode(value, ttl) {
+                Ok(entry) => {
+                    slots.push(results.len());
+                    entries.push((*key, entry));
+                    results.push(Ok(()));
+                }
+                Err(error) => results.push(Err(error)),
+            }
+        }
+        let _mutations: Vec<_> = entries
+            .iter()
+            .map(|(key, _)| self.shared.guard.mutate(key))
+            .collect();
+        let written = self.write_through(&entries, None, 0).await;
+        for (slot, result) in slots.into_iter().zip(written) {
+            results[slot] = result;
+        }
+        results
+    }
+
+    /// Writes entries through every tier, lowest first. When a tier fails
+    /// for a key, the tiers above it drop that key rather than take a value
+    /// the lower tier lacks (or, with a degraded TTL and a failure the
+    /// policy ignores, take it for that long). With a ticket (loader
+    /// results), a write that a concurrent mutation overtook is undone and
+    /// goes no further up. Tiers in `skip` (their read failed open earlier
+    /// in the same call) count as failed open without being called.
+    pub(crate) async fn write_through(
+        &self,
+        entries: &[(&str, Entry)],
+        ticket: Option<&Ticket>,
+        skip: TierSet,
+    ) -> Vec<Result<()>> {
+        let shared = &*self.shared;
+        let clock = &*shared.clock;
+        let now = clock.now();
+        let failed_open = match shared.degraded_ttl {
+            Some(_) => Written::Degraded,
+            None => Written::Stopped,
+        };
+        let mut results: Vec<Result<()>> = entries.iter().map(|_| Ok(())).collect();
+        let mut state = vec![Written::Fully; entries.len()];
+        // Whether a tier below holds the entry: then an upper tier refusing
+        // it only leaves it uncached there.
+        let mut stored = vec![false; entries.len()];
+        for (depth, tier) in shared.tiers.iter().enumerate().rev() {
+            let mut batch: Vec<(usize, (&str, Entry))> = Vec::with_capacity(entries.len());
+            let mut dead: Vec<&str> = Vec::new();
+            for (i, (key, entry)) in entries.iter().enumerate() {
+                let entry = tier.cap(entry.clone(), now);
+                match (state[i], shared.degraded_ttl) {
+                    (Written::Fully, _) => batch.push((i, (*key, entry))),
+                    (Written::Degraded, Some(ttl)) => {
+                        batch.push((i, (*key, entry.capped(now, ttl))));
+                    }
+                    _ => dead.push(*key),
+                }
+            }
+            if !dead.is_empty() {
+                let _ = tier.delete_many(clock, &dead).await;
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            if skip & (1 << depth) != 0 {
+                // Failed open earlier in this call: a failed write, not retried.
+                for (i, _) in &batch {
+                    state[*i] = failed_open;
+                }
+                continue;
+            }
+            let pairs: Vec<(&str, Entry)> = batch.iter().map(|(_, pair)| pair.clone()).collect();
+            let outcomes: Vec<Call<()>> = match tier.set_many(clock, &pairs).await {
+                Call::Done(per_key) => per_key
+                    .into_iter()
+                    .map(|result| match result {
+                        Ok(()) => Call::Done(()),
+                        Err(error) => tier.failed(cache_core::Operation::Write, error),
+                    })
+                    .collect(),
+                Call::FailedOpen => batch.iter().map(|_| Call::FailedOpen).collect(),
+                Call::Failed(error) => batch.iter().map(|_| Call::Failed(error.clone())).collect(),
+            };
+            for ((i, (key, _)), outcome) in batch.iter().zip(outcomes) {
+                match outcome {
+                    Call::Done(()) => {
+                        stored[*i] = true;
+                        if let Some(ticket) = ticket
+                            && !self.keep_fill(tier, key, ticket).await
+                        {
+                            state[*i] = Written::Stopped;
+                        }
+                    }
+                    Call::Failed(error) if error.is_refusal() && stored[*i] => {
+                        state[*i] = Written::Stopped;
+                    }
+                    // Failed and ignored: the tiers above drop the key, or
+                    // hold the value briefly if degraded writes are on.
+                    Call::FailedOpen => state[*i] = failed_open,
+                    Call::Failed(error) => {
+                        state[*i] = Written::Stopped;
+                        if results[*i].is_ok() {
+                            results[*i] = Err(error.into());
+                        }
+                    }
+                }
+            }
+        }
+        results
+    }
+}
