@@ -23,6 +23,7 @@ use redis::{AsyncConnectionConfig, RedisError, RedisResult};
 use tokio::sync::watch;
 
 use crate::builder::redact;
+use crate::layer::describe;
 
 /// The first pause between two failed attempts to resubscribe.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -274,7 +275,7 @@ impl RedisBackplaneBuilder {
 
 impl Inner {
     fn backend(&self, err: &RedisError) -> Error {
-        Error::backend(self.name.clone(), format!("{err} ({})", self.label))
+        Error::backend(self.name.clone(), describe(err, &self.label))
     }
 
     fn timed_out(&self) -> Error {

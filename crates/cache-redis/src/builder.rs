@@ -179,10 +179,10 @@ impl RedisLayerBuilder {
         self
     }
 
-    /// Connections opened by `build()` and kept open while idle. With at
-    /// least one, `build()` fails fast on a bad URL, a wrong password or an
-    /// unreachable primary; with 0, `build()` touches no server and the
-    /// first request connects. Default: 1.
+    /// Connections opened by `build()` (each checked with `PING`) and kept
+    /// open while idle. With at least one, `build()` fails fast on a bad
+    /// URL, a missing or wrong password or an unreachable primary; with 0,
+    /// `build()` touches no server and the first request connects. Default: 1.
     pub fn pool_min_idle(mut self, min_idle: usize) -> Self {
         self.pool_min_idle = min_idle;
         self
@@ -238,11 +238,14 @@ impl RedisLayerBuilder {
     }
 
     /// Validates the configuration, opens `pool_min_idle` connections to the
-    /// primary (or the Cluster) and returns the layer.
+    /// primary (or the Cluster), checks each with `PING` and returns the
+    /// layer.
     ///
     /// # Errors
     /// [`Error::Config`] for an invalid setting or URL; [`Error::Backend`] or
-    /// [`Error::Timeout`] when the first connections cannot be opened.
+    /// [`Error::Timeout`] when the first connections cannot be opened or do
+    /// not answer the `PING`: a missing password (`NOAUTH`) or a wrong one
+    /// fails here, with advice to check the URL, not on the first request.
     pub async fn build(self) -> Result<RedisLayer> {
         self.validate()?;
         #[cfg(feature = "tls")]

@@ -119,7 +119,7 @@ impl Inner {
     }
 
     fn backend(&self, node: &Node, err: RedisError) -> Error {
-        Error::backend(self.name.clone(), format!("{} ({})", err, node.label()))
+        Error::backend(self.name.clone(), describe(&err, node.label()))
     }
 
     fn timed_out(&self) -> Error {
@@ -416,9 +416,26 @@ fn parse_cluster_primaries(nodes: &str) -> Vec<(String, u16)> {
         .collect()
 }
 
+/// What a backend error says: the client's error, the node (`node` is a
+/// label without a password), and what to check when the server refused
+/// the credentials.
+pub(crate) fn describe(err: &RedisError, node: &str) -> String {
+    let hint = if err.code() == Some("NOAUTH") {
+        "; the server requires a password and the URL gives none: \
+         redis://:password@host:port, or redis://user:password@host:port for an ACL user"
+    } else if err.kind() == redis::ErrorKind::AuthenticationFailed
+        || err.code() == Some("WRONGPASS")
+    {
+        "; the server refused the user or password of the URL: check them"
+    } else {
+        ""
+    };
+    format!("{err} ({node}){hint}")
+}
+
 pub(crate) fn pool_error(layer: &Arc<str>, node: &str, err: mobc::Error<RedisError>) -> Error {
     match err {
-        mobc::Error::Inner(err) => Error::backend(layer.clone(), format!("{err} ({node})")),
+        mobc::Error::Inner(err) => Error::backend(layer.clone(), describe(&err, node)),
         mobc::Error::Timeout => Error::backend(
             layer.clone(),
             format!("no connection to {node} within the connect timeout"),
