@@ -9,6 +9,7 @@ use cache_core::{Clock, Error, Result, system_clock};
 use crate::RedisLayer;
 use crate::layer::{Inner, Stats};
 use crate::pool::{Node, PoolSettings, Target};
+use crate::url::ServerUrl;
 
 /// Where reads go first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -24,14 +25,16 @@ pub enum ReadFrom {
     ReplicasFirst,
 }
 
+/// The servers, as given. `ServerUrl` prints without passwords, so the
+/// builder's derived `Debug` shows none.
 #[derive(Debug, Clone)]
 enum Topology {
     Standalone {
-        primary: String,
-        replicas: Vec<String>,
+        primary: ServerUrl,
+        replicas: Vec<ServerUrl>,
     },
     Cluster {
-        nodes: Vec<String>,
+        nodes: Vec<ServerUrl>,
     },
 }
 
@@ -70,7 +73,7 @@ pub struct RedisLayerBuilder {
     node_retry_after: Duration,
     clock: Arc<dyn Clock>,
     /// Replicas added to a Cluster builder, an error reported by `build()`.
-    cluster_replicas: Vec<String>,
+    cluster_replicas: Vec<ServerUrl>,
 }
 
 /// The largest string Redis stores (`proto-max-bulk-len`'s default).
@@ -99,13 +102,15 @@ impl RedisLayerBuilder {
 
     pub(crate) fn standalone(url: impl Into<String>) -> Self {
         Self::new(Topology::Standalone {
-            primary: url.into(),
+            primary: ServerUrl::new(url),
             replicas: Vec::new(),
         })
     }
 
     pub(crate) fn cluster(nodes: Vec<String>) -> Self {
-        Self::new(Topology::Cluster { nodes })
+        Self::new(Topology::Cluster {
+            nodes: nodes.into_iter().map(ServerUrl::new).collect(),
+        })
     }
 
     /// Adds a replica of the primary (a `redis://` or `rediss://` URL).
@@ -113,10 +118,10 @@ impl RedisLayerBuilder {
     /// none. Not available in Cluster mode (`build()` returns an error).
     pub fn replica(mut self, url: impl Into<String>) -> Self {
         match &mut self.topology {
-            Topology::Standalone { replicas, .. } => replicas.push(url.into()),
+            Topology::Standalone { replicas, .. } => replicas.push(ServerUrl::new(url)),
             Topology::Cluster { .. } => {
                 // Reported by `build()`.
-                self.cluster_replicas.push(url.into());
+                self.cluster_replicas.push(ServerUrl::new(url));
             }
         }
         self
@@ -264,24 +269,22 @@ impl RedisLayerBuilder {
             .set_connection_timeout(Some(self.connect_timeout))
             // The layer bounds every call itself (`timeout`).
             .set_response_timeout(None);
-        let open = |url: &str| -> Result<Node> {
-            let client = redis::Client::open(url).map_err(|err| url_error(url, &err))?;
+        let open = |url: &ServerUrl| -> Result<Node> {
+            let client = redis::Client::open(url.expose()).map_err(|err| url_error(url, &err))?;
             Ok(Node::new(
-                redact(url),
+                url.redacted(),
                 Target::Single(client, connection_config.clone()),
                 &settings,
             ))
         };
         let (primary, replicas, standalone) = match &self.topology {
             Topology::Standalone { primary, replicas } => {
-                let replicas = replicas
-                    .iter()
-                    .map(|url| open(url))
-                    .collect::<Result<Vec<_>>>()?;
+                let replicas = replicas.iter().map(open).collect::<Result<Vec<_>>>()?;
                 (open(primary)?, replicas, true)
             }
             Topology::Cluster { nodes } => {
-                let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                let seeds = nodes.iter().map(|url| url.expose().to_owned());
+                let client = redis::cluster::ClusterClientBuilder::new(seeds)
                     .connection_timeout(self.connect_timeout)
                     .response_timeout(self.timeout)
                     .retries(2)
@@ -289,7 +292,7 @@ impl RedisLayerBuilder {
                     .map_err(|err| {
                         Error::config(format!("cannot use the Cluster nodes {nodes:?}: {err}"))
                     })?;
-                let label = format!("cluster({})", redact(&nodes[0]));
+                let label = format!("cluster({})", nodes[0]);
                 (
                     Node::new(label, Target::Cluster(client), &settings),
                     Vec::new(),
@@ -390,35 +393,20 @@ impl RedisLayerBuilder {
     }
 }
 
-fn url_error(url: &str, err: &redis::RedisError) -> Error {
-    let hint = if url.starts_with("rediss://") && !cfg!(feature = "tls") {
+/// A URL the redis client refused (the message shows it without password).
+pub(crate) fn url_error(url: &ServerUrl, err: &redis::RedisError) -> Error {
+    let hint = if url.expose().starts_with("rediss://") && !cfg!(feature = "tls") {
         " (rediss:// needs the `tls` feature of cache-redis)"
     } else {
         ""
     };
-    Error::config(format!("invalid Redis URL `{}`: {err}{hint}", redact(url)))
-}
-
-/// The URL without its password, for messages.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}***{}", &url[..scheme_end + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
+    Error::config(format!("invalid Redis URL `{url}`: {err}{hint}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use cache_core::CacheLayer;
-
-    #[test]
-    fn redact_hides_credentials() {
-        assert_eq!(redact("redis://u:p@h:1/0"), "redis://***@h:1/0");
-        assert_eq!(redact("redis://h:1"), "redis://h:1");
-    }
 
     #[tokio::test]
     async fn invalid_settings_are_errors_not_panics() {

@@ -75,7 +75,8 @@ impl RedisLayer {
     ///
     /// The URL is `redis://[user][:password@]host[:port][/db]`, or
     /// `rediss://...` for TLS with the `tls` feature. User and password are
-    /// sent with `AUTH` (ACL users included).
+    /// sent with `AUTH` (ACL users included); `Debug` output, errors and logs
+    /// show the password as `***`.
     pub fn builder(url: impl Into<String>) -> RedisLayerBuilder {
         RedisLayerBuilder::standalone(url)
     }

@@ -91,6 +91,7 @@ mod builder;
 mod codec;
 mod layer;
 mod pool;
+mod url;
 
 pub use backplane::{RedisBackplane, RedisBackplaneBuilder};
 pub use builder::{ReadFrom, RedisLayerBuilder};

@@ -76,3 +76,67 @@ async fn build_fails_without_the_right_password() {
         assert!(!message.contains(WRONG), "password leaked: {message}");
     }
 }
+
+#[tokio::test]
+async fn passwords_are_never_printed() {
+    // Nothing listens on port 1: every connection is refused at once.
+    let no_user = format!("redis://:{SECRET}@127.0.0.1:1");
+    let acl_user = format!("redis://alice:{SECRET}@127.0.0.1:1/0");
+    let not_a_port = format!("redis://:{SECRET}@127.0.0.1:notaport");
+    let unix = format!("unix:///nonexistent/redis.sock?db=1&pass={SECRET}");
+    let shown = |what: &str, text: String| {
+        assert!(!text.contains(SECRET), "{what} shows the password: {text}");
+        text
+    };
+
+    // Debug of the builders: the address and the user stay, the password goes.
+    let standalone = RedisLayer::builder(&no_user).replica(&acl_user);
+    let debug = shown("the layer builder", format!("{standalone:?}"));
+    assert!(debug.contains("redis://:***@127.0.0.1:1"), "{debug}");
+    assert!(debug.contains("redis://alice:***@127.0.0.1:1/0"), "{debug}");
+    let cluster = RedisLayer::cluster_builder([&no_user, &acl_user]).replica(&unix);
+    shown("the cluster builder", format!("{cluster:?}"));
+    for url in [&no_user, &acl_user, &unix] {
+        let debug = shown(
+            "the backplane builder",
+            format!("{:?}", RedisBackplane::builder(url)),
+        );
+        assert!(debug.contains("***"), "{debug}");
+    }
+
+    // Errors of build(): refused, unparsable, and a cluster that cannot be used.
+    let quick = |url: &str| RedisLayer::builder(url).connect_timeout(Duration::from_millis(500));
+    for url in [&no_user, &acl_user, &not_a_port, &unix] {
+        let err = quick(url).build().await.expect_err("nothing to connect to");
+        shown("a build() error", err.to_string());
+        shown("a build() error's Debug", format!("{err:?}"));
+        let err = RedisBackplane::builder(url)
+            .build()
+            .await
+            .expect_err("nothing to connect to");
+        shown("a backplane build() error", err.to_string());
+    }
+    let err = RedisLayer::cluster_builder([&not_a_port])
+        .build()
+        .await
+        .expect_err("not a URL");
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    shown("a cluster build() error", err.to_string());
+
+    // A lazy layer: its Debug, and the errors of requests to the primary
+    // and to a replica.
+    let lazy = quick(&no_user)
+        .replica(&acl_user)
+        .pool_min_idle(0)
+        .build()
+        .await
+        .expect("touches no server");
+    shown("the layer", format!("{lazy:?}"));
+    let err = lazy.get("k").await.expect_err("nothing listens");
+    shown("a read error", err.to_string());
+    let err = lazy
+        .set("k", Entry::new(&b"v"[..]))
+        .await
+        .expect_err("nothing listens");
+    shown("a write error", err.to_string());
+}
