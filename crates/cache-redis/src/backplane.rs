@@ -134,7 +134,7 @@ impl RedisBackplane {
 /// use cache_redis::RedisBackplane;
 ///
 /// let backplane = RedisBackplane::builder("redis://127.0.0.1:6379")
-///     .channel("offers:v1:invalidation") // one channel per set of caches that share an L2
+///     .channel("offers-v1:invalidation") // one channel per set of caches that share an L2
 ///     .timeout(Duration::from_millis(500))
 ///     .health_check_interval(Duration::from_secs(5))
 ///     .build()

@@ -49,7 +49,7 @@ enum Topology {
 /// let layer = RedisLayer::builder("redis://:secret@10.0.0.1:6379")
 ///     .replica("redis://:secret@10.0.0.2:6379")
 ///     .read_from(ReadFrom::Primary)
-///     .namespace("offers:v1:")
+///     .namespace("offers-v1") // keys are stored as `offers-v1:<key>`
 ///     .timeout(Duration::from_millis(200))
 ///     .build()
 ///     .await?;
@@ -139,11 +139,24 @@ impl RedisLayerBuilder {
         self
     }
 
-    /// The prefix of every key the layer reads or writes, taken literally
-    /// (glob characters in it are escaped in `SCAN MATCH`). Two layers with
-    /// different namespaces on one server never see each other's keys.
-    /// Default: `"cache:"`. An empty namespace makes the whole database the
-    /// layer's, including for pattern invalidation.
+    /// The namespace of the layer's keys: `key` is stored in Redis as
+    /// `<namespace>:<key>`. A trailing `:` is optional and means nothing
+    /// more: `"offers"` and `"offers:"` are the same namespace, and the key
+    /// `offer:7` is stored as `offers:offer:7` with either. Default:
+    /// `"cache:"`.
+    ///
+    /// Two layers with different (non-empty) namespaces on one server never
+    /// see, overwrite or invalidate each other's keys. That is why a
+    /// namespace may not contain `:` anywhere but at its end: the keys of
+    /// `app:v2` would be keys of `app` too (its `v2:...` keys), so `build()`
+    /// refuses it with [`Error::Config`]; write `app-v2` instead. Other
+    /// characters are taken literally (glob characters are escaped in
+    /// `SCAN MATCH`).
+    ///
+    /// An empty namespace means no prefix at all: the layer's keys are the
+    /// Redis keys as they are, and it sees the whole database, the keys of
+    /// every other namespace included, for reads and for pattern
+    /// invalidation (`invalidate("*")` empties the database).
     ///
     /// In Cluster mode keep `{`/`}` out of it unless you mean to put every
     /// key in one hash slot.
@@ -253,6 +266,7 @@ impl RedisLayerBuilder {
     /// fails here, with advice to check the URL, not on the first request.
     pub async fn build(self) -> Result<RedisLayer> {
         self.validate()?;
+        let prefix = key_prefix(&self.namespace)?;
         #[cfg(feature = "tls")]
         {
             // Several providers may be compiled in; pick ring unless the
@@ -312,8 +326,8 @@ impl RedisLayerBuilder {
             Ok(Ok(())) => {}
         }
         let inner = Inner {
-            match_prefix: cache_core::escape(&self.namespace),
-            namespace: self.namespace,
+            match_prefix: cache_core::escape(&prefix),
+            namespace: prefix,
             name,
             primary,
             replicas,
@@ -393,6 +407,40 @@ impl RedisLayerBuilder {
     }
 }
 
+/// What every key of a layer with `namespace` starts with: `namespace:`
+/// (one trailing `:` of the namespace is dropped first), or nothing for an
+/// empty namespace.
+///
+/// The prefixes of two different non-empty namespaces never start one
+/// another, since neither name holds a `:`: a key lives in one namespace
+/// at most, for reads, writes and `SCAN MATCH` alike.
+fn key_prefix(namespace: &str) -> Result<String> {
+    if namespace.is_empty() {
+        return Ok(String::new());
+    }
+    let name = namespace.strip_suffix(':').unwrap_or(namespace);
+    if !name.is_empty() && !name.contains(':') {
+        return Ok(format!("{name}:"));
+    }
+    let suggestion = name.trim_matches(':').replace(':', "-");
+    let instead = if suggestion.is_empty() {
+        "a name without `:` (or \"\" for the whole database)".to_owned()
+    } else {
+        format!("`{suggestion}`")
+    };
+    let overlap = match name.split_once(':') {
+        Some((outer, inner)) if !outer.is_empty() => format!(
+            "otherwise namespaces overlap: `{outer}` would see and invalidate the keys of \
+             `{name}` as its own `{inner}:...` keys"
+        ),
+        _ => "otherwise namespaces overlap".to_owned(),
+    };
+    Err(Error::config(format!(
+        "namespace `{namespace}` has a `:` before its end; a `:` may only end a namespace \
+         (it separates the namespace from the key), since {overlap}. Use {instead} instead"
+    )))
+}
+
 /// A URL the redis client refused (the message shows it without password).
 pub(crate) fn url_error(url: &ServerUrl, err: &redis::RedisError) -> Error {
     let hint = if url.expose().starts_with("rediss://") && !cfg!(feature = "tls") {
@@ -420,6 +468,10 @@ mod tests {
             base().max_value_size(0),
             base().scan_count(0),
             base().compress_above(0),
+            base().namespace("app:v2:"),
+            base().namespace("app:v2"),
+            base().namespace(":"),
+            base().namespace("::"),
             RedisLayer::builder("not a url").pool_min_idle(0),
             RedisLayer::cluster_builder(Vec::<String>::new()),
             RedisLayer::cluster_builder(["redis://127.0.0.1:1"]).replica("redis://127.0.0.1:2"),
@@ -430,6 +482,33 @@ mod tests {
             match builder.build().await {
                 Err(Error::Config(_)) => {}
                 other => panic!("expected a config error for {debug}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn key_prefixes_end_with_one_colon() {
+        for (namespace, prefix) in [
+            ("offers", "offers:"),
+            ("offers:", "offers:"),
+            ("app-v2", "app-v2:"),
+            ("a[1]*", "a[1]*:"),
+            ("", ""),
+        ] {
+            assert_eq!(key_prefix(namespace).unwrap(), prefix, "{namespace:?}");
+        }
+        for (namespace, suggestion) in [
+            ("app:v2:", "`app-v2`"),
+            ("app:v2", "`app-v2`"),
+            ("app::", "`app`"),
+            (":app", "`app`"),
+            (":", "without `:`"),
+        ] {
+            match key_prefix(namespace) {
+                Err(Error::Config(message)) => {
+                    assert!(message.contains(suggestion), "{namespace:?}: {message}")
+                }
+                other => panic!("{namespace:?}: expected a config error, got {other:?}"),
             }
         }
     }

@@ -36,8 +36,9 @@ pub(crate) struct Stats {
 
 pub(crate) struct Inner {
     pub(crate) name: Arc<str>,
+    /// The key prefix: `namespace:`, or empty for an empty namespace.
     pub(crate) namespace: String,
-    /// The namespace escaped for `SCAN MATCH`.
+    /// The key prefix escaped for `SCAN MATCH`.
     pub(crate) match_prefix: String,
     pub(crate) primary: Node,
     pub(crate) replicas: Vec<Node>,
@@ -92,12 +93,15 @@ impl RedisLayer {
         RedisLayerBuilder::cluster(nodes.into_iter().map(Into::into).collect())
     }
 
-    /// The namespace every key of this layer lives in.
+    /// The prefix of every Redis key of this layer: the namespace followed
+    /// by `:` (`"offers:"` for `namespace("offers")` and for
+    /// `namespace("offers:")`), or `""` for an empty namespace.
     pub fn namespace(&self) -> &str {
         &self.inner.namespace
     }
 
-    /// The Redis key under which `key` is stored (namespace + key).
+    /// The Redis key under which `key` is stored: `<namespace>:<key>`, or
+    /// `key` itself with an empty namespace.
     pub fn redis_key(&self, key: &str) -> String {
         self.inner.key(key)
     }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use cache_core::{CacheLayer, Entry, Error};
+use cache_core::{CacheLayer, Entry, Error, Pattern};
 use cache_redis::{RedisBackplane, RedisLayer};
 use cache_test_support::redis::RedisServer;
 
@@ -139,4 +139,96 @@ async fn passwords_are_never_printed() {
         .await
         .expect_err("nothing listens");
     shown("a write error", err.to_string());
+}
+
+async fn layer_in(server: &RedisServer, namespace: &str) -> cache_core::Result<RedisLayer> {
+    RedisLayer::builder(server.url())
+        .namespace(namespace)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+}
+
+fn value(entry: Option<Entry>) -> Option<Vec<u8>> {
+    entry.map(|entry| entry.value().to_vec())
+}
+
+#[tokio::test]
+async fn namespaces_are_prefix_free() {
+    let server = RedisServer::start();
+
+    // A namespace with an inner `:` would hold keys that `app` sees as its
+    // own `v2:...` keys: refused, with a name that works.
+    for nested in ["app:v2:", "app:v2"] {
+        match layer_in(&server, nested).await {
+            Err(Error::Config(message)) => {
+                assert!(message.contains("overlap"), "says why: {message}");
+                assert!(message.contains("`app-v2`"), "suggests a name: {message}");
+            }
+            other => panic!("expected a config error for {nested:?}, got {other:?}"),
+        }
+    }
+    match layer_in(&server, ":").await {
+        Err(Error::Config(_)) => {}
+        other => panic!("expected a config error for \":\", got {other:?}"),
+    }
+
+    let app = layer_in(&server, "app").await.unwrap();
+    let app_v2 = layer_in(&server, "app-v2:").await.unwrap();
+    // `app` and `app:` are one namespace, stored as `app:<key>`.
+    let app_colon = layer_in(&server, "app:").await.unwrap();
+    assert_eq!(app.namespace(), "app:");
+    assert_eq!(app_colon.namespace(), "app:");
+    assert_eq!(app_v2.namespace(), "app-v2:");
+
+    app.set("x", Entry::new(&b"app"[..])).await.unwrap();
+    app_v2.set("x", Entry::new(&b"app-v2"[..])).await.unwrap();
+    app_v2.set("y", Entry::new(&b"app-v2"[..])).await.unwrap();
+    assert_eq!(server.cli(&["EXISTS", "app:x"]).trim(), "1");
+    assert_eq!(server.cli(&["EXISTS", "app-v2:x"]).trim(), "1");
+    assert_eq!(app.redis_key("offer:7"), "app:offer:7");
+    assert_eq!(
+        value(app_colon.get("x").await.unwrap()),
+        Some(b"app".to_vec())
+    );
+
+    // What each one reads is its own, whatever the key looks like.
+    assert_eq!(value(app.get("x").await.unwrap()), Some(b"app".to_vec()));
+    assert_eq!(
+        value(app_v2.get("x").await.unwrap()),
+        Some(b"app-v2".to_vec())
+    );
+    for key in ["-v2:x", "-v2:y", "v2:x", ":x"] {
+        assert_eq!(
+            value(app.get(key).await.unwrap()),
+            None,
+            "`app` read {key:?}"
+        );
+    }
+
+    // Invalidating everything of `app` leaves `app-v2` alone, and back.
+    assert_eq!(app.invalidate(&Pattern::new("*")).await.unwrap(), 1);
+    assert_eq!(
+        value(app_v2.get("x").await.unwrap()),
+        Some(b"app-v2".to_vec())
+    );
+    assert_eq!(
+        value(app_v2.get("y").await.unwrap()),
+        Some(b"app-v2".to_vec())
+    );
+    app.set("z", Entry::new(&b"app"[..])).await.unwrap();
+    assert_eq!(app_v2.invalidate(&Pattern::new("*")).await.unwrap(), 2);
+    assert_eq!(value(app.get("z").await.unwrap()), Some(b"app".to_vec()));
+    assert_eq!(server.cli(&["DBSIZE"]).trim(), "1");
+
+    // An empty namespace is the whole database, other namespaces' keys included.
+    let everything = layer_in(&server, "").await.unwrap();
+    assert_eq!(everything.namespace(), "");
+    assert_eq!(everything.redis_key("app:z"), "app:z");
+    assert_eq!(
+        value(everything.get("app:z").await.unwrap()),
+        Some(b"app".to_vec())
+    );
+    assert_eq!(everything.invalidate(&Pattern::new("*")).await.unwrap(), 1);
+    assert_eq!(server.cli(&["DBSIZE"]).trim(), "0");
 }
