@@ -22,7 +22,9 @@ use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{AsyncConnectionConfig, RedisError, RedisResult};
 use tokio::sync::watch;
 
-use crate::builder::redact;
+use crate::builder::url_error;
+use crate::layer::{classify, describe};
+use crate::url::ServerUrl;
 
 /// The first pause between two failed attempts to resubscribe.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -115,7 +117,7 @@ impl RedisBackplane {
     /// TLS with the `tls` feature. Pub/sub ignores the database number:
     /// a channel is seen by every client of the server.
     pub fn builder(url: impl Into<String>) -> RedisBackplaneBuilder {
-        RedisBackplaneBuilder::new(url.into())
+        RedisBackplaneBuilder::new(ServerUrl::new(url))
     }
 
     /// The channel messages are published on.
@@ -132,7 +134,7 @@ impl RedisBackplane {
 /// use cache_redis::RedisBackplane;
 ///
 /// let backplane = RedisBackplane::builder("redis://127.0.0.1:6379")
-///     .channel("offers:v1:invalidation") // one channel per set of caches that share an L2
+///     .channel("offers-v1:invalidation") // one channel per set of caches that share an L2
 ///     .timeout(Duration::from_millis(500))
 ///     .health_check_interval(Duration::from_secs(5))
 ///     .build()
@@ -142,7 +144,8 @@ impl RedisBackplane {
 #[must_use = "a builder does nothing until `build()` is awaited"]
 #[derive(Debug, Clone)]
 pub struct RedisBackplaneBuilder {
-    url: String,
+    /// Prints without its password.
+    url: ServerUrl,
     name: String,
     channel: String,
     timeout: Duration,
@@ -150,7 +153,7 @@ pub struct RedisBackplaneBuilder {
 }
 
 impl RedisBackplaneBuilder {
-    fn new(url: String) -> Self {
+    fn new(url: ServerUrl) -> Self {
         RedisBackplaneBuilder {
             url,
             name: "redis-backplane".into(),
@@ -210,21 +213,12 @@ impl RedisBackplaneBuilder {
             // application already chose a provider.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client = redis::Client::open(self.url.as_str()).map_err(|err| {
-            let hint = if self.url.starts_with("rediss://") && !cfg!(feature = "tls") {
-                " (rediss:// needs the `tls` feature of cache-redis)"
-            } else {
-                ""
-            };
-            Error::config(format!(
-                "invalid Redis URL `{}`: {err}{hint}",
-                redact(&self.url)
-            ))
-        })?;
+        let client =
+            redis::Client::open(self.url.expose()).map_err(|err| url_error(&self.url, &err))?;
         let (alive, _) = watch::channel(());
         let inner = Inner {
             name: Arc::from(self.name.as_str()),
-            label: redact(&self.url),
+            label: self.url.redacted(),
             client,
             // Every publish is bounded as a whole, connecting included, by
             // `timeout`; a timer of the client's own would race ours and
@@ -274,7 +268,7 @@ impl RedisBackplaneBuilder {
 
 impl Inner {
     fn backend(&self, err: &RedisError) -> Error {
-        Error::backend(self.name.clone(), format!("{err} ({})", self.label))
+        Error::classified(self.name.clone(), classify(err), describe(err, &self.label))
     }
 
     fn timed_out(&self) -> Error {

@@ -9,6 +9,7 @@ use cache_core::{Error, Result};
 use crate::RedisLayer;
 use crate::layer::{Inner, Stats};
 use crate::pool::{Node, PoolSettings, Target};
+use crate::url::ServerUrl;
 
 /// Where reads go first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -24,14 +25,16 @@ pub enum ReadFrom {
     ReplicasFirst,
 }
 
+/// The servers, as given. `ServerUrl` prints without passwords, so the
+/// builder's derived `Debug` shows none.
 #[derive(Debug, Clone)]
 enum Topology {
     Standalone {
-        primary: String,
-        replicas: Vec<String>,
+        primary: ServerUrl,
+        replicas: Vec<ServerUrl>,
     },
     Cluster {
-        nodes: Vec<String>,
+        nodes: Vec<ServerUrl>,
     },
 }
 
@@ -46,7 +49,7 @@ enum Topology {
 /// let layer = RedisLayer::builder("redis://:secret@10.0.0.1:6379")
 ///     .replica("redis://:secret@10.0.0.2:6379")
 ///     .read_from(ReadFrom::Primary)
-///     .namespace("offers:v1:")
+///     .namespace("offers-v1") // keys are stored as `offers-v1:<key>`
 ///     .timeout(Duration::from_millis(200))
 ///     .build()
 ///     .await?;
@@ -69,7 +72,7 @@ pub struct RedisLayerBuilder {
     scan_count: usize,
     node_retry_after: Duration,
     /// Replicas added to a Cluster builder, an error reported by `build()`.
-    cluster_replicas: Vec<String>,
+    cluster_replicas: Vec<ServerUrl>,
 }
 
 /// The largest string Redis stores (`proto-max-bulk-len`'s default).
@@ -97,13 +100,15 @@ impl RedisLayerBuilder {
 
     pub(crate) fn standalone(url: impl Into<String>) -> Self {
         Self::new(Topology::Standalone {
-            primary: url.into(),
+            primary: ServerUrl::new(url),
             replicas: Vec::new(),
         })
     }
 
     pub(crate) fn cluster(nodes: Vec<String>) -> Self {
-        Self::new(Topology::Cluster { nodes })
+        Self::new(Topology::Cluster {
+            nodes: nodes.into_iter().map(ServerUrl::new).collect(),
+        })
     }
 
     /// Adds a replica of the primary (a `redis://` or `rediss://` URL).
@@ -111,10 +116,10 @@ impl RedisLayerBuilder {
     /// none. Not available in Cluster mode (`build()` returns an error).
     pub fn replica(mut self, url: impl Into<String>) -> Self {
         match &mut self.topology {
-            Topology::Standalone { replicas, .. } => replicas.push(url.into()),
+            Topology::Standalone { replicas, .. } => replicas.push(ServerUrl::new(url)),
             Topology::Cluster { .. } => {
                 // Reported by `build()`.
-                self.cluster_replicas.push(url.into());
+                self.cluster_replicas.push(ServerUrl::new(url));
             }
         }
         self
@@ -132,11 +137,24 @@ impl RedisLayerBuilder {
         self
     }
 
-    /// The prefix of every key the layer reads or writes, taken literally
-    /// (glob characters in it are escaped in `SCAN MATCH`). Two layers with
-    /// different namespaces on one server never see each other's keys.
-    /// Default: `"cache:"`. An empty namespace makes the whole database the
-    /// layer's, including for pattern invalidation.
+    /// The namespace of the layer's keys: `key` is stored in Redis as
+    /// `<namespace>:<key>`. A trailing `:` is optional and means nothing
+    /// more: `"offers"` and `"offers:"` are the same namespace, and the key
+    /// `offer:7` is stored as `offers:offer:7` with either. Default:
+    /// `"cache:"`.
+    ///
+    /// Two layers with different (non-empty) namespaces on one server never
+    /// see, overwrite or invalidate each other's keys. That is why a
+    /// namespace may not contain `:` anywhere but at its end: the keys of
+    /// `app:v2` would be keys of `app` too (its `v2:...` keys), so `build()`
+    /// refuses it with [`Error::Config`]; write `app-v2` instead. Other
+    /// characters are taken literally (glob characters are escaped in
+    /// `SCAN MATCH`).
+    ///
+    /// An empty namespace means no prefix at all: the layer's keys are the
+    /// Redis keys as they are, and it sees the whole database, the keys of
+    /// every other namespace included, for reads and for pattern
+    /// invalidation (`invalidate("*")` empties the database).
     ///
     /// In Cluster mode keep `{`/`}` out of it unless you mean to put every
     /// key in one hash slot.
@@ -177,10 +195,10 @@ impl RedisLayerBuilder {
         self
     }
 
-    /// Connections opened by `build()` and kept open while idle. With at
-    /// least one, `build()` fails fast on a bad URL, a wrong password or an
-    /// unreachable primary; with 0, `build()` touches no server and the
-    /// first request connects. Default: 1.
+    /// Connections opened by `build()` (each checked with `PING`) and kept
+    /// open while idle. With at least one, `build()` fails fast on a bad
+    /// URL, a missing or wrong password or an unreachable primary; with 0,
+    /// `build()` touches no server and the first request connects. Default: 1.
     pub fn pool_min_idle(mut self, min_idle: usize) -> Self {
         self.pool_min_idle = min_idle;
         self
@@ -229,13 +247,17 @@ impl RedisLayerBuilder {
     }
 
     /// Validates the configuration, opens `pool_min_idle` connections to the
-    /// primary (or the Cluster) and returns the layer.
+    /// primary (or the Cluster), checks each with `PING` and returns the
+    /// layer.
     ///
     /// # Errors
     /// [`Error::Config`] for an invalid setting or URL; [`Error::Backend`] or
-    /// [`Error::Timeout`] when the first connections cannot be opened.
+    /// [`Error::Timeout`] when the first connections cannot be opened or do
+    /// not answer the `PING`: a missing password (`NOAUTH`) or a wrong one
+    /// fails here, with advice to check the URL, not on the first request.
     pub async fn build(self) -> Result<RedisLayer> {
         self.validate()?;
+        let prefix = key_prefix(&self.namespace)?;
         #[cfg(feature = "tls")]
         {
             // Several providers may be compiled in; pick ring unless the
@@ -252,24 +274,22 @@ impl RedisLayerBuilder {
             .set_connection_timeout(Some(self.connect_timeout))
             // The layer bounds every call itself (`timeout`).
             .set_response_timeout(None);
-        let open = |url: &str| -> Result<Node> {
-            let client = redis::Client::open(url).map_err(|err| url_error(url, &err))?;
+        let open = |url: &ServerUrl| -> Result<Node> {
+            let client = redis::Client::open(url.expose()).map_err(|err| url_error(url, &err))?;
             Ok(Node::new(
-                redact(url),
+                url.redacted(),
                 Target::Single(client, connection_config.clone()),
                 &settings,
             ))
         };
         let (primary, replicas, standalone) = match &self.topology {
             Topology::Standalone { primary, replicas } => {
-                let replicas = replicas
-                    .iter()
-                    .map(|url| open(url))
-                    .collect::<Result<Vec<_>>>()?;
+                let replicas = replicas.iter().map(open).collect::<Result<Vec<_>>>()?;
                 (open(primary)?, replicas, true)
             }
             Topology::Cluster { nodes } => {
-                let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                let seeds = nodes.iter().map(|url| url.expose().to_owned());
+                let client = redis::cluster::ClusterClientBuilder::new(seeds)
                     .connection_timeout(self.connect_timeout)
                     .response_timeout(self.timeout)
                     .retries(2)
@@ -277,7 +297,7 @@ impl RedisLayerBuilder {
                     .map_err(|err| {
                         Error::config(format!("cannot use the Cluster nodes {nodes:?}: {err}"))
                     })?;
-                let label = format!("cluster({})", redact(&nodes[0]));
+                let label = format!("cluster({})", nodes[0]);
                 (
                     Node::new(label, Target::Cluster(client), &settings),
                     Vec::new(),
@@ -297,8 +317,8 @@ impl RedisLayerBuilder {
             Ok(Ok(())) => {}
         }
         let inner = Inner {
-            match_prefix: cache_core::escape(&self.namespace),
-            namespace: self.namespace,
+            match_prefix: cache_core::escape(&prefix),
+            namespace: prefix,
             name,
             primary,
             replicas,
@@ -377,35 +397,54 @@ impl RedisLayerBuilder {
     }
 }
 
-fn url_error(url: &str, err: &redis::RedisError) -> Error {
-    let hint = if url.starts_with("rediss://") && !cfg!(feature = "tls") {
+/// What every key of a layer with `namespace` starts with: `namespace:`
+/// (one trailing `:` of the namespace is dropped first), or nothing for an
+/// empty namespace.
+///
+/// The prefixes of two different non-empty namespaces never start one
+/// another, since neither name holds a `:`: a key lives in one namespace
+/// at most, for reads, writes and `SCAN MATCH` alike.
+fn key_prefix(namespace: &str) -> Result<String> {
+    if namespace.is_empty() {
+        return Ok(String::new());
+    }
+    let name = namespace.strip_suffix(':').unwrap_or(namespace);
+    if !name.is_empty() && !name.contains(':') {
+        return Ok(format!("{name}:"));
+    }
+    let suggestion = name.trim_matches(':').replace(':', "-");
+    let instead = if suggestion.is_empty() {
+        "a name without `:` (or \"\" for the whole database)".to_owned()
+    } else {
+        format!("`{suggestion}`")
+    };
+    let overlap = match name.split_once(':') {
+        Some((outer, inner)) if !outer.is_empty() => format!(
+            "otherwise namespaces overlap: `{outer}` would see and invalidate the keys of \
+             `{name}` as its own `{inner}:...` keys"
+        ),
+        _ => "otherwise namespaces overlap".to_owned(),
+    };
+    Err(Error::config(format!(
+        "namespace `{namespace}` has a `:` before its end; a `:` may only end a namespace \
+         (it separates the namespace from the key), since {overlap}. Use {instead} instead"
+    )))
+}
+
+/// A URL the redis client refused (the message shows it without password).
+pub(crate) fn url_error(url: &ServerUrl, err: &redis::RedisError) -> Error {
+    let hint = if url.expose().starts_with("rediss://") && !cfg!(feature = "tls") {
         " (rediss:// needs the `tls` feature of cache-redis)"
     } else {
         ""
     };
-    Error::config(format!("invalid Redis URL `{}`: {err}{hint}", redact(url)))
-}
-
-/// The URL without its password, for messages.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}***{}", &url[..scheme_end + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
+    Error::config(format!("invalid Redis URL `{url}`: {err}{hint}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use cache_core::CacheLayer;
-
-    #[test]
-    fn redact_hides_credentials() {
-        assert_eq!(redact("redis://u:p@h:1/0"), "redis://***@h:1/0");
-        assert_eq!(redact("redis://h:1"), "redis://h:1");
-    }
 
     #[tokio::test]
     async fn invalid_settings_are_errors_not_panics() {
@@ -419,6 +458,10 @@ mod tests {
             base().max_value_size(0),
             base().scan_count(0),
             base().compress_above(0),
+            base().namespace("app:v2:"),
+            base().namespace("app:v2"),
+            base().namespace(":"),
+            base().namespace("::"),
             RedisLayer::builder("not a url").pool_min_idle(0),
             RedisLayer::cluster_builder(Vec::<String>::new()),
             RedisLayer::cluster_builder(["redis://127.0.0.1:1"]).replica("redis://127.0.0.1:2"),
@@ -429,6 +472,33 @@ mod tests {
             match builder.build().await {
                 Err(Error::Config(_)) => {}
                 other => panic!("expected a config error for {debug}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn key_prefixes_end_with_one_colon() {
+        for (namespace, prefix) in [
+            ("offers", "offers:"),
+            ("offers:", "offers:"),
+            ("app-v2", "app-v2:"),
+            ("a[1]*", "a[1]*:"),
+            ("", ""),
+        ] {
+            assert_eq!(key_prefix(namespace).unwrap(), prefix, "{namespace:?}");
+        }
+        for (namespace, suggestion) in [
+            ("app:v2:", "`app-v2`"),
+            ("app:v2", "`app-v2`"),
+            ("app::", "`app`"),
+            (":app", "`app`"),
+            (":", "without `:`"),
+        ] {
+            match key_prefix(namespace) {
+                Err(Error::Config(message)) => {
+                    assert!(message.contains(suggestion), "{namespace:?}: {message}")
+                }
+                other => panic!("{namespace:?}: expected a config error, got {other:?}"),
             }
         }
     }

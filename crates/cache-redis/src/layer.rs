@@ -39,8 +39,9 @@ pub(crate) struct Stats {
 
 pub(crate) struct Inner {
     pub(crate) name: Arc<str>,
+    /// The key prefix: `namespace:`, or empty for an empty namespace.
     pub(crate) namespace: String,
-    /// The namespace escaped for `SCAN MATCH`.
+    /// The key prefix escaped for `SCAN MATCH`.
     pub(crate) match_prefix: String,
     pub(crate) primary: Node,
     pub(crate) replicas: Vec<Node>,
@@ -77,7 +78,8 @@ impl RedisLayer {
     ///
     /// The URL is `redis://[user][:password@]host[:port][/db]`, or
     /// `rediss://...` for TLS with the `tls` feature. User and password are
-    /// sent with `AUTH` (ACL users included).
+    /// sent with `AUTH` (ACL users included); `Debug` output, errors and logs
+    /// show the password as `***`.
     pub fn builder(url: impl Into<String>) -> RedisLayerBuilder {
         RedisLayerBuilder::standalone(url)
     }
@@ -93,12 +95,15 @@ impl RedisLayer {
         RedisLayerBuilder::cluster(nodes.into_iter().map(Into::into).collect())
     }
 
-    /// The namespace every key of this layer lives in.
+    /// The prefix of every Redis key of this layer: the namespace followed
+    /// by `:` (`"offers:"` for `namespace("offers")` and for
+    /// `namespace("offers:")`), or `""` for an empty namespace.
     pub fn namespace(&self) -> &str {
         &self.inner.namespace
     }
 
-    /// The Redis key under which `key` is stored (namespace + key).
+    /// The Redis key under which `key` is stored: `<namespace>:<key>`, or
+    /// `key` itself with an empty namespace.
     pub fn redis_key(&self, key: &str) -> String {
         self.inner.key(key)
     }
@@ -124,7 +129,7 @@ impl Inner {
         Error::classified(
             self.name.clone(),
             classify(&err),
-            format!("{} ({})", err, node.label()),
+            describe(&err, node.label()),
         )
     }
 
@@ -439,10 +444,27 @@ pub(crate) fn classify(err: &RedisError) -> ErrorClass {
     }
 }
 
+/// What a backend error says: the client's error, the node (`node` is a
+/// label without a password), and what to check when the server refused
+/// the credentials.
+pub(crate) fn describe(err: &RedisError, node: &str) -> String {
+    let hint = if err.code() == Some("NOAUTH") {
+        "; the server requires a password and the URL gives none: \
+         redis://:password@host:port, or redis://user:password@host:port for an ACL user"
+    } else if err.kind() == redis::ErrorKind::AuthenticationFailed
+        || err.code() == Some("WRONGPASS")
+    {
+        "; the server refused the user or password of the URL: check them"
+    } else {
+        ""
+    };
+    format!("{err} ({node}){hint}")
+}
+
 pub(crate) fn pool_error(layer: &Arc<str>, node: &str, err: mobc::Error<RedisError>) -> Error {
     match err {
         mobc::Error::Inner(err) => {
-            Error::classified(layer.clone(), classify(&err), format!("{err} ({node})"))
+            Error::classified(layer.clone(), classify(&err), describe(&err, node))
         }
         mobc::Error::Timeout => Error::classified(
             layer.clone(),

@@ -42,7 +42,9 @@
 //!   every primary.
 //!
 //! # What is stored
-//! Under `namespace + key`, a three-byte header (magic `0xCA`, format
+//! Under `<namespace>:<key>` (layers with different
+//! [`namespace`](RedisLayerBuilder::namespace)s never see each other's
+//! keys), a three-byte header (magic `0xCA`, format
 //! version `1`, flags: bit 0 = lz4) and the value bytes. The entry's expiry
 //! is the key's Redis expiry (`SET ... PX`, milliseconds, rounded down); a
 //! read pipelines `GET` and `PTTL` in one round trip and turns the remaining
@@ -73,7 +75,7 @@
 //! - `lz4`: [`compress_above`](RedisLayerBuilder::compress_above).
 //!
 //! # Pattern invalidation
-//! `invalidate` runs `SCAN MATCH <escaped namespace><pattern> COUNT n` in
+//! `invalidate` runs `SCAN MATCH <escaped namespace>:<pattern> COUNT n` in
 //! bounded batches and `UNLINK`s what it finds; it never uses `KEYS`.
 //! Patterns have [`cache_core::Pattern`] semantics, the same as every other
 //! layer; build them from user ids with [`cache_core::escape`]. A pattern
@@ -95,6 +97,7 @@ mod builder;
 mod codec;
 mod layer;
 mod pool;
+mod url;
 
 pub use backplane::{RedisBackplane, RedisBackplaneBuilder};
 pub use builder::{ReadFrom, RedisLayerBuilder};

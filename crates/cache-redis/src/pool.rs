@@ -367,12 +367,22 @@ impl Node {
         coarse_now().saturating_sub(self.epoch).as_millis() as u64
     }
 
-    /// Opens `count` connections and leases them into the first slots, so
-    /// that a bad URL, a wrong password or an unreachable server shows up in
-    /// `build()` rather than on the first request.
+    /// Opens `count` connections, leases them into the first slots and sends
+    /// each a `PING`, so that a bad URL, a missing or wrong password or an
+    /// unreachable server shows up in `build()` rather than on the first
+    /// request. The `PING` is what catches a missing password: a server
+    /// started with `requirepass` accepts the connection of a client that
+    /// sends no `AUTH` and refuses only its first command (`NOAUTH`). (The
+    /// pool's own check on check-out skips connections it has just opened.)
     pub(crate) async fn warm_up(&self, count: usize) -> Result<(), mobc::Error<RedisError>> {
         for index in 0..count.min(self.slots.len()) {
-            self.lease(index).await?;
+            let lease = self.lease(index).await?;
+            let mut conn = lease.pooled.conn.clone();
+            if let Err(err) = redis::cmd("PING").query_async::<()>(&mut conn).await {
+                // Not kept for a later request: the pool drops it.
+                self.release(index, lease.id, true);
+                return Err(mobc::Error::Inner(err));
+            }
         }
         Ok(())
     }
