@@ -6,7 +6,7 @@
 //!
 //! ```
 //! use std::time::{Duration, Instant};
-//! use cache_core::{CacheLayer, Entry};
+//! use cache_core::{CacheLayer, CallContext, Entry, Operation};
 //! use cache_memory::MemoryLayer;
 //!
 //! # futures::executor::block_on(async {
@@ -14,9 +14,12 @@
 //!     .max_entries(10_000)
 //!     .max_bytes(64 << 20)
 //!     .build()?;
+//! // A composer passes its own context; alone, a layer is called with one
+//! // on the system clock.
+//! let (write, read) = (CallContext::system(Operation::Write), CallContext::system(Operation::Read));
 //! let entry = Entry::new(&b"4.5"[..]).expires_at(Instant::now() + Duration::from_secs(300));
-//! l1.set("rating:offer:7", entry).await?;
-//! assert!(l1.get("rating:offer:7").await?.is_some());
+//! l1.set(&write, "rating:offer:7", entry).await?;
+//! assert!(l1.get(&read, "rating:offer:7").await?.is_some());
 //! # Ok::<(), cache_core::Error>(())
 //! # }).unwrap();
 //! ```

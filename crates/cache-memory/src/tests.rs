@@ -340,3 +340,23 @@ fn bad_configurations_are_errors() {
     let error = MemoryLayer::builder().max_entries(0).build().unwrap_err();
     assert!(error.to_string().contains("max_entries"), "{error}");
 }
+
+#[test]
+fn the_layer_passes_the_conformance_suite() {
+    let clock = ManualClock::new();
+    let layer = MemoryLayer::builder()
+        .max_bytes(1 << 20)
+        .max_entries(64)
+        .shards(1)
+        .sweep_interval(None)
+        .build()
+        .unwrap();
+    let limit = layer.max_entry_bytes() as usize;
+    block_on(
+        cache_core::testing::Conformance::new(&layer)
+            .manual_clock(&clock)
+            // The limit weighs key and value; leave room for the key.
+            .max_value_size(limit - "conformance:a".len())
+            .run(),
+    );
+}

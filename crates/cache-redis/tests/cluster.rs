@@ -12,6 +12,15 @@ use cache_test_support::redis::RedisCluster;
 #[tokio::test]
 async fn cluster_get_set_delete_invalidate_across_slots() {
     let cluster = RedisCluster::start();
+    let conformance = RedisLayer::cluster_builder(cluster.urls())
+        .namespace("conformance")
+        .build()
+        .await
+        .unwrap();
+    // The contract, with keys spread over every slot range.
+    cache_core::testing::Conformance::new(&conformance)
+        .run()
+        .await;
     let redis = RedisLayer::cluster_builder(cluster.urls())
         .namespace("c:")
         .timeout(Duration::from_secs(2))

@@ -847,3 +847,18 @@ async fn works_as_a_trait_object() {
         Some(&b"v"[..])
     );
 }
+
+#[tokio::test]
+async fn the_layer_passes_the_conformance_suite() {
+    let server = RedisServer::start();
+    let redis = RedisLayer::builder(server.url())
+        .namespace("conformance")
+        .max_value_size(4096)
+        .build()
+        .await
+        .unwrap();
+    cache_core::testing::Conformance::new(&redis)
+        .max_value_size(4096)
+        .run()
+        .await;
+}

@@ -122,3 +122,26 @@ async fn a_custom_layer_works_as_a_third_tier() {
     assert!(l3.get(&ctx::read(), "offer:1").await.unwrap().is_none());
     assert!(cache.get::<String>("offer:1").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn the_test_layers_pass_the_conformance_suite() {
+    use cache_test_support::layers::{FaultyLayer, HoldableLayer, SharedLayer};
+    let clock = ManualClock::shared();
+    let memory = || -> Arc<dyn CacheLayer> {
+        Arc::new(
+            MemoryLayer::builder()
+                .clock(clock.clone())
+                .sweep_interval(None)
+                .build()
+                .unwrap(),
+        )
+    };
+    let layers: Vec<Arc<dyn CacheLayer>> = vec![
+        Arc::new(SharedLayer(memory())),
+        Arc::new(HoldableLayer::new(memory())),
+        Arc::new(FaultyLayer::new(memory())),
+    ];
+    for layer in layers {
+        Conformance::new(&*layer).manual_clock(&clock).run().await;
+    }
+}
