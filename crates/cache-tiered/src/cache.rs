@@ -257,7 +257,7 @@ impl<S: Serializer> TieredCacheBuilder<S> {
     }
 
     /// The longest a `get_or_compute` loader may run; after it, the callers
-    /// waiting on it get [`Error::LoaderTimeout`]. Needs tokio's time
+    /// waiting on it get [`Error::LoaderTimeout`](crate::Error::LoaderTimeout). Needs tokio's time
     /// driver, like [`Tier::timeout`]. Default: no limit.
     pub fn loader_timeout(mut self, timeout: Duration) -> Self {
         self.loader_timeout = Some(timeout);
