@@ -15,36 +15,7 @@ use cache_breaker::{CircuitBreaker, Permit, State};
 use cache_core::{CallOutcome, Clock, Error, ManualClock};
 use proptest::prelude::*;
 
-thread_local! {
-    /// The ticket of the call this thread was admitted for last.
-    static LAST_TICKET: std::cell::Cell<cache_core::Ticket> = const { std::cell::Cell::new(cache_core::Ticket::NONE) };
-}
-
-/// The policy interface as these tests drive it: each report is of the
-/// call this thread was admitted for last (its ticket travels with it).
-trait Drive {
-    /// Asks to admit a read; remembers its ticket.
-    fn admits(&self) -> bool;
-    /// Reports how the call admitted last ended.
-    fn report(&self, outcome: cache_core::CallOutcome<'_>);
-}
-
-impl<P: cache_core::FailurePolicy + ?Sized> Drive for P {
-    fn admits(&self) -> bool {
-        match self.admit(cache_core::Operation::Read) {
-            cache_core::Admission::Allow(ticket) => {
-                LAST_TICKET.with(|last| last.set(ticket));
-                true
-            }
-            cache_core::Admission::Reject => false,
-        }
-    }
-
-    fn report(&self, outcome: cache_core::CallOutcome<'_>) {
-        let ticket = LAST_TICKET.with(|last| last.get());
-        self.record(cache_core::Operation::Read, ticket, outcome);
-    }
-}
+use cache_test_support::policy::Drive;
 
 // ---- the reference model --------------------------------------------------
 

@@ -3,10 +3,12 @@
 //! - [`model`]: the reference model property tests compare caches against;
 //! - [`layers`]: layers whose timing a test controls;
 //! - [`redis`]: throwaway `redis-server` processes on free ports;
-//! - [`ctx`]: call contexts for calling a layer directly.
+//! - [`ctx`]: call contexts for calling a layer directly;
+//! - [`policy`]: driving a failure policy by hand.
 
 pub mod layers;
 pub mod model;
+pub mod policy;
 pub mod redis;
 
 /// Contexts for calling a layer directly in a test, on the system clock.
