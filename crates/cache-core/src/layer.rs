@@ -95,14 +95,6 @@ impl<'a> CallContext<'a> {
         self
     }
 
-    /// The same context for a call of another kind (a layer that removes a
-    /// corrupt value while reading, for example).
-    #[must_use]
-    pub fn with_operation(mut self, operation: Operation) -> Self {
-        self.operation = operation;
-        self
-    }
-
     /// The current instant on the stack's clock.
     #[inline]
     pub fn now(&self) -> Instant {
