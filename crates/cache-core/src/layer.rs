@@ -63,6 +63,7 @@ pub struct CallContext<'a> {
     deadline: Option<Instant>,
     operation: Operation,
     ticket: Ticket,
+    fill_since: Option<Instant>,
 }
 
 /// The clock of [`CallContext::system`].
@@ -77,6 +78,7 @@ impl<'a> CallContext<'a> {
             deadline: None,
             operation,
             ticket: Ticket::NONE,
+            fill_since: None,
         }
     }
 
@@ -93,6 +95,27 @@ impl<'a> CallContext<'a> {
     pub fn with_ticket(mut self, ticket: Ticket) -> Self {
         self.ticket = ticket;
         self
+    }
+
+    /// Marks a write as a *fill*: it stores a value that a read or a load
+    /// which began at `started` obtained (copied up from a lower tier, or a
+    /// loader's result), not new data from the application.
+    ///
+    /// A shared layer should not let a fill replace a value written, or pass
+    /// a removal made, after `started`, possibly by another process: that is
+    /// how an invalidated value stays out of it (cache-redis does this with a
+    /// short-lived marker per removed key). A layer that cannot tell stores
+    /// it like any write; the composer's own fill guard covers this process.
+    #[must_use]
+    pub fn with_fill_since(mut self, started: impl Into<Option<Instant>>) -> Self {
+        self.fill_since = started.into();
+        self
+    }
+
+    /// For a fill, when the read or load that obtained the value began;
+    /// `None` for a write of new data. See [`with_fill_since`](Self::with_fill_since).
+    pub fn fill_since(&self) -> Option<Instant> {
+        self.fill_since
     }
 
     /// The current instant on the stack's clock.
@@ -152,6 +175,7 @@ impl fmt::Debug for CallContext<'_> {
             .field("deadline", &self.deadline)
             .field("operation", &self.operation)
             .field("ticket", &self.ticket)
+            .field("fill_since", &self.fill_since)
             .finish()
     }
 }

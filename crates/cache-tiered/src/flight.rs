@@ -4,6 +4,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use tokio::sync::watch;
 
@@ -62,7 +63,7 @@ impl Flights {
     /// mutation returned must never be answered by it. The newcomer starts
     /// a load of its own instead, and the stale flight's followers (who
     /// joined before the mutation) are released to try again.
-    pub(crate) fn join(&self, key: &str, guard: &FillGuard) -> Role<'_> {
+    pub(crate) fn join(&self, key: &str, guard: &FillGuard, now: Instant) -> Role<'_> {
         let mut in_progress = self.lock();
         if let Some(flight) = in_progress.get(key)
             && guard.unchanged_since(&flight.ticket)
@@ -72,7 +73,7 @@ impl Flights {
             });
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let ticket = guard.ticket(key);
+        let ticket = guard.ticket(key, now);
         let flight = Flight {
             id,
             slot: watch::channel(None).0,
@@ -140,17 +141,17 @@ mod tests {
     async fn followers_get_the_leaders_outcome() {
         let flights = Flights::default();
         let guard = FillGuard::new();
-        let Role::Leader(leader) = flights.join("k", &guard) else {
+        let Role::Leader(leader) = flights.join("k", &guard, Instant::now()) else {
             panic!("first caller leads")
         };
-        let Role::Follower(follower) = flights.join("k", &guard) else {
+        let Role::Follower(follower) = flights.join("k", &guard, Instant::now()) else {
             panic!("second follows")
         };
         leader.finish(Ok(Arc::new(5u32)));
         let outcome = follower.wait().await.unwrap().unwrap();
         assert_eq!(outcome.downcast_ref::<u32>(), Some(&5));
         assert!(
-            matches!(flights.join("k", &guard), Role::Leader(_)),
+            matches!(flights.join("k", &guard, Instant::now()), Role::Leader(_)),
             "the flight ended"
         );
     }
@@ -159,19 +160,19 @@ mod tests {
     async fn a_mutation_ends_the_joinability_of_a_flight() {
         let flights = Flights::default();
         let guard = FillGuard::new();
-        let Role::Leader(stale) = flights.join("k", &guard) else {
+        let Role::Leader(stale) = flights.join("k", &guard, Instant::now()) else {
             panic!()
         };
-        let Role::Follower(early) = flights.join("k", &guard) else {
+        let Role::Follower(early) = flights.join("k", &guard, Instant::now()) else {
             panic!("joined before the mutation")
         };
         drop(guard.mutate("k"));
-        let Role::Leader(fresh) = flights.join("k", &guard) else {
+        let Role::Leader(fresh) = flights.join("k", &guard, Instant::now()) else {
             panic!("a caller after the mutation leads a load of its own")
         };
         assert!(early.wait().await.is_none(), "released to try again");
         stale.finish(Ok(Arc::new(1u32)));
-        let Role::Follower(late) = flights.join("k", &guard) else {
+        let Role::Follower(late) = flights.join("k", &guard, Instant::now()) else {
             panic!("the stale leader did not end the fresh flight")
         };
         fresh.finish(Ok(Arc::new(2u32)));
@@ -183,14 +184,14 @@ mod tests {
     async fn a_dropped_leader_releases_its_followers() {
         let flights = Flights::default();
         let guard = FillGuard::new();
-        let Role::Leader(leader) = flights.join("k", &guard) else {
+        let Role::Leader(leader) = flights.join("k", &guard, Instant::now()) else {
             panic!()
         };
-        let Role::Follower(follower) = flights.join("k", &guard) else {
+        let Role::Follower(follower) = flights.join("k", &guard, Instant::now()) else {
             panic!()
         };
         drop(leader);
         assert!(follower.wait().await.is_none());
-        assert!(matches!(flights.join("k", &guard), Role::Leader(_)));
+        assert!(matches!(flights.join("k", &guard, Instant::now()), Role::Leader(_)));
     }
 }

@@ -18,6 +18,7 @@
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::time::Instant;
 
 const STRIPES: usize = 1024;
 
@@ -53,6 +54,10 @@ pub(crate) struct Ticket {
     epoch: u64,
     global_epoch: u64,
     clear: bool,
+    /// When the ticket was taken, by the cache's clock: a fill written
+    /// under it is a fill since then for the tiers (shared ones refuse it
+    /// over a removal made later, by any process).
+    pub(crate) taken_at: Instant,
 }
 
 /// Marks a mutation in flight until dropped (also when its future is cancelled).
@@ -80,8 +85,9 @@ impl FillGuard {
         (self.hasher.hash_one(key) as usize) % STRIPES
     }
 
-    /// Call before reading a value that may be filled into other tiers.
-    pub(crate) fn ticket(&self, key: &str) -> Ticket {
+    /// Call before reading a value that may be filled into other tiers;
+    /// `now` is the cache clock's reading.
+    pub(crate) fn ticket(&self, key: &str, now: Instant) -> Ticket {
         let stripe = self.stripe_of(key);
         let s = &self.stripes[stripe];
         let epoch = s.epoch.load(SeqCst);
@@ -92,6 +98,7 @@ impl FillGuard {
             epoch,
             global_epoch,
             clear,
+            taken_at: now,
         }
     }
 
@@ -131,12 +138,12 @@ mod tests {
     #[test]
     fn mutations_invalidate_tickets() {
         let guard = FillGuard::new();
-        let ticket = guard.ticket("k");
+        let ticket = guard.ticket("k", Instant::now());
         assert!(guard.still_valid(&ticket));
         drop(guard.mutate("k"));
         assert!(!guard.still_valid(&ticket), "a mutation after the ticket");
 
-        let ticket = guard.ticket("k");
+        let ticket = guard.ticket("k", Instant::now());
         assert!(guard.still_valid(&ticket));
         drop(guard.mutate_all());
         assert!(
@@ -145,12 +152,12 @@ mod tests {
         );
 
         let in_flight = guard.mutate("k");
-        let ticket = guard.ticket("k");
+        let ticket = guard.ticket("k", Instant::now());
         drop(in_flight);
         assert!(
             !guard.still_valid(&ticket),
             "a mutation in flight at ticket time"
         );
-        assert!(guard.still_valid(&guard.ticket("k")));
+        assert!(guard.still_valid(&guard.ticket("k", Instant::now())));
     }
 }

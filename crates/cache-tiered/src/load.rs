@@ -99,7 +99,7 @@ impl<S: Serializer> TieredCache<S> {
         let counters = &shared.counters;
         let mut loader = Some(loader);
         loop {
-            let leader = match shared.flights.join(key, &shared.guard) {
+            let leader = match shared.flights.join(key, &shared.guard, shared.clock.now()) {
                 Role::Leader(leader) => leader,
                 Role::Follower(follower) => match follower.wait().await {
                     // The leader went away without a result (cancelled, or
@@ -117,7 +117,7 @@ impl<S: Serializer> TieredCache<S> {
                         // Another type was loaded under this key: load ours alone.
                         Err(_) => {
                             let loader = loader.take().expect("a follower never used its loader");
-                            let ticket = self.shared.guard.ticket(key);
+                            let ticket = self.shared.guard.ticket(key, self.shared.clock.now());
                             return self
                                 .load(key, tags, ttl, envelope, loader, ticket, failed)
                                 .await

@@ -110,8 +110,9 @@ impl<S: Serializer> TieredCache<S> {
             }
             if depth == 1 {
                 // Before reading anything that may be copied upward.
+                let now = shared.clock.now();
                 for &i in &missing {
-                    tickets[i] = Some(shared.guard.ticket(keys[i]));
+                    tickets[i] = Some(shared.guard.ticket(keys[i], now));
                 }
             }
             let answers: Vec<cache_core::Result<Option<Entry>>> = match top.take() {
@@ -266,7 +267,12 @@ impl<S: Serializer> TieredCache<S> {
                 .iter()
                 .map(|(i, entry)| (keys[*i], entry.clone()))
                 .collect();
-            let Call::Done(written) = tier.set_many(&*shared.clock, &batch).await else {
+            // Fills since the walk's first ticket (all were taken at once).
+            let since = fills
+                .iter()
+                .filter_map(|(i, _)| tickets[*i].map(|ticket| ticket.taken_at))
+                .min();
+            let Call::Done(written) = tier.set_many(&*shared.clock, &batch, since).await else {
                 continue;
             };
             for ((i, _), result) in fills.iter().zip(written) {

@@ -141,9 +141,10 @@ impl<S: Serializer> TieredCache<S> {
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         // Taken before reading: a version created below is undone if an
         // invalidation of the tag overtakes the creation.
+        let now = self.shared.clock.now();
         let tickets: Vec<_> = keys
             .iter()
-            .map(|key| self.shared.guard.ticket(key))
+            .map(|key| self.shared.guard.ticket(key, now))
             .collect();
         // Boxed: reading versions goes through the read path, which checks
         // tags in turn (versions themselves are never tagged).

@@ -140,13 +140,16 @@ impl Tier {
         self.run(&ctx, call).await
     }
 
+    /// Writes `entries`; with `fill_since`, as fills of a read or load that
+    /// began then (see [`CallContext::with_fill_since`]).
     pub(crate) async fn set_many(
         &self,
         clock: &dyn Clock,
         entries: &[(&str, Entry)],
+        fill_since: Option<Instant>,
     ) -> Call<Writes> {
         let ctx = match self.admit(clock, Operation::Write) {
-            Ok(ctx) => ctx,
+            Ok(ctx) => ctx.with_fill_since(fill_since),
             Err(rejected) => return rejected,
         };
         let call = async {

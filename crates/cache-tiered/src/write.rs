@@ -125,7 +125,8 @@ impl<S: Serializer> TieredCache<S> {
                 continue;
             }
             let pairs: Vec<(&str, Entry)> = batch.iter().map(|(_, pair)| pair.clone()).collect();
-            let outcomes: Vec<Call<()>> = match tier.set_many(clock, &pairs).await {
+            let fill_since = ticket.map(|ticket| ticket.taken_at);
+            let outcomes: Vec<Call<()>> = match tier.set_many(clock, &pairs, fill_since).await {
                 Call::Done(per_key) => per_key
                     .into_iter()
                     .map(|result| match result {
