@@ -35,6 +35,10 @@ pub enum ErrorClass {
     Corrupt,
     /// The cache is misconfigured.
     Config,
+    /// A fill the layer did not store because the key was written or
+    /// removed after the value was read or loaded ([`Error::Superseded`]).
+    /// Not a failure.
+    Superseded,
     /// Any other backend failure (an unexpected server error, I/O).
     Other,
 }
@@ -62,6 +66,7 @@ impl ErrorClass {
             ErrorClass::Auth => "auth",
             ErrorClass::Corrupt => "corrupt",
             ErrorClass::Config => "config",
+            ErrorClass::Superseded => "superseded",
             ErrorClass::Other => "other",
         }
     }
@@ -142,6 +147,16 @@ pub enum Error {
     /// A configuration value is invalid; the message says which and why.
     #[error("invalid cache configuration: {0}")]
     Config(Arc<str>),
+    /// A fill ([`CallContext::with_fill_since`](crate::CallContext::with_fill_since))
+    /// that the layer did not store: the key was written or removed after
+    /// the read or load the value came from began, possibly by another
+    /// process. Not a failure of the layer: a composer stops filling the
+    /// tiers above, so the superseded value is cached nowhere.
+    #[error("cache layer `{layer}` kept a newer write or removal instead of a fill")]
+    Superseded {
+        /// The layer that refused the fill.
+        layer: Arc<str>,
+    },
 }
 
 impl Error {
@@ -194,7 +209,8 @@ impl Error {
             Error::Backend { layer, .. }
             | Error::Timeout { layer, .. }
             | Error::Unavailable { layer, .. }
-            | Error::ValueTooLarge { layer, .. } => Some(layer),
+            | Error::ValueTooLarge { layer, .. }
+            | Error::Superseded { layer } => Some(layer),
             Error::Serialize { .. } | Error::Config(_) => None,
         }
     }
@@ -207,6 +223,7 @@ impl Error {
             Error::Unavailable { .. } => ErrorClass::Unavailable,
             Error::ValueTooLarge { .. } | Error::Serialize { .. } => ErrorClass::RefusedInput,
             Error::Config(_) => ErrorClass::Config,
+            Error::Superseded { .. } => ErrorClass::Superseded,
         }
     }
 
@@ -225,5 +242,11 @@ impl Error {
     /// about the health of the backend, so circuit breakers ignore them.
     pub fn is_refusal(&self) -> bool {
         self.class() == ErrorClass::RefusedInput
+    }
+
+    /// Whether this is a fill the layer did not store because something
+    /// newer is under the key ([`Error::Superseded`]).
+    pub fn is_superseded(&self) -> bool {
+        matches!(self, Error::Superseded { .. })
     }
 }

@@ -32,6 +32,10 @@ pub struct LayerStats {
     pub entries: u64,
     /// Bytes of keys and values held now, where the layer knows.
     pub bytes: u64,
+    /// Fills not stored because the key was written or removed after the
+    /// read or load that produced them began (see
+    /// [`CallContext::with_fill_since`](crate::CallContext::with_fill_since)).
+    pub stale_fills: u64,
 }
 
 impl LayerStats {

@@ -1,14 +1,15 @@
 //! Configuration of a [`RedisLayer`]: a builder whose setters say their
 //! defaults and whose `build()` validates instead of panicking.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use cache_core::{Error, Result};
 
 use crate::RedisLayer;
-use crate::layer::{Inner, Stats};
+use crate::layer::{Inner, Markers, Stats};
 use crate::pool::{Node, PoolSettings, Target};
+use crate::time::{SYNC_EVERY, ServerClock};
 use crate::url::ServerUrl;
 
 /// Where reads go first.
@@ -71,6 +72,7 @@ pub struct RedisLayerBuilder {
     compress_above: Option<usize>,
     scan_count: usize,
     node_retry_after: Duration,
+    removal_markers: Option<Duration>,
     /// Replicas added to a Cluster builder, an error reported by `build()`.
     cluster_replicas: Vec<ServerUrl>,
 }
@@ -94,6 +96,7 @@ impl RedisLayerBuilder {
             compress_above: None,
             scan_count: 1000,
             node_retry_after: Duration::from_secs(1),
+            removal_markers: Some(Duration::from_secs(30)),
             cluster_replicas: Vec::new(),
         }
     }
@@ -246,6 +249,26 @@ impl RedisLayerBuilder {
         self
     }
 
+    /// How long a removal marker lives, or `None` to delete keys outright.
+    /// Default: 30 s.
+    ///
+    /// A removal (delete, invalidation) leaves a small marker under the key
+    /// instead of deleting it, and a *fill* (a value a load or a lower tier
+    /// produced, see [`CallContext::with_fill_since`](cache_core::CallContext::with_fill_since))
+    /// is stored only if the key holds nothing as new as the load. So a load
+    /// that began before a removal, on any instance, cannot put the removed
+    /// value back, as long as it writes within this time: keep it above the
+    /// longest a loader may run. Markers read as misses; each costs a
+    /// key and 19 bytes until it expires.
+    ///
+    /// Markers use two Lua scripts (`EVALSHA`), loaded by `build()`: a Redis
+    /// user without the `@scripting` permission needs `None` here, and then
+    /// gets plain `UNLINK`s and unconditional fills.
+    pub fn removal_markers(mut self, ttl: impl Into<Option<Duration>>) -> Self {
+        self.removal_markers = ttl.into();
+        self
+    }
+
     /// Validates the configuration, opens `pool_min_idle` connections to the
     /// primary (or the Cluster), checks each with `PING` and returns the
     /// layer.
@@ -330,10 +353,25 @@ impl RedisLayerBuilder {
             scan_count: self.scan_count,
             node_retry_after: self.node_retry_after,
             stats: Stats::default(),
+            clock: ServerClock::new(),
+            markers: self.removal_markers.map(|ttl| Markers {
+                ttl,
+                scripts: Default::default(),
+            }),
         };
-        Ok(RedisLayer {
-            inner: Arc::new(inner),
-        })
+        // A lazy layer (no connection at start) samples the clock and loads
+        // the scripts on first use; until then the host's wall clock stands
+        // in for the server's.
+        let first_sync = if self.pool_min_idle == 0 {
+            Duration::ZERO
+        } else {
+            inner.sync_clock().await?;
+            inner.load_scripts(self.timeout).await?;
+            SYNC_EVERY
+        };
+        let inner = Arc::new(inner);
+        tokio::spawn(resync_clock(Arc::downgrade(&inner), first_sync));
+        Ok(RedisLayer { inner })
     }
 
     fn validate(&self) -> Result<()> {
@@ -372,6 +410,12 @@ impl RedisLayerBuilder {
                     .into(),
             );
         }
+        if self
+            .removal_markers
+            .is_some_and(|ttl| ttl < Duration::from_millis(1))
+        {
+            return fail("removal_markers must be at least 1 ms, or None".into());
+        }
         if self.compress_above == Some(0) {
             return fail("compress_above must be at least 1 byte, or None".into());
         }
@@ -394,6 +438,23 @@ impl RedisLayerBuilder {
             }
         }
         Ok(())
+    }
+}
+
+/// Samples the server's clock after `first`, then every [`SYNC_EVERY`],
+/// while the layer lives.
+async fn resync_clock(layer: Weak<Inner>, first: Duration) {
+    let mut pause = first;
+    loop {
+        tokio::time::sleep(pause).await;
+        pause = SYNC_EVERY;
+        let Some(inner) = layer.upgrade() else {
+            return;
+        };
+        if let Err(error) = inner.sync_clock().await {
+            // The previous sample stays in use: it only drifts.
+            tracing::debug!(layer = %inner.name, %error, "could not sample the server's clock");
+        }
     }
 }
 

@@ -14,8 +14,10 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{RedisError, RedisResult, Value};
 
 use crate::builder::{ReadFrom, RedisLayerBuilder};
-use crate::codec::{self, DecodeError};
+use crate::codec::{self, DecodeError, Decoded};
 use crate::pool::{Conn, Lent, Node};
+use crate::script::{self, is_noscript};
+use crate::time::{self, ServerClock};
 
 /// A cache tier in Redis: a standalone server (optionally with replicas) or
 /// a Cluster. See the [crate docs](crate) for a tour.
@@ -35,6 +37,7 @@ pub(crate) struct Stats {
     rejections: Counter,
     corrupt: Counter,
     errors: Counter,
+    stale_fills: Counter,
 }
 
 pub(crate) struct Inner {
@@ -53,6 +56,29 @@ pub(crate) struct Inner {
     pub(crate) scan_count: usize,
     pub(crate) node_retry_after: Duration,
     pub(crate) stats: Stats,
+    /// The server's clock, for expiries and "as of" times.
+    pub(crate) clock: ServerClock,
+    /// Removal markers, unless turned off.
+    pub(crate) markers: Option<Markers>,
+}
+
+/// Removal markers: how long one lives, and the scripts that write them
+/// and check fills against them (see `script.rs`).
+pub(crate) struct Markers {
+    pub(crate) ttl: Duration,
+    /// Set when the layer is built. A digest is the SHA1 of the script, so
+    /// loading the scripts again later gives the same.
+    pub(crate) scripts: std::sync::OnceLock<script::Loaded>,
+}
+
+impl Markers {
+    fn fill_sha(&self) -> &str {
+        self.scripts.get().map_or("", |loaded| &loaded.fill)
+    }
+
+    fn remove_sha(&self) -> &str {
+        self.scripts.get().map_or("", |loaded| &loaded.remove)
+    }
 }
 
 impl fmt::Debug for RedisLayer {
@@ -109,7 +135,23 @@ impl RedisLayer {
     }
 }
 
-/// What one GET + PTTL pair said.
+/// One command's reply, in a batch.
+type Reply = RedisResult<Value>;
+
+/// What a write command is (see [`Inner::write_command`]), for reading
+/// its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A plain `SET` of new data. Answers `OK`.
+    Set,
+    /// The fill script. Answers 1 (stored) or 0 (stale, not stored).
+    Fill,
+    /// A removal (the entry expired before it was written). Answers the
+    /// number of values removed.
+    Remove,
+}
+
+/// What one `GET` said.
 enum Read {
     Hit(Entry),
     Miss,
@@ -133,8 +175,15 @@ impl Inner {
         )
     }
 
-    fn timed_out(&self) -> Error {
-        Error::timeout(self.name.clone(), self.timeout)
+    fn timed_out(&self, limit: Duration) -> Error {
+        Error::timeout(self.name.clone(), limit)
+    }
+
+    /// How long a call may take: the layer's timeout, or less if the
+    /// call's deadline is nearer.
+    fn limit(&self, ctx: &CallContext<'_>) -> Duration {
+        ctx.time_left()
+            .map_or(self.timeout, |left| left.min(self.timeout))
     }
 
     /// One attempt on one node, without a timeout.
@@ -162,17 +211,16 @@ impl Inner {
         }
     }
 
-    /// A write (or a delete, or a scan step) on the primary, bounded by the timeout.
-    async fn on_primary<'a, T, F, Fut>(&'a self, op: F) -> Result<T>
+    /// A write (or a delete, or a scan step) on the primary, bounded by `limit`.
+    async fn on_primary<'a, T, F, Fut>(&'a self, limit: Duration, op: F) -> Result<T>
     where
         F: Fn(Lent<'a>) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let result =
-            match tokio::time::timeout(self.timeout, self.attempt(&self.primary, &op)).await {
-                Ok(result) => result,
-                Err(_) => Err(self.timed_out()),
-            };
+        let result = match tokio::time::timeout(limit, self.attempt(&self.primary, &op)).await {
+            Ok(result) => result,
+            Err(_) => Err(self.timed_out(limit)),
+        };
         if result.is_err() {
             self.stats.errors.incr();
         }
@@ -180,16 +228,16 @@ impl Inner {
     }
 
     /// A read: nodes in preference order, those that failed recently last;
-    /// the first answer wins. The whole call is bounded by the timeout.
-    async fn read<'a, T, F, Fut>(&'a self, op: F) -> Result<T>
+    /// the first answer wins. The whole call is bounded by `limit`.
+    async fn read<'a, T, F, Fut>(&'a self, limit: Duration, op: F) -> Result<T>
     where
         F: Fn(Lent<'a>) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         if self.replicas.is_empty() {
-            return self.on_primary(op).await;
+            return self.on_primary(limit, op).await;
         }
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        let deadline = tokio::time::Instant::now() + limit;
         let mut order: Vec<&Node> = Vec::with_capacity(self.replicas.len() + 1);
         match self.read_from {
             ReadFrom::Primary => {
@@ -217,19 +265,19 @@ impl Inner {
                 }
                 Err(_) => {
                     node.mark_down(self.node_retry_after);
-                    last_error = Some(self.timed_out());
+                    last_error = Some(self.timed_out(limit));
                     break;
                 }
             }
         }
         self.stats.errors.incr();
-        Err(last_error.unwrap_or_else(|| self.timed_out()))
+        Err(last_error.unwrap_or_else(|| self.timed_out(limit)))
     }
 
-    /// Turns a GET + PTTL pair into an entry. `sent_at` is the clock reading
-    /// taken before the request left: the server measured the TTL later, so
-    /// `sent_at + pttl` is never past the key's real expiry.
-    fn read_pair(&self, value: Value, pttl: Value, sent_at: Instant) -> RedisResult<Read> {
+    /// Turns a `GET` reply into an entry. The expiry in the header is in
+    /// the server's time; it becomes the first local instant at which the
+    /// server's clock may reach it, so a copy never outlives its source.
+    fn read_value(&self, value: Value, now: Instant) -> RedisResult<Read> {
         let raw = match value {
             Value::Nil => return Ok(Read::Miss),
             Value::BulkString(bytes) => bytes,
@@ -237,21 +285,22 @@ impl Inner {
             Value::ServerError(err) => return Err(err.into()),
             _ => return Ok(Read::Corrupt),
         };
-        let pttl: i64 = match pttl {
-            Value::ServerError(err) => return Err(err.into()),
-            other => redis::from_redis_value(other)?,
-        };
-        let expires_at = match pttl {
-            // Gone (expired or deleted) between the two commands.
-            -2 => return Ok(Read::Miss),
-            ms if ms < 0 => None,
-            0 => return Ok(Read::Miss),
-            ms => Some(sent_at + Duration::from_millis(ms as u64)),
-        };
         match codec::decode(Bytes::from(raw), self.max_value_size) {
-            Ok(value) => Ok(Read::Hit(Entry::new(value).expires_at(expires_at))),
+            Ok(Decoded::Value {
+                value,
+                expires_at_ms,
+            }) => {
+                let expires_at = expires_at_ms.map(|ms| {
+                    let micros = i64::try_from(ms).unwrap_or(i64::MAX).saturating_mul(1000);
+                    self.clock.first_local(micros)
+                });
+                if expires_at.is_some_and(|at| at <= now) {
+                    return Ok(Read::Miss);
+                }
+                Ok(Read::Hit(Entry::new(value).expires_at(expires_at)))
+            }
+            Ok(Decoded::Marker) | Err(DecodeError::Unsupported) => Ok(Read::Miss),
             Err(DecodeError::Corrupt) => Ok(Read::Corrupt),
-            Err(DecodeError::Unsupported) => Ok(Read::Miss),
         }
     }
 
@@ -281,7 +330,7 @@ impl Inner {
     /// Removes a key holding unreadable bytes (counted as corrupt, not as
     /// a removal: no user asked for it).
     async fn remove_corrupt(&self, full_key: &str) -> Result<i64> {
-        self.on_primary(|mut conn| async move {
+        self.on_primary(self.timeout, |mut conn| async move {
             redis::cmd("UNLINK")
                 .arg(full_key)
                 .query_async::<i64>(&mut conn)
@@ -290,28 +339,81 @@ impl Inner {
         .await
     }
 
-    /// The command that stores `entry` under `full_key`, or `None` when the
-    /// entry has already expired (by the layer's clock, to the millisecond).
-    fn set_command(&self, full_key: &str, entry: &Entry, now: Instant) -> Option<redis::Cmd> {
-        let ttl_ms = match entry.expiry() {
+    /// The command that stores `entry` under `full_key`: a `SET ... PXAT`,
+    /// or for a fill with markers on, the script that stores it only over
+    /// nothing newer. An entry that has already expired is removed instead
+    /// (a write of new data) or dropped (`None`: a fill's key may hold
+    /// something newer).
+    fn write_command(
+        &self,
+        full_key: &str,
+        entry: &Entry,
+        ctx: &CallContext<'_>,
+    ) -> Option<(Kind, redis::Cmd)> {
+        let now = ctx.now();
+        let expires_at_ms = match entry.expiry() {
             None => None,
             Some(at) => {
-                // Rounded down: Redis never keeps a value past its expiry.
-                let ms = at.saturating_duration_since(now).as_millis();
-                if ms == 0 {
-                    return None;
+                // The earliest the server's clock can read at the expiry,
+                // rounded down: Redis never keeps a value past it.
+                let at_ms = self.clock.earliest(at).div_euclid(1000);
+                if at_ms.saturating_mul(1000) <= self.clock.latest(now) {
+                    return match ctx.fill_since() {
+                        Some(_) => None,
+                        None => Some((Kind::Remove, self.remove_command(full_key.as_bytes(), now))),
+                    };
                 }
-                Some(ms.min(i64::MAX as u128) as u64)
+                Some(at_ms as u64)
             }
         };
-        let bytes = codec::encode(entry.value(), self.compress_above);
-        // SET, key, value, PX, up to 20 digits.
-        let mut cmd = command("SET", 5, full_key.len() + bytes.len() + 25);
-        cmd.arg(full_key).arg(bytes);
-        if let Some(ms) = ttl_ms {
-            cmd.arg("PX").arg(ms);
+        match (ctx.fill_since(), &self.markers) {
+            (Some(started), Some(markers)) => {
+                // As of the earliest the load can have begun, by the
+                // server's clock: never newer than a removal after it.
+                let as_of = self.clock.earliest(started);
+                let bytes = codec::encode(entry.value(), self.compress_above, expires_at_ms, as_of);
+                let mut cmd = command("EVALSHA", 6, full_key.len() + bytes.len() + 100);
+                cmd.arg(markers.fill_sha())
+                    .arg(1)
+                    .arg(full_key)
+                    .arg(bytes)
+                    .arg(as_of)
+                    .arg(expires_at_ms.unwrap_or(0));
+                Some((Kind::Fill, cmd))
+            }
+            _ => {
+                let as_of = self.clock.latest(now);
+                let bytes = codec::encode(entry.value(), self.compress_above, expires_at_ms, as_of);
+                // SET, key, value, PXAT, up to 20 digits.
+                let mut cmd = command("SET", 5, full_key.len() + bytes.len() + 25);
+                cmd.arg(full_key).arg(bytes);
+                if let Some(ms) = expires_at_ms {
+                    cmd.arg("PXAT").arg(ms);
+                }
+                Some((Kind::Set, cmd))
+            }
         }
-        Some(cmd)
+    }
+
+    /// The command that removes `full_key`: the marker script, or `UNLINK`
+    /// with markers off. Either answers with the number of values removed.
+    fn remove_command(&self, full_key: &[u8], now: Instant) -> redis::Cmd {
+        let Some(markers) = &self.markers else {
+            let mut cmd = command("UNLINK", 2, full_key.len() + 6);
+            cmd.arg(full_key);
+            return cmd;
+        };
+        let as_of = self.clock.latest(now);
+        let ttl = i64::try_from(markers.ttl.as_micros()).unwrap_or(i64::MAX);
+        let until_ms = as_of.saturating_add(ttl).div_euclid(1000) + 1;
+        let marker = codec::marker(until_ms as u64, as_of);
+        let mut cmd = command("EVALSHA", 5, full_key.len() + marker.len() + 80);
+        cmd.arg(markers.remove_sha())
+            .arg(1)
+            .arg(full_key)
+            .arg(marker)
+            .arg(until_ms);
+        cmd
     }
 
     fn too_large(&self, entry: &Entry) -> Option<Error> {
@@ -325,26 +427,217 @@ impl Inner {
         })
     }
 
-    async fn unlink(&self, full_keys: &[&str]) -> Result<u64> {
-        let removed: u64 = self
-            .on_primary(|mut conn| async move {
-                redis::cmd("UNLINK")
-                    .arg(full_keys)
-                    .query_async::<u64>(&mut conn)
-                    .await
-            })
-            .await?;
+    /// Removes keys (full Redis keys): with markers on, leaves a marker
+    /// under each (see `script.rs`); with them off, `UNLINK`s them. Returns
+    /// how many held a value.
+    async fn remove_keys<K: AsRef<[u8]>>(
+        &self,
+        limit: Duration,
+        full_keys: &[K],
+        now: Instant,
+    ) -> Result<u64> {
+        if full_keys.is_empty() {
+            return Ok(0);
+        }
+        self.scripts_ready(limit).await?;
+        if self.markers.is_none() && self.standalone {
+            // One command for every key.
+            let mut unlink = command("UNLINK", full_keys.len() + 1, 0);
+            for key in full_keys {
+                unlink.arg(key.as_ref());
+            }
+            let unlink = &unlink;
+            let removed: u64 = self
+                .on_primary(limit, |mut conn| async move {
+                    unlink.query_async::<u64>(&mut conn).await
+                })
+                .await?;
+            self.stats.removals.add(removed);
+            return Ok(removed);
+        }
+        let commands: Vec<redis::Cmd> = full_keys
+            .iter()
+            .map(|key| self.remove_command(key.as_ref(), now))
+            .collect();
+        let mut removed = 0;
+        for reply in self.send(limit, &commands).await? {
+            match reply {
+                Ok(Value::Int(count)) => removed += count.max(0) as u64,
+                other => {
+                    self.stats.errors.incr();
+                    return Err(self.reply_error(other));
+                }
+            }
+        }
         self.stats.removals.add(removed);
         Ok(removed)
     }
 
-    /// SCAN MATCH + UNLINK over one server (or one Cluster primary, by address).
-    async fn scan_and_unlink(&self, glob: &str, address: Option<(&str, u16)>) -> Result<u64> {
+    /// Sends commands to the primary: one pipeline on a standalone server,
+    /// all at once over a Cluster connection (a pipeline must stay in one
+    /// slot). One reply per command, errors left in them. Commands refused
+    /// with `NOSCRIPT` (the server lost the scripts: restarted, failed over,
+    /// `SCRIPT FLUSH`) are resent once after loading the scripts again.
+    async fn send(&self, limit: Duration, commands: &[redis::Cmd]) -> Result<Vec<Reply>> {
+        let mut replies = self.send_once(limit, commands).await?;
+        let lost: Vec<usize> = (0..replies.len())
+            .filter(|&i| is_noscript(&replies[i]))
+            .collect();
+        if !lost.is_empty() {
+            self.load_scripts(limit).await?;
+            let again: Vec<redis::Cmd> = lost.iter().map(|&i| commands[i].clone()).collect();
+            for (i, reply) in lost.into_iter().zip(self.send_once(limit, &again).await?) {
+                replies[i] = reply;
+            }
+        }
+        Ok(replies)
+    }
+
+    async fn send_once(&self, limit: Duration, commands: &[redis::Cmd]) -> Result<Vec<Reply>> {
+        let replies: Vec<Reply> = if self.standalone {
+            let mut pipe = redis::Pipeline::with_capacity(commands.len());
+            for cmd in commands {
+                pipe.add_command(cmd.clone());
+            }
+            pipe.ignore_errors();
+            let pipe = &pipe;
+            let values: Vec<Value> = self
+                .on_primary(limit, |mut conn| async move {
+                    pipe.query_async(&mut conn).await
+                })
+                .await?;
+            values
+                .into_iter()
+                .map(|value| match value {
+                    Value::ServerError(err) => Err(err.into()),
+                    value => Ok(value),
+                })
+                .collect()
+        } else {
+            self.on_primary(limit, |conn| async move {
+                let requests = commands.iter().map(|cmd| {
+                    let mut conn = conn.clone();
+                    async move { cmd.query_async::<Value>(&mut conn).await }
+                });
+                Ok(futures::future::join_all(requests).await)
+            })
+            .await?
+        };
+        if replies.len() != commands.len() {
+            self.stats.errors.incr();
+            return Err(Error::backend(self.name.clone(), "short pipeline reply"));
+        }
+        Ok(replies)
+    }
+
+    /// Loads the marker scripts if they were never loaded (a lazy layer's
+    /// first write or removal): commands name them by digest.
+    async fn scripts_ready(&self, limit: Duration) -> Result<()> {
+        match &self.markers {
+            Some(markers) if markers.scripts.get().is_none() => self.load_scripts(limit).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Loads the marker scripts on the primary (every primary of a Cluster)
+    /// and keeps their digests. A user without the permission gets a
+    /// config error that says what to change.
+    pub(crate) async fn load_scripts(&self, limit: Duration) -> Result<()> {
+        let Some(markers) = &self.markers else {
+            return Ok(());
+        };
+        let load = |source: &'static str| {
+            self.on_primary(limit, move |mut conn| async move {
+                redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(source)
+                    .query_async::<String>(&mut conn)
+                    .await
+            })
+        };
+        let no_permission = |err: Error| {
+            if err.class() != ErrorClass::Auth {
+                return err;
+            }
+            Error::config(format!(
+                "{err}; removal markers need the scripting commands (SCRIPT LOAD, \
+                 EVALSHA): grant the Redis user +@scripting, or build the layer with \
+                 removal_markers(None)"
+            ))
+        };
+        let loaded = script::Loaded {
+            fill: load(script::FILL).await.map_err(no_permission)?,
+            remove: load(script::REMOVE).await.map_err(no_permission)?,
+        };
+        let _ = markers.scripts.set(loaded);
+        Ok(())
+    }
+
+    /// Samples the server's clock with `TIME` (on the primary, or one node
+    /// of a Cluster).
+    pub(crate) async fn sync_clock(&self) -> Result<()> {
+        let sent = Instant::now();
+        let reply: (i64, i64) = self
+            .on_primary(self.timeout, |mut conn| async move {
+                redis::cmd("TIME").query_async(&mut conn).await
+            })
+            .await?;
+        self.clock
+            .record(sent, time::parse_time(&reply), Instant::now());
+        Ok(())
+    }
+
+    /// Sends one command (see [`send`](Self::send)).
+    async fn send_one(&self, limit: Duration, cmd: &redis::Cmd) -> Result<Reply> {
+        self.send(limit, std::slice::from_ref(cmd))
+            .await?
+            .pop()
+            .ok_or_else(|| Error::backend(self.name.clone(), "no reply"))
+    }
+
+    /// Reads the reply to a write command of kind `kind`, and counts it.
+    fn settle_write(&self, kind: Kind, reply: Reply) -> Result<()> {
+        match (kind, reply) {
+            (Kind::Fill, Ok(Value::Int(0))) => {
+                self.stats.stale_fills.incr();
+                return Err(Error::Superseded {
+                    layer: self.name.clone(),
+                });
+            }
+            (Kind::Set, Ok(_)) | (Kind::Fill, Ok(Value::Int(_))) => self.stats.sets.incr(),
+            (Kind::Remove, Ok(Value::Int(removed))) => {
+                self.stats.removals.add(removed.max(0) as u64);
+            }
+            (_, reply) => {
+                self.stats.errors.incr();
+                return Err(self.reply_error(reply));
+            }
+        }
+        Ok(())
+    }
+
+    /// The error a reply that is not the expected one stands for.
+    fn reply_error(&self, reply: Reply) -> Error {
+        match reply {
+            Err(err) => self.backend(&self.primary, err),
+            Ok(other) => Error::backend(self.name.clone(), format!("unexpected reply {other:?}")),
+        }
+    }
+
+    /// SCAN MATCH over one server (or one Cluster primary, by address),
+    /// removing what it finds batch by batch.
+    async fn scan_and_remove(
+        &self,
+        limit: Duration,
+        glob: &str,
+        address: Option<(&str, u16)>,
+        now: Instant,
+    ) -> Result<u64> {
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
             let (next, keys): (u64, Vec<Vec<u8>>) = self
-                .on_primary(|mut conn| async move {
+                .on_primary(limit, |mut conn| async move {
                     let mut scan = redis::cmd("SCAN");
                     scan.arg(cursor)
                         .arg("MATCH")
@@ -365,19 +658,7 @@ impl Inner {
                     }
                 })
                 .await?;
-            if !keys.is_empty() {
-                let keys = &keys;
-                let count: u64 = self
-                    .on_primary(|mut conn| async move {
-                        redis::cmd("UNLINK")
-                            .arg(keys)
-                            .query_async::<u64>(&mut conn)
-                            .await
-                    })
-                    .await?;
-                removed += count;
-                self.stats.removals.add(count);
-            }
+            removed += self.remove_keys(limit, &keys, now).await?;
             cursor = next;
             if cursor == 0 {
                 return Ok(removed);
@@ -386,9 +667,9 @@ impl Inner {
     }
 
     /// The `host:port` of every Cluster primary that serves slots.
-    async fn cluster_primaries(&self) -> Result<Vec<(String, u16)>> {
+    async fn cluster_primaries(&self, limit: Duration) -> Result<Vec<(String, u16)>> {
         let nodes: String = self
-            .on_primary(|mut conn| async move {
+            .on_primary(limit, |mut conn| async move {
                 let Conn::Cluster(cluster) = &mut *conn else {
                     unreachable!("only called in Cluster mode")
                 };
@@ -491,21 +772,21 @@ fn command(name: &str, args: usize, data: usize) -> redis::Cmd {
     cmd
 }
 
-/// GET and PTTL of each key, pipelined. A key of another type answers GET
-/// with WRONGTYPE, which is a corrupt entry rather than a failed call, so
-/// errors are left in the replies.
-fn get_pipeline<K: AsRef<str>>(full_keys: &[K]) -> redis::Pipeline {
-    let mut pipe = redis::Pipeline::with_capacity(2 * full_keys.len());
-    for key in full_keys {
-        let key = key.as_ref();
-        let mut get = command("GET", 2, key.len() + 3);
-        get.arg(key);
-        let mut pttl = command("PTTL", 2, key.len() + 4);
-        pttl.arg(key);
-        pipe.add_command(get).add_command(pttl);
+fn get_command(full_key: &str) -> redis::Cmd {
+    let mut get = command("GET", 2, full_key.len() + 3);
+    get.arg(full_key);
+    get
+}
+
+/// A `GET` reply; a key of another type (`WRONGTYPE`) is a corrupt entry,
+/// not a failed call.
+fn got(reply: Reply) -> RedisResult<Option<Value>> {
+    match reply {
+        Err(err) if err.code() == Some("WRONGTYPE") => Ok(None),
+        Ok(Value::ServerError(err)) if err.code() == "WRONGTYPE" => Ok(None),
+        Ok(Value::ServerError(err)) => Err(err.into()),
+        other => other.map(Some),
     }
-    pipe.ignore_errors();
-    pipe
 }
 
 #[async_trait::async_trait]
@@ -518,12 +799,14 @@ impl CacheLayer for RedisLayer {
     async fn get(&self, ctx: &CallContext<'_>, key: &str) -> Result<Option<Entry>> {
         let inner = &*self.inner;
         let full_key = inner.key(key);
-        let sent_at = ctx.now();
-        let pipe = &get_pipeline(&[&full_key]);
+        let now = ctx.now();
+        let get = &get_command(&full_key);
         let read = inner
-            .read(|mut conn| async move {
-                let (value, pttl): (Value, Value) = pipe.query_async(&mut conn).await?;
-                inner.read_pair(value, pttl, sent_at)
+            .read(inner.limit(ctx), |mut conn| async move {
+                match got(get.query_async::<Value>(&mut conn).await)? {
+                    Some(value) => inner.read_value(value, now),
+                    None => Ok(Read::Corrupt),
+                }
             })
             .await?;
         Ok(inner.settle(&full_key, read).await)
@@ -532,44 +815,50 @@ impl CacheLayer for RedisLayer {
     async fn set(&self, ctx: &CallContext<'_>, key: &str, entry: Entry) -> Result<()> {
         let inner = &*self.inner;
         let full_key = inner.key(key);
+        let limit = inner.limit(ctx);
+        inner.scripts_ready(limit).await?;
         if let Some(refused) = inner.too_large(&entry) {
-            // A refused write must not leave the previous value readable.
-            inner.unlink(&[&full_key]).await?;
+            // A refused write of new data must not leave the previous value
+            // readable; a refused fill leaves the key as it is.
+            if ctx.fill_since().is_none() {
+                inner.remove_keys(limit, &[&full_key], ctx.now()).await?;
+            }
             return Err(refused);
         }
-        let Some(cmd) = inner.set_command(&full_key, &entry, ctx.now()) else {
-            inner.unlink(&[&full_key]).await?;
-            return Ok(());
-        };
-        let cmd = &cmd;
-        inner
-            .on_primary(|mut conn| async move { cmd.query_async::<()>(&mut conn).await })
-            .await?;
-        inner.stats.sets.incr();
-        Ok(())
-    }
-
-    async fn delete(&self, _ctx: &CallContext<'_>, key: &str) -> Result<bool> {
-        let full_key = self.inner.key(key);
-        Ok(self.inner.unlink(&[&full_key]).await? > 0)
-    }
-
-    async fn delete_many(&self, _ctx: &CallContext<'_>, keys: &[&str]) -> Result<u64> {
-        if keys.is_empty() {
-            return Ok(0);
+        match inner.write_command(&full_key, &entry, ctx) {
+            None => Ok(()),
+            Some((Kind::Set, cmd)) => {
+                let cmd = &cmd;
+                inner
+                    .on_primary(limit, |mut conn| async move {
+                        cmd.query_async::<()>(&mut conn).await
+                    })
+                    .await?;
+                inner.stats.sets.incr();
+                Ok(())
+            }
+            Some((kind, cmd)) => {
+                let reply = inner.send_one(limit, &cmd).await?;
+                inner.settle_write(kind, reply)
+            }
         }
+    }
+
+    async fn delete(&self, ctx: &CallContext<'_>, key: &str) -> Result<bool> {
+        let inner = &*self.inner;
+        let full_key = inner.key(key);
+        Ok(inner
+            .remove_keys(inner.limit(ctx), &[&full_key], ctx.now())
+            .await?
+            > 0)
+    }
+
+    async fn delete_many(&self, ctx: &CallContext<'_>, keys: &[&str]) -> Result<u64> {
         let inner = &*self.inner;
         let full_keys: Vec<String> = keys.iter().map(|key| inner.key(key)).collect();
-        if inner.standalone {
-            let full_keys: Vec<&str> = full_keys.iter().map(String::as_str).collect();
-            return inner.unlink(&full_keys).await;
-        }
-        // A multi-key UNLINK must stay in one slot: one per key.
-        let mut removed = 0;
-        for full_key in &full_keys {
-            removed += inner.unlink(&[full_key]).await?;
-        }
-        Ok(removed)
+        inner
+            .remove_keys(inner.limit(ctx), &full_keys, ctx.now())
+            .await
     }
 
     async fn invalidate(&self, ctx: &CallContext<'_>, pattern: &Pattern) -> Result<u64> {
@@ -577,13 +866,16 @@ impl CacheLayer for RedisLayer {
         if let Some(key) = pattern.literal() {
             return Ok(u64::from(self.delete(ctx, key).await?));
         }
+        let (limit, now) = (inner.limit(ctx), ctx.now());
         let glob = format!("{}{}", inner.match_prefix, pattern.as_str());
         if inner.standalone {
-            return inner.scan_and_unlink(&glob, None).await;
+            return inner.scan_and_remove(limit, &glob, None, now).await;
         }
         let mut removed = 0;
-        for (host, port) in inner.cluster_primaries().await? {
-            removed += inner.scan_and_unlink(&glob, Some((&host, port))).await?;
+        for (host, port) in inner.cluster_primaries(limit).await? {
+            removed += inner
+                .scan_and_remove(limit, &glob, Some((&host, port)), now)
+                .await?;
         }
         Ok(removed)
     }
@@ -594,40 +886,44 @@ impl CacheLayer for RedisLayer {
             return Ok(Vec::new());
         }
         let full_keys: Vec<String> = keys.iter().map(|key| inner.key(key)).collect();
-        let sent_at = ctx.now();
-        let reads: Result<Vec<RedisResult<Read>>> = if inner.standalone {
-            // One pipeline, one round trip.
-            let pipe = &get_pipeline(&full_keys);
-            inner
-                .read(|mut conn| async move {
-                    let values: Vec<Value> = pipe.query_async(&mut conn).await?;
-                    let mut values = values.into_iter();
-                    let mut reads = Vec::with_capacity(values.len() / 2);
-                    while let (Some(value), Some(pttl)) = (values.next(), values.next()) {
-                        reads.push(inner.read_pair(value, pttl, sent_at));
-                    }
-                    Ok(reads)
+        let now = ctx.now();
+        let read_all = |replies: Vec<Reply>| -> Vec<RedisResult<Read>> {
+            replies
+                .into_iter()
+                .map(|reply| match got(reply)? {
+                    Some(value) => inner.read_value(value, now),
+                    None => Ok(Read::Corrupt),
                 })
-                .await
+                .collect()
+        };
+        let reads: Vec<RedisResult<Read>> = if inner.standalone {
+            // One pipeline, one round trip.
+            let mut pipe = redis::Pipeline::with_capacity(full_keys.len());
+            for full_key in &full_keys {
+                pipe.add_command(get_command(full_key));
+            }
+            pipe.ignore_errors();
+            let pipe = &pipe;
+            inner
+                .read(inner.limit(ctx), |mut conn| async move {
+                    let values: Vec<Value> = pipe.query_async(&mut conn).await?;
+                    Ok(read_all(values.into_iter().map(Ok).collect()))
+                })
+                .await?
         } else {
-            // A pipeline must stay in one slot: one per key, all in flight at
-            // once over the multiplexed cluster connection.
+            // A pipeline must stay in one slot: one GET per key, all in
+            // flight at once over the multiplexed cluster connection.
             let full_keys = &full_keys;
             inner
-                .read(|conn| async move {
+                .read(inner.limit(ctx), |conn| async move {
                     let requests = full_keys.iter().map(|key| {
                         let mut conn = conn.clone();
-                        async move {
-                            let pipe = get_pipeline(std::slice::from_ref(key));
-                            let (value, pttl): (Value, Value) = pipe.query_async(&mut conn).await?;
-                            inner.read_pair(value, pttl, sent_at)
-                        }
+                        async move { get_command(key).query_async::<Value>(&mut conn).await }
                     });
-                    Ok(futures::future::join_all(requests).await)
+                    Ok(read_all(futures::future::join_all(requests).await))
                 })
-                .await
+                .await?
         };
-        let reads = reads?;
         if reads.len() != keys.len() {
             inner.stats.errors.incr();
             return Err(Error::backend(inner.name.clone(), "short pipeline reply"));
@@ -651,83 +947,38 @@ impl CacheLayer for RedisLayer {
             return Ok(Vec::new());
         }
         let now = ctx.now();
-        let full_keys: Vec<String> = entries.iter().map(|(key, _)| inner.key(key)).collect();
-        // Per entry: the command to send, and the result to report once it is sent.
+        inner.scripts_ready(inner.limit(ctx)).await?;
+        // Per entry: the result to report once its command is answered, and
+        // the kind of that command (`None`: nothing was sent for it).
+        let mut outcomes: Vec<(Result<()>, Option<Kind>)> = Vec::with_capacity(entries.len());
         let mut commands = Vec::with_capacity(entries.len());
-        let mut outcomes: Vec<Result<()>> = Vec::with_capacity(entries.len());
-        for ((_, entry), full_key) in entries.iter().zip(&full_keys) {
-            let (cmd, outcome) = match inner.too_large(entry) {
-                Some(refused) => (unlink_cmd(full_key), Err(refused)),
-                None => match inner.set_command(full_key, entry, now) {
-                    Some(cmd) => (cmd, Ok(())),
-                    None => (unlink_cmd(full_key), Ok(())),
-                },
+        for (key, entry) in entries {
+            let full_key = inner.key(key);
+            let (outcome, write) = match inner.too_large(entry) {
+                // As in `set`: a refused fill leaves the key alone.
+                Some(refused) if ctx.fill_since().is_some() => (Err(refused), None),
+                Some(refused) => (
+                    Err(refused),
+                    Some((Kind::Remove, inner.remove_command(full_key.as_bytes(), now))),
+                ),
+                None => (Ok(()), inner.write_command(&full_key, entry, ctx)),
             };
-            commands.push(cmd);
-            outcomes.push(outcome);
+            let kind = write.map(|(kind, cmd)| {
+                commands.push(cmd);
+                kind
+            });
+            outcomes.push((outcome, kind));
         }
-        let replies: Result<Vec<Value>> = if inner.standalone {
-            let mut pipe = redis::Pipeline::with_capacity(commands.len());
-            for cmd in &commands {
-                pipe.add_command(cmd.clone());
-            }
-            pipe.ignore_errors();
-            let pipe = &pipe;
-            inner
-                .on_primary(|mut conn| async move { pipe.query_async(&mut conn).await })
-                .await
-        } else {
-            let commands = &commands;
-            inner
-                .on_primary(|conn| async move {
-                    let requests = commands.iter().map(|cmd| {
-                        let mut conn = conn.clone();
-                        async move {
-                            match cmd.query_async::<Value>(&mut conn).await {
-                                Ok(value) => value,
-                                Err(err) => Value::SimpleString(format!("ERR {err}")),
-                            }
-                        }
-                    });
-                    Ok(futures::future::join_all(requests).await)
-                })
-                .await
-        };
-        let replies = replies?;
-        if replies.len() != entries.len() {
-            inner.stats.errors.incr();
-            return Err(Error::backend(inner.name.clone(), "short pipeline reply"));
-        }
+        let mut replies = inner.send(inner.limit(ctx), &commands).await?.into_iter();
         Ok(outcomes
             .into_iter()
-            .zip(&commands)
-            .zip(replies)
-            .map(|((outcome, cmd), reply)| {
-                let is_set = cmd.args_iter().next() == Some(redis::Arg::Simple(b"SET"));
-                match reply {
-                    Value::ServerError(err) => {
-                        inner.stats.errors.incr();
-                        Err(inner.backend(&inner.primary, err.into()))
-                    }
-                    Value::SimpleString(text) if text.starts_with("ERR ") => {
-                        inner.stats.errors.incr();
-                        Err(Error::classified(
-                            inner.name.clone(),
-                            ErrorClass::Unavailable,
-                            text,
-                        ))
-                    }
-                    Value::Int(removed) => {
-                        inner.stats.removals.add(removed.max(0) as u64);
-                        outcome
-                    }
-                    _ => {
-                        if is_set && outcome.is_ok() {
-                            inner.stats.sets.incr();
-                        }
-                        outcome
-                    }
-                }
+            .map(|(outcome, kind)| {
+                let written = match (kind, replies.next()) {
+                    (None, _) => Ok(()),
+                    (Some(kind), Some(reply)) => inner.settle_write(kind, reply),
+                    (Some(_), None) => Err(Error::backend(inner.name.clone(), "no reply")),
+                };
+                outcome.and(written)
             })
             .collect())
     }
@@ -747,14 +998,9 @@ impl CacheLayer for RedisLayer {
         snapshot.rejections = stats.rejections.get();
         snapshot.corrupt = stats.corrupt.get();
         snapshot.errors = stats.errors.get();
+        snapshot.stale_fills = stats.stale_fills.get();
         snapshot
     }
-}
-
-fn unlink_cmd(full_key: &str) -> redis::Cmd {
-    let mut cmd = redis::cmd("UNLINK");
-    cmd.arg(full_key);
-    cmd
 }
 
 #[cfg(test)]

@@ -97,6 +97,8 @@ mod builder;
 mod codec;
 mod layer;
 mod pool;
+mod script;
+mod time;
 mod url;
 
 pub use backplane::{RedisBackplane, RedisBackplaneBuilder};

@@ -21,6 +21,9 @@ async fn cluster_get_set_delete_invalidate_across_slots() {
     cache_core::testing::Conformance::new(&conformance)
         .run()
         .await;
+    for node in cluster.nodes() {
+        node.cli(&["FLUSHALL"]);
+    }
     let redis = RedisLayer::cluster_builder(cluster.urls())
         .namespace("c:")
         .timeout(Duration::from_secs(2))
@@ -109,7 +112,9 @@ async fn cluster_get_set_delete_invalidate_across_slots() {
 
     assert!(redis.delete(&ctx::remove(), &keys[1]).await.unwrap());
     assert!(redis.get(&ctx::read(), &keys[1]).await.unwrap().is_none());
-    assert_eq!(cluster.total_keys(), 599);
+    assert!(!redis.delete(&ctx::remove(), &keys[1]).await.unwrap());
+    // A removal leaves a marker in the value's place (`removal_markers`).
+    assert_eq!(cluster.total_keys(), 600);
 
     // Pattern invalidation scans every primary.
     let pattern = Pattern::new(format!("reviews:author:{}:*", escape("*")));
@@ -125,7 +130,7 @@ async fn cluster_get_set_delete_invalidate_across_slots() {
         redis.invalidate(&ctx::remove(), &pattern).await.unwrap(),
         expected
     );
-    assert_eq!(cluster.total_keys(), 599 - expected);
+    let after_pattern = 599 - expected;
     let glob = Pattern::new("reviews:author:?[?x]*:page:1*");
     let expected = live
         .iter()
@@ -136,14 +141,29 @@ async fn cluster_get_set_delete_invalidate_across_slots() {
         redis.invalidate(&ctx::remove(), &glob).await.unwrap(),
         expected
     );
-    let before = cluster.total_keys();
+    // Markers are not values: "*" counts only the values left.
     assert_eq!(
         redis
             .invalidate(&ctx::remove(), &Pattern::new("*"))
             .await
             .unwrap(),
-        before
+        after_pattern - expected
     );
+    assert_eq!(cluster.total_keys(), 600, "a marker under every key");
+    let got = redis.get_many(&ctx::read(), &wanted).await.unwrap();
+    assert!(got.iter().all(|read| matches!(read, Ok(None))));
+
+    // Without markers, removals delete keys outright.
+    let unmarked = RedisLayer::cluster_builder(cluster.urls())
+        .namespace("c:")
+        .removal_markers(None)
+        .build()
+        .await
+        .unwrap();
+    unmarked
+        .invalidate(&ctx::remove(), &Pattern::new("*"))
+        .await
+        .unwrap();
     assert_eq!(cluster.total_keys(), 0);
 }
 

@@ -178,6 +178,19 @@ impl RedisServer {
         redis_cli(self.port, args)
     }
 
+    /// The keys that hold a value, sorted: every key but cache-redis's
+    /// removal markers (which a removal leaves in a value's place).
+    pub fn values(&self) -> Vec<String> {
+        let reply = self.cli(&["EVAL", LIVE_KEYS, "0"]);
+        let mut keys: Vec<String> = reply
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(str::to_owned)
+            .collect();
+        keys.sort();
+        keys
+    }
+
     /// Kills the server with SIGKILL (no shutdown, no goodbye to clients).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -387,6 +400,15 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 
+    /// The number of keys holding a value on all nodes together (see
+    /// [`RedisServer::values`]).
+    pub fn total_values(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|node| node.values().len() as u64)
+            .sum()
+    }
+
     /// The number of keys held by all nodes together (`DBSIZE` summed).
     pub fn total_keys(&self) -> u64 {
         self.nodes
@@ -395,6 +417,19 @@ impl RedisCluster {
             .sum()
     }
 }
+
+/// Lists the keys that are not cache-redis removal markers (format 2
+/// entries with flag bit 1: magic 0xCA, version 2, flags).
+const LIVE_KEYS: &str = r"
+local live = {}
+for _, key in ipairs(redis.call('KEYS', '*')) do
+  local ok, head = pcall(redis.call, 'GETRANGE', key, 0, 2)
+  local marker = ok and #head == 3 and string.byte(head, 1) == 202
+    and string.byte(head, 2) == 2 and math.floor(string.byte(head, 3) / 2) % 2 == 1
+  if not marker then table.insert(live, key) end
+end
+return live
+";
 
 /// Runs `redis-cli -p <port> <args>` and returns its stdout.
 ///

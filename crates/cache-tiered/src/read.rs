@@ -247,10 +247,12 @@ impl<S: Serializer> TieredCache<S> {
     ) {
         let shared = &*self.shared;
         let now = shared.clock.now();
+        // Keys a shared tier held something newer for: filled no further up.
+        let mut superseded: Vec<usize> = Vec::new();
         for (depth, tier) in shared.tiers.iter().enumerate().rev() {
             let mut fills: Vec<(usize, Entry)> = Vec::new();
             for (i, found_at, entry) in found_below {
-                if *found_at <= depth {
+                if *found_at <= depth || superseded.contains(i) {
                     continue;
                 }
                 match tickets[*i] {
@@ -276,10 +278,17 @@ impl<S: Serializer> TieredCache<S> {
                 continue;
             };
             for ((i, _), result) in fills.iter().zip(written) {
-                if result.is_ok()
-                    && let Some(ticket) = &tickets[*i]
-                {
-                    self.keep_fill(tier, keys[*i], ticket).await;
+                match result {
+                    Ok(()) => {
+                        if let Some(ticket) = &tickets[*i] {
+                            self.keep_fill(tier, keys[*i], ticket).await;
+                        }
+                    }
+                    Err(error) if error.is_superseded() => {
+                        tier.counters.fills_discarded.incr();
+                        superseded.push(*i);
+                    }
+                    Err(_) => {}
                 }
             }
         }

@@ -159,9 +159,10 @@ impl Tier {
                 _ => self.layer.set_many(&ctx, entries).await?,
             };
             // A batch in which every entry failed for one cause is a failed
-            // call, which the policy should see; a refusal of one entry is not.
+            // call, which the policy should see; a refused or superseded
+            // entry, or a full server, is not.
             if let Some(Err(first)) = answers.first()
-                && !first.is_refusal()
+                && first.class().affects_health()
                 && answers.iter().all(Result::is_err)
             {
                 return Err(first.clone());
@@ -287,6 +288,10 @@ impl Tier {
     pub(crate) fn failed<T>(&self, operation: Operation, error: Error) -> Call<T> {
         if error.is_refusal() {
             self.counters.refused.incr();
+            return Call::Failed(error);
+        }
+        if error.is_superseded() {
+            // Not a failure: the caller (a fill) stops and counts it.
             return Call::Failed(error);
         }
         self.counters.errors.incr();

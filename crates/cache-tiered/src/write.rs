@@ -150,6 +150,13 @@ impl<S: Serializer> TieredCache<S> {
                     Call::Failed(error) if error.is_refusal() && stored[*i] => {
                         state[*i] = Written::Stopped;
                     }
+                    // A shared tier holds something newer than this fill
+                    // (another instance wrote or removed the key since the
+                    // load began): the value goes no further up.
+                    Call::Failed(error) if error.is_superseded() => {
+                        tier.counters.fills_discarded.incr();
+                        state[*i] = Written::Stopped;
+                    }
                     // Failed and ignored: the tiers above drop the key, or
                     // hold the value briefly if degraded writes are on.
                     Call::FailedOpen => state[*i] = failed_open,
