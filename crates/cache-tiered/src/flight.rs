@@ -192,6 +192,9 @@ mod tests {
         };
         drop(leader);
         assert!(follower.wait().await.is_none());
-        assert!(matches!(flights.join("k", &guard, Instant::now()), Role::Leader(_)));
+        assert!(matches!(
+            flights.join("k", &guard, Instant::now()),
+            Role::Leader(_)
+        ));
     }
 }
