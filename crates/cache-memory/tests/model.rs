@@ -68,7 +68,8 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..80),
     ) {
         let clock = ManualClock::shared();
-        // A small budget exercises eviction; the model allows forgetting.
+        // A small budget exercises eviction, which the lossy model allows; a
+        // large one evicts nothing, so a miss of a live entry fails.
         let (max_entries, max_bytes) = if small { (4, 200) } else { (1000, 1 << 20) };
         let layer = MemoryLayer::builder()
             .max_entries(max_entries)
@@ -77,7 +78,7 @@ proptest! {
             .sweep_interval(None)
             .build()
             .unwrap();
-        let mut model = Model::new();
+        let mut model = if small { Model::lossy() } else { Model::new() };
         for op in ops {
             match op {
                 Op::Set { key, value, size, ttl_ms } => {
