@@ -5,8 +5,8 @@
 //! of
 //! - `layer`: `RedisLayer::get` / `set` (entry with a 5-minute expiry);
 //! - `raw`: one `MultiplexedConnection` shared by the tasks, sending the
-//!   same Redis commands the layer sends (GET + PTTL pipelined; SET ... PX);
-//! - `raw_plain_get`: the raw connection sending a bare GET, for context;
+//!   same Redis commands the layer sends: a plain `GET`, and
+//!   `SET ... PXAT` of the same bytes (header and value);
 //! - `redis_benchmark`: `redis-benchmark -d 256 -c N -t get,set`
 //!   (one connection per client, no pipelining).
 //!
@@ -64,7 +64,6 @@ impl Op {
 enum Client {
     Layer,
     Raw,
-    RawPlainGet,
 }
 
 struct Fixture {
@@ -107,18 +106,6 @@ async fn one_op(
         }
         (Client::Raw, Op::Get) => {
             let full = fixture.layer.redis_key(key);
-            let (value, pttl): (Option<Vec<u8>>, i64) = redis::pipe()
-                .cmd("GET")
-                .arg(&full)
-                .cmd("PTTL")
-                .arg(&full)
-                .query_async(raw)
-                .await
-                .expect("raw get");
-            assert!(value.is_some() && pttl != -2);
-        }
-        (Client::RawPlainGet, _) => {
-            let full = fixture.layer.redis_key(key);
             let value: Option<Vec<u8>> = redis::cmd("GET")
                 .arg(&full)
                 .query_async(raw)
@@ -128,15 +115,22 @@ async fn one_op(
         }
         (Client::Raw, Op::Set) => {
             let full = fixture.layer.redis_key(key);
-            // The same bytes the layer would store: header + value.
-            let mut stored = Vec::with_capacity(VALUE_SIZE + 3);
-            stored.extend_from_slice(&[0xCA, 1, 0]);
+            // The same bytes the layer would store: the 19-byte header
+            // (magic, version, flags, expiry, as of) and the value.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970");
+            let expires_ms = now.as_millis() as u64 + 300_000;
+            let mut stored = Vec::with_capacity(VALUE_SIZE + 19);
+            stored.extend_from_slice(&[0xCA, 2, 0]);
+            stored.extend_from_slice(&expires_ms.to_be_bytes());
+            stored.extend_from_slice(&(now.as_micros() as u64).to_be_bytes());
             stored.extend_from_slice(&fixture.value);
             let () = redis::cmd("SET")
                 .arg(&full)
                 .arg(stored)
-                .arg("PX")
-                .arg(300_000u64)
+                .arg("PXAT")
+                .arg(expires_ms)
                 .query_async(raw)
                 .await
                 .expect("raw set");
@@ -296,7 +290,6 @@ fn main() {
             }
             let mut layer = Vec::new();
             let mut raw = Vec::new();
-            let mut plain = Vec::new();
             runtime.block_on(async {
                 // Warm up both paths.
                 throughput(&fixture, Client::Layer, op, concurrency).await;
@@ -308,10 +301,6 @@ fn main() {
                     } else {
                         raw.push(throughput(&fixture, Client::Raw, op, concurrency).await);
                         layer.push(throughput(&fixture, Client::Layer, op, concurrency).await);
-                    }
-                    if op == Op::Get {
-                        plain
-                            .push(throughput(&fixture, Client::RawPlainGet, op, concurrency).await);
                     }
                 }
             });
@@ -333,13 +322,11 @@ fn main() {
                 cpu(&raw, |s| s.server_ns_per_op),
             );
             let (layer, raw) = (cpu(&layer, |s| s.ops_per_sec), cpu(&raw, |s| s.ops_per_sec));
-            let plain = (!plain.is_empty()).then(|| cpu(&plain, |s| s.ops_per_sec));
             let benchmark = redis_benchmark(server.port(), op, concurrency);
             println!(
                 "l2 {:>3} c={concurrency:<2}  layer {layer:>9.0} ops/s  raw {raw:>9.0} ops/s  \
-                 ratio {ratio:.3}  raw plain GET {}  redis-benchmark {}",
+                 ratio {ratio:.3}  redis-benchmark {}",
                 op.name(),
-                plain.map_or("-".into(), |p| format!("{p:.0}")),
                 benchmark.map_or("-".into(), |b| format!("{b:.0}")),
             );
             println!(
@@ -351,7 +338,6 @@ fn main() {
                 "concurrency": concurrency,
                 "layer_ops_per_sec": layer,
                 "raw_ops_per_sec": raw,
-                "raw_plain_get_ops_per_sec": plain,
                 "client_cpu_ns_per_op": { "layer": client_cpu.0, "raw": client_cpu.1 },
                 "server_cpu_ns_per_op": { "layer": server_cpu.0, "raw": server_cpu.1 },
                 "redis_benchmark_ops_per_sec": benchmark.map(f64::round),

@@ -85,25 +85,29 @@ pub(crate) fn encode(
     expires_at_ms: Option<u64>,
     as_of_micros: i64,
 ) -> Encoded<'_> {
-    let mut encoded = Encoded {
-        flags: 0,
+    let (flags, payload) = compress(value, compress_above);
+    Encoded {
+        flags,
         expires_at_ms: expires_at_ms.unwrap_or(0),
         as_of_micros: as_of_micros.max(0) as u64,
-        payload: value.into(),
-    };
+        payload,
+    }
+}
+
+/// The payload and its flags: an lz4 block when that is on and smaller.
+fn compress(value: &[u8], compress_above: Option<usize>) -> (u8, std::borrow::Cow<'_, [u8]>) {
     #[cfg(feature = "lz4")]
     if let Some(threshold) = compress_above
         && value.len() >= threshold
     {
         let compressed = lz4_flex::compress_prepend_size(value);
         if compressed.len() < value.len() {
-            encoded.flags = FLAG_LZ4;
-            encoded.payload = compressed.into();
+            return (FLAG_LZ4, compressed.into());
         }
     }
     #[cfg(not(feature = "lz4"))]
     let _ = compress_above;
-    encoded
+    (0, value.into())
 }
 
 /// A removal marker as of `as_of_micros`, expiring at `expires_at_ms`.
@@ -210,6 +214,7 @@ mod tests {
         encode(value, compress_above, Some(1_700_000_000_123), 42).to_vec()
     }
 
+    #[cfg(feature = "lz4")]
     fn value_of(decoded: Decoded) -> Bytes {
         match decoded {
             Decoded::Value { value, .. } => value,

@@ -192,9 +192,10 @@ impl Inner {
         F: Fn(Lent<'a>) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        // Every command the layer sends is idempotent (GET, PTTL, SET, UNLINK,
-        // SCAN), so a request that met a dead connection (a restarted server,
-        // a dropped socket) is sent once more on a fresh one.
+        // Every command the layer sends is idempotent (GET, SET, UNLINK, SCAN,
+        // the two scripts: see script.rs), so a request that met a dead
+        // connection (a restarted server, a dropped socket) is sent once
+        // more on a fresh one.
         let mut retried = false;
         loop {
             let conn = node

@@ -44,16 +44,28 @@
 //! # What is stored
 //! Under `<namespace>:<key>` (layers with different
 //! [`namespace`](RedisLayerBuilder::namespace)s never see each other's
-//! keys), a three-byte header (magic `0xCA`, format
-//! version `1`, flags: bit 0 = lz4) and the value bytes. The entry's expiry
-//! is the key's Redis expiry (`SET ... PX`, milliseconds, rounded down); a
-//! read pipelines `GET` and `PTTL` in one round trip and turns the remaining
-//! TTL into an absolute instant on the layer's [`Clock`](cache_core::Clock),
-//! taken before the request was sent, so a value copied into an L1 never
-//! outlives its Redis copy. Bytes that are not such an entry (written by
-//! something else, a different version, a key of another type) are a miss,
-//! counted in [`LayerStats::corrupt`](cache_core::LayerStats::corrupt), and
-//! the key is removed.
+//! keys), a 19-byte header (magic `0xCA`, format version `2`, flags, the
+//! expiry and an "as of" time, both on the server's clock) and the value
+//! bytes. The expiry is also the key's Redis expiry (`SET ... PXAT`, the
+//! same millisecond), so a read is one `GET` that returns value and expiry
+//! together. The layer translates between the stack's clock and the
+//! server's with a `TIME` sample taken at build and every 10 s, erring on
+//! the side that keeps an L1 copy from outliving its Redis key (see
+//! `docs/redis.md` for the bound). Bytes that are not such an entry
+//! (written by something else, a newer format, a key of another type) are a
+//! miss, counted in [`LayerStats::corrupt`](cache_core::LayerStats::corrupt),
+//! and the key is removed; entries of the earlier format 1 are misses left
+//! in place.
+//!
+//! # Removals and fills
+//! A removal leaves a short-lived marker under the key
+//! ([`removal_markers`](RedisLayerBuilder::removal_markers), 30 s by
+//! default), and a fill (a write marked with
+//! [`CallContext::with_fill_since`](cache_core::CallContext::with_fill_since))
+//! is stored only over nothing newer than its load: a load that began before
+//! another instance's removal or write fails with
+//! [`Error::Superseded`](cache_core::Error::Superseded) instead of putting
+//! its value back. Both are Lua scripts, loaded at build.
 //!
 //! # Failure behaviour
 //! Every call is bounded by the [`timeout`](RedisLayerBuilder::timeout)
@@ -76,10 +88,10 @@
 //!
 //! # Pattern invalidation
 //! `invalidate` runs `SCAN MATCH <escaped namespace>:<pattern> COUNT n` in
-//! bounded batches and `UNLINK`s what it finds; it never uses `KEYS`.
+//! bounded batches and removes what it finds; it never uses `KEYS`.
 //! Patterns have [`cache_core::Pattern`] semantics, the same as every other
 //! layer; build them from user ids with [`cache_core::escape`]. A pattern
-//! without wildcards is a single `UNLINK`.
+//! without wildcards is a single key's removal.
 //!
 //! # Backplane
 //! [`RedisBackplane`] implements [`cache_core::Backplane`] on Redis pub/sub:

@@ -16,17 +16,22 @@
 /// (server unix microseconds, decimal); `ARGV[3]`: its expiry (server unix
 /// milliseconds for `PXAT`, `0` for none).
 ///
-/// Returns 1 if the entry was stored, 0 if the key holds an entry or marker
-/// as new as it or newer (the fill is stale). Anything else under the key
-/// (another format, another type) is overwritten, as a plain `SET` would.
-/// "As of" values are below 2^53, so Lua's doubles hold them exactly.
+/// Returns 1 if the entry was stored, 0 if the key holds a newer entry, or
+/// a marker as new as the fill or newer (the fill is stale). An entry exactly
+/// as new is overwritten, so that resending a fill (after a dropped
+/// connection) stores it again rather than calling it stale. Anything else
+/// under the key (another format, another type) is overwritten, as a plain
+/// `SET` would. "As of" values are below 2^53, so Lua's doubles hold them
+/// exactly.
 pub(crate) const FILL: &str = r"
 local head = redis.pcall('GETRANGE', KEYS[1], 0, 18)
 if type(head) == 'string' and #head == 19
     and string.byte(head, 1) == 202 and string.byte(head, 2) == 2 then
   local as_of = 0
   for i = 12, 19 do as_of = as_of * 256 + string.byte(head, i) end
-  if as_of >= tonumber(ARGV[2]) then return 0 end
+  local fill = tonumber(ARGV[2])
+  local marker = math.floor(string.byte(head, 3) / 2) % 2 == 1
+  if as_of > fill or (marker and as_of == fill) then return 0 end
 end
 if ARGV[3] == '0' then
   redis.call('SET', KEYS[1], ARGV[1])
@@ -40,7 +45,8 @@ return 1
 /// (server unix milliseconds, for `PXAT`).
 ///
 /// Returns 1 if the key held something other than a marker (a value was
-/// removed), 0 otherwise.
+/// removed), 0 otherwise: resent after a dropped connection, a removal that
+/// had landed reports 0.
 pub(crate) const REMOVE: &str = r"
 local head = redis.pcall('GETRANGE', KEYS[1], 0, 2)
 local removed = 1
