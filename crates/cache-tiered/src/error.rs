@@ -1,3 +1,4 @@
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,3 +57,61 @@ impl Error {
 
 /// A convenient alias for results of [`TieredCache`](crate::TieredCache) calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What [`try_get_or_compute`](crate::TieredCache::try_get_or_compute) fails
+/// with: the loader's own error, typed, or the cache's.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError<E> {
+    /// The loader failed. Every caller that waited on the same load gets
+    /// the same `Arc` (as moka's `try_get_with` hands out). Nothing was cached.
+    #[error("loader failed: {0}")]
+    Loader(Arc<E>),
+    /// Anything else: a tier that fails closed, the loader timing out or
+    /// panicking, or a load shared with a caller whose loader has another
+    /// error type (its error then arrives as [`Error::Loader`]).
+    #[error(transparent)]
+    Cache(Error),
+}
+
+impl<E> Clone for LoadError<E> {
+    fn clone(&self) -> Self {
+        match self {
+            LoadError::Loader(error) => LoadError::Loader(error.clone()),
+            LoadError::Cache(error) => LoadError::Cache(error.clone()),
+        }
+    }
+}
+
+/// A typed loader's error on its way through the untyped flight: found
+/// again by type on the other side.
+pub(crate) struct Typed<E>(pub(crate) Arc<E>);
+
+impl<E: fmt::Debug> fmt::Debug for Typed<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Typed<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<E: std::error::Error> std::error::Error for Typed<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> LoadError<E> {
+    /// Sorts a cache error: a loader error of type `E` becomes typed.
+    pub(crate) fn sort(error: Error) -> Self {
+        if let Error::Loader(source) = &error
+            && let Some(typed) = source.downcast_ref::<Typed<E>>()
+        {
+            return LoadError::Loader(typed.0.clone());
+        }
+        LoadError::Cache(error)
+    }
+}

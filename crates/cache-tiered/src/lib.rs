@@ -50,7 +50,7 @@ mod tier;
 mod write;
 
 pub use cache::{TieredCache, TieredCacheBuilder};
-pub use error::{Error, Result};
+pub use error::{Error, LoadError, Result};
 pub use remove::{Removal, Removed};
 pub use stats::{TierStats, TieredStats};
 pub use tier::Tier;

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 
 use crate::cache::TierSet;
 use crate::envelope::Envelope;
+use crate::error::{LoadError, Typed};
 use crate::flight::Role;
 use crate::guard::Ticket;
 use crate::read::Walk;
@@ -53,6 +54,52 @@ impl<S: Serializer> TieredCache<S> {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         self.compute(key, &[], ttl, loader).await
+    }
+
+    /// [`get_or_compute`](Self::get_or_compute) with the loader's error
+    /// typed: a loader failure arrives as [`LoadError::Loader`] holding the
+    /// loader's own error, shared by every caller that waited on it, with no
+    /// downcasting; anything else as [`LoadError::Cache`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_memory::MemoryLayer;
+    /// use cache_tiered::{LoadError, TieredCache};
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("offer {0} not found")]
+    /// struct NotFound(u64);
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache = TieredCache::builder().layer(MemoryLayer::new()).build().unwrap();
+    /// let loaded = cache
+    ///     .try_get_or_compute("offer:7", Duration::from_secs(60), || async {
+    ///         Err::<String, _>(NotFound(7))
+    ///     })
+    ///     .await;
+    /// match loaded {
+    ///     Err(LoadError::Loader(error)) => assert_eq!(error.0, 7),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # }
+    /// ```
+    pub async fn try_get_or_compute<T, F, Fut, E>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        loader: F,
+    ) -> Result<T, LoadError<E>>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let typed = || async move { loader().await.map_err(|error| Typed(Arc::new(error))) };
+        self.compute(key, &[], ttl, typed)
+            .await
+            .map_err(LoadError::sort)
     }
 
     /// [`get_or_compute`](Self::get_or_compute) for a tagged value (see

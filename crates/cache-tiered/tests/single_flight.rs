@@ -4,8 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use cache_core::ErrorClass;
 use cache_memory::MemoryLayer;
-use cache_tiered::{Error, TieredCache};
+use cache_test_support::layers::{Fault, FaultyLayer};
+use cache_tiered::{Error, LoadError, Tier, TieredCache};
 use tokio::sync::{Barrier, Notify};
 
 const TTL: Duration = Duration::from_secs(300);
@@ -92,6 +94,58 @@ async fn a_loader_error_reaches_every_waiter_and_is_not_cached() {
         .unwrap();
     assert_eq!(value, 3);
     assert_eq!(cache.stats().load_errors, 1);
+}
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("offer {0} not found")]
+struct NotFound(u32);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typed_loader_error_reaches_every_waiter_as_one_arc() {
+    let cache = cache();
+    let release = Arc::new(Notify::new());
+    let waiters: Vec<_> = (0..20)
+        .map(|_| {
+            let (cache, release) = (cache.clone(), release.clone());
+            tokio::spawn(async move {
+                cache
+                    .try_get_or_compute("offer:9", TTL, || async move {
+                        release.notified().await;
+                        Err::<u32, _>(NotFound(9))
+                    })
+                    .await
+            })
+        })
+        .collect();
+    while cache.stats().misses < 20 {
+        tokio::task::yield_now().await;
+    }
+    release.notify_one();
+    let mut errors = Vec::new();
+    for waiter in waiters {
+        match waiter.await.unwrap() {
+            Err(LoadError::Loader(error)) => errors.push(error),
+            other => panic!("expected the loader's error, got {other:?}"),
+        }
+    }
+    assert_eq!(*errors[0], NotFound(9));
+    assert!(errors.iter().all(|error| Arc::ptr_eq(error, &errors[0])));
+    assert_eq!(cache.stats().loads, 1);
+
+    // A cache failure is not a loader error: a tier that refuses the value.
+    let faulty = Arc::new(FaultyLayer::new(Arc::new(MemoryLayer::new())));
+    faulty.set_fault(Fault::FailWrites(ErrorClass::RefusedInput));
+    let refusing = TieredCache::builder()
+        .tier(Tier::shared(faulty))
+        .build()
+        .unwrap();
+    let loaded = refusing
+        .try_get_or_compute("offer:9", TTL, || async { Ok::<_, NotFound>(9u32) })
+        .await;
+    assert!(
+        matches!(&loaded, Err(LoadError::Cache(error)) if error.is_refusal()),
+        "{loaded:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
