@@ -1,7 +1,8 @@
 //! Two instances ("pods") of the offers service sharing one Redis: each has
 //! an in-memory L1 over the shared Redis L2 (guarded by a circuit breaker),
-//! and an `Invalidator` with the seed scenario's dependency rules that keeps
-//! the other pod's L1 in step over Redis pub/sub.
+//! a Redis pub/sub backplane that keeps the other pod's L1 in step with
+//! every write and invalidation, an invalidation queue for when Redis
+//! fails, and an `Invalidator` with the seed scenario's dependency rules.
 //!
 //! Run it with `cargo run -p examples --example offers`. It uses the Redis
 //! at `REDIS_URL` if set (its `offers-example:` namespace is flushed at the
@@ -85,19 +86,20 @@ impl Pod {
             .build()
             .await?;
         let breaker = Arc::new(CircuitBreaker::builder().name("redis").build()?);
-        let cache = TieredCache::builder()
-            .tier(Tier::new(l1).ttl_cap(Duration::from_secs(60)))
-            .tier(Tier::new(l2).shared_policy(breaker))
-            .build()?;
         let backplane = RedisBackplane::builder(redis_url)
             .channel("offers-example:invalidation")
             .build()
             .await?;
-        let invalidator = Invalidator::builder(cache.clone())
-            .rules(rules()?)
+        let cache = TieredCache::builder()
+            .tier(Tier::new(l1).ttl_cap(Duration::from_secs(60)))
+            .tier(Tier::new(l2).shared_policy(breaker))
+            // Writes and removals tell the other pod to drop its L1 copy.
             .backplane(backplane)
-            .build()
+            // What a dead Redis missed is retried until it lands.
+            .invalidation_queue(10_000)
+            .build_async() // subscribes before the cache is used
             .await?;
+        let invalidator = Invalidator::new(cache.clone(), rules()?);
         Ok(Pod {
             name,
             cache,
@@ -155,11 +157,11 @@ impl Pod {
     }
 
     /// Waits until this pod has applied `count` messages from other pods
-    /// (one per invalidation call; the backplane is asynchronous: about one
-    /// Redis round trip).
+    /// (one per write or invalidation call; the backplane is asynchronous:
+    /// about one Redis round trip).
     async fn caught_up(&self, count: u64) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while self.invalidator.stats().received < count {
+        while self.cache.stats().backplane.received < count {
             assert!(Instant::now() < deadline, "{} never caught up", self.name);
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -215,9 +217,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("pod A, offer 1 page (B refilled Redis): {n} database queries");
     assert_eq!(n, 0);
 
+    // The rating is recomputed and written through pod A: pod B drops its
+    // L1 copy and reads the new one from Redis.
+    a.cache.set("rating:offer:1", &4.0f32, TTL).await?;
+    b.caught_up(3).await;
+    let rating = b.average_rating(1).await?;
+    println!("\npod A: wrote rating 4.0; pod B reads:     {rating:.1}");
+    assert_eq!(rating, 4.0);
+
     // A user renames themselves through pod B: their reviews page goes too.
     a.reviews_by(5).await?;
-    let received = a.invalidator.stats().received;
+    let received = a.cache.stats().backplane.received;
     b.invalidator.invalidate_key("user:5").await?;
     a.caught_up(received + 1).await;
     let n = queries_of(&db, async { a.reviews_by(5).await.map(drop) }).await?;
@@ -225,11 +235,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(n, 1);
 
     for pod in [&a, &b] {
-        let cache = pod.cache.stats();
-        let invalidator = pod.invalidator.stats();
+        let stats = pod.cache.stats();
         println!(
-            "{}: {} hits, {} loads; {} invalidations sent, {} received",
-            pod.name, cache.hits, cache.loads, invalidator.published, invalidator.received
+            "{}: {} hits, {} loads; {} messages sent, {} received",
+            pod.name, stats.hits, stats.loads, stats.backplane.published, stats.backplane.received
         );
     }
     Ok(())

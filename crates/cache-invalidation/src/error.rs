@@ -23,30 +23,10 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
-    /// A tier failed (without an invalidation queue: outside a tokio
-    /// runtime). The other patterns were still removed and published.
+    /// A tier that fails closed failed. Whatever the other tiers could do
+    /// was done, and the other instances were told; calling again is safe.
     #[error(transparent)]
     Cache(#[from] cache_tiered::Error),
-    /// The backplane failed (without an invalidation queue): this instance
-    /// and the shared tiers dropped the keys, other instances may still hold
-    /// them in their local tiers until they expire. Retrying the call is
-    /// safe.
-    #[error("backplane: {0}")]
-    Backplane(cache_core::Error),
-    /// The call did not reach every tier or the other instances at once
-    /// (`cause` says what failed): this instance's local tiers are clean,
-    /// and the rest is queued and retried in the background until it
-    /// succeeds (see `InvalidatorStats::pending`). No need to call again.
-    #[error("not everywhere yet, retrying in the background: {0}")]
-    Deferred(Box<Error>),
-}
-
-impl Error {
-    /// Whether the invalidation was queued to be retried (see
-    /// [`Error::Deferred`]).
-    pub fn is_deferred(&self) -> bool {
-        matches!(self, Error::Deferred(_))
-    }
 }
 
 /// A convenient alias for results of this crate.

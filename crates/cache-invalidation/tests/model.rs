@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_core::CacheLayer;
-use cache_invalidation::{Invalidator, MemoryBackplane, Rules};
+use cache_invalidation::{Invalidator, Rules};
 use cache_memory::MemoryLayer;
 use cache_test_support::layers::{Fault, FaultyLayer, SharedLayer};
-use cache_tiered::{Tier, TieredCache};
+use cache_tiered::{MemoryBackplane, Tier, TieredCache};
 use proptest::prelude::*;
 
 const INSTANCES: usize = 3;
@@ -176,14 +176,12 @@ async fn instances() -> (Vec<Instance>, Arc<FaultyLayer>) {
         let cache = TieredCache::builder()
             .layer(memory())
             .tier(Tier::shared(l2.clone()))
-            .build()
-            .unwrap();
-        let invalidator = Invalidator::builder(cache.clone())
-            .rules(rules())
             .backplane(backplane.clone())
-            .build()
+            .invalidation_queue(10_000)
+            .build_async()
             .await
             .unwrap();
+        let invalidator = Invalidator::new(cache.clone(), rules());
         instances.push(Instance { cache, invalidator });
     }
     (instances, faulty)
@@ -195,13 +193,13 @@ async fn settle(instances: &[Instance], shared_tier_down: bool) {
     for _ in 0..100_000 {
         let sent: Vec<u64> = instances
             .iter()
-            .map(|i| i.invalidator.stats())
-            .map(|s| s.published + s.retried)
+            .map(|i| i.cache.stats().backplane.published)
             .collect();
         let total: u64 = sent.iter().sum();
         let settled = instances.iter().zip(&sent).all(|(instance, own)| {
-            let stats = instance.invalidator.stats();
-            stats.received == total - own && (shared_tier_down || stats.pending == 0)
+            let stats = instance.cache.stats();
+            stats.backplane.received == total - own
+                && (shared_tier_down || stats.queue.pending == 0)
         });
         if settled {
             return;
@@ -249,14 +247,12 @@ async fn run(ops: Vec<Op>) {
                 *database.entry(entity.clone()).or_default() += 1;
                 let invalidator = &instances[instance].invalidator;
                 // During an outage both calls are deferred: queued, not lost.
-                for outcome in [
-                    invalidator.invalidate_key(&entity).await.map(drop),
-                    invalidator.invalidate_tag(&tag).await,
+                for report in [
+                    invalidator.invalidate_key(&entity).await.unwrap().report,
+                    invalidator.invalidate_tag(&tag).await.unwrap(),
                 ] {
-                    match outcome {
-                        Ok(()) => assert!(!shared_tier_down),
-                        Err(error) => assert!(shared_tier_down && error.is_deferred(), "{error}"),
-                    }
+                    assert_eq!(report.is_deferred(), shared_tier_down, "{report}");
+                    assert_eq!(report.is_complete(), !shared_tier_down, "{report}");
                 }
                 settle(&instances, shared_tier_down).await;
             }
@@ -285,8 +281,9 @@ async fn run(ops: Vec<Op>) {
                 read(instance, family, id, &database).await;
             }
         }
-        let stats = instance.invalidator.stats();
-        assert_eq!((stats.gaps, stats.local_errors, stats.overflows), (0, 0, 0));
+        let stats = instance.cache.stats();
+        assert_eq!((stats.backplane.gaps, stats.backplane.local_errors), (0, 0));
+        assert_eq!(stats.queue.overflows, 0);
     }
 }
 

@@ -1,15 +1,20 @@
 use std::any::TypeId;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use cache_core::{CacheLayer, Clock, Entry, Postcard, Serializer, system_clock};
+use cache_core::{
+    Backplane, CacheLayer, Clock, Entry, Postcard, Serializer, Subscription, system_clock,
+};
 use serde::Serialize;
+use tokio::task::AbortHandle;
 
+use crate::backplane::{listen, new_origin};
 use crate::envelope::Envelope;
 use crate::flight::Flights;
 use crate::guard::FillGuard;
-use crate::stats::{CacheCounters, TieredStats};
+use crate::queue::{self, Queue};
+use crate::stats::{BackplaneStats, CacheCounters, QueueStats, TieredStats};
 use crate::tags::TagSettings;
 use crate::{Result, Tier};
 
@@ -30,6 +35,12 @@ use crate::{Result, Tier};
 ///   before it.
 /// - A fill that races with a delete, an invalidation or a write of the same
 ///   key never puts the old value back.
+/// - With a [backplane](TieredCacheBuilder::backplane), every write and
+///   removal tells the other instances to drop their local copies of what
+///   it changed, and this instance drops what the others tell it.
+/// - With the [invalidation queue](TieredCacheBuilder::invalidation_queue),
+///   a removal that a failing tier skipped, or a message the backplane
+///   could not take, is retried in the background until it lands.
 ///
 /// Values are typed (any serde type) and serialized with `S`
 /// ([`Postcard`] by default) behind a small header that holds a format
@@ -82,6 +93,25 @@ pub(crate) struct Shared<S> {
     pub(crate) degraded_ttl: Option<Duration>,
     pub(crate) counters: CacheCounters,
     pub(crate) tags: TagSettings,
+    pub(crate) backplane: Option<Arc<dyn Backplane>>,
+    /// The id this instance's backplane messages carry.
+    pub(crate) origin: u64,
+    pub(crate) queue: Option<Arc<Queue>>,
+    background: Background,
+}
+
+/// The cache's tasks (the backplane listener, the retry task), aborted when
+/// the last clone of the cache is dropped. They hold the cache only while
+/// they work on it, so they never keep it alive.
+#[derive(Default)]
+struct Background(OnceLock<Box<[AbortHandle]>>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for task in self.0.get().into_iter().flatten() {
+            task.abort();
+        }
+    }
 }
 
 impl TieredCache<Postcard> {
@@ -95,6 +125,8 @@ impl TieredCache<Postcard> {
             loader_timeout: None,
             degraded_ttl: None,
             tags: TagSettings::default(),
+            backplane: None,
+            queue_limit: None,
         }
     }
 }
@@ -111,6 +143,21 @@ impl<S: Serializer> TieredCache<S> {
         stats.loads = c.loads.get();
         stats.load_errors = c.load_errors.get();
         stats.coalesced = c.coalesced.get();
+        stats.backplane = BackplaneStats {
+            published: c.published.get(),
+            publish_errors: c.publish_errors.get(),
+            received: c.received.get(),
+            gaps: c.gaps.get(),
+            local_errors: c.local_errors.get(),
+        };
+        if let Some(queue) = &shared.queue {
+            stats.queue = QueueStats {
+                deferred: queue.deferred.get(),
+                retried: queue.retried.get(),
+                pending: queue.len() as u64,
+                overflows: queue.overflows.get(),
+            };
+        }
         stats
     }
 
@@ -178,6 +225,9 @@ impl<S: Serializer> fmt::Debug for TieredCache<S> {
         f.debug_struct("TieredCache")
             .field("tiers", &self.shared.tiers)
             .field("serializer", &self.shared.serializer)
+            .field("backplane", &self.shared.backplane)
+            .field("origin", &self.shared.origin)
+            .field("invalidation_queue", &self.shared.queue.is_some())
             .finish()
     }
 }
@@ -210,6 +260,8 @@ pub struct TieredCacheBuilder<S = Postcard> {
     loader_timeout: Option<Duration>,
     degraded_ttl: Option<Duration>,
     tags: TagSettings,
+    backplane: Option<Arc<dyn Backplane>>,
+    queue_limit: Option<usize>,
 }
 
 impl<S: Serializer> TieredCacheBuilder<S> {
@@ -235,6 +287,8 @@ impl<S: Serializer> TieredCacheBuilder<S> {
             loader_timeout: self.loader_timeout,
             degraded_ttl: self.degraded_ttl,
             tags: self.tags,
+            backplane: self.backplane,
+            queue_limit: self.queue_limit,
         }
     }
 
@@ -295,8 +349,117 @@ impl<S: Serializer> TieredCacheBuilder<S> {
         self
     }
 
+    /// Keeps this instance's local tiers in step with other instances'
+    /// through `backplane` (`cache_redis::RedisBackplane` across processes,
+    /// [`MemoryBackplane`](crate::MemoryBackplane) inside one).
+    ///
+    /// - Every [`set`](TieredCache::set), [`set_many`](TieredCache::set_many),
+    ///   [`set_tagged`](TieredCache::set_tagged) and every removal
+    ///   ([`remove`](TieredCache::remove) unless
+    ///   [`local`](crate::Removal::local), [`delete`](TieredCache::delete),
+    ///   [`invalidate`](TieredCache::invalidate),
+    ///   [`invalidate_tag`](TieredCache::invalidate_tag)) publishes one
+    ///   message naming its keys or patterns once the tiers are written.
+    ///   Fills (loader results, copies from lower tiers) are not published.
+    /// - A listener task removes what the other instances publish from this
+    ///   instance's local tiers (whose layer is not
+    ///   [shared](cache_core::CacheLayer::is_shared): the sender has written
+    ///   the shared ones), and clears them when messages may have been lost
+    ///   ([`BackplaneEvent::Gap`](cache_core::BackplaneEvent::Gap)). It
+    ///   stops when the last clone of the cache is dropped.
+    ///
+    /// The cache subscribes before it is used, so it must be built with
+    /// [`build_async`](Self::build_async), inside a tokio runtime.
+    /// [`TieredStats::backplane`] counts messages. Default: none.
+    ///
+    /// ```
+    /// use cache_memory::MemoryLayer;
+    /// use cache_tiered::{MemoryBackplane, TieredCache};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cache_core::Result<()> {
+    /// let backplane = MemoryBackplane::default(); // RedisBackplane across processes
+    /// let cache = TieredCache::builder()
+    ///     .layer(MemoryLayer::new())
+    ///     // .tier(Tier::new(redis_layer)) for the shared L2
+    ///     .backplane(backplane.clone())
+    ///     .build_async()
+    ///     .await?;
+    /// assert_eq!(backplane.subscribers(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn backplane(self, backplane: impl Backplane + 'static) -> Self {
+        self.shared_backplane(Arc::new(backplane))
+    }
+
+    /// [`backplane`](Self::backplane), for one that is already in an `Arc`.
+    pub fn shared_backplane(mut self, backplane: Arc<dyn Backplane>) -> Self {
+        self.backplane = Some(backplane);
+        self
+    }
+
+    /// Retries what did not land, in the background, until it does: a
+    /// removal that a tier skipped (a failing tier whose policy fails
+    /// open: a dead Redis, an open breaker) and a message the backplane
+    /// failed to publish (a write's or a removal's).
+    ///
+    /// One task retries the queue in order, pausing 100 ms doubling to 5 s
+    /// between failed attempts; a queued removal is done again in every
+    /// tier (this instance may have refilled its L1 from the shared tier
+    /// meanwhile) and published again. Such a removal returns `Ok` at once,
+    /// its report [deferred](crate::Removed::is_deferred): there is nothing
+    /// to call again. So Redis does not come back from an outage with the
+    /// values deleted during it.
+    ///
+    /// The queue holds up to `limit` calls; past that it becomes one
+    /// "remove everything, everywhere", retried like the rest: coarser,
+    /// never less. It lives in the process: what is queued is lost if the
+    /// process exits first. [`TieredStats::queue`] counts it. Needs a tokio
+    /// runtime at build time; the task stops when the last clone of the
+    /// cache is dropped. Default: off (a skipped tier is only reported,
+    /// [`Removed::skipped`](crate::Removed::skipped)).
+    pub fn invalidation_queue(mut self, limit: usize) -> Self {
+        self.queue_limit = Some(limit);
+        self
+    }
+
     /// Builds the cache.
+    ///
+    /// Fails on an invalid configuration, and with a
+    /// [`backplane`](Self::backplane), which needs
+    /// [`build_async`](Self::build_async). With an
+    /// [`invalidation_queue`](Self::invalidation_queue), call it inside a
+    /// tokio runtime (it spawns the retry task there).
     pub fn build(self) -> Result<TieredCache<S>, cache_core::Error> {
+        self.validate()?;
+        if self.backplane.is_some() {
+            return Err(cache_core::Error::config(
+                "a cache with a backplane subscribes to it before it is used: \
+                 build it with `build_async().await`",
+            ));
+        }
+        self.finish(None)
+    }
+
+    /// Builds the cache, subscribing to its [`backplane`](Self::backplane)
+    /// first, if it has one: once this returns, whatever any instance
+    /// publishes reaches this one. Spawns the cache's tasks on the current
+    /// tokio runtime; outside one, a backplane or an invalidation queue is
+    /// an error.
+    pub async fn build_async(self) -> Result<TieredCache<S>, cache_core::Error> {
+        self.validate()?;
+        let subscription = match &self.backplane {
+            Some(backplane) => {
+                runtime("a backplane")?;
+                Some(backplane.subscribe().await?)
+            }
+            None => None,
+        };
+        self.finish(subscription)
+    }
+
+    fn validate(&self) -> Result<(), cache_core::Error> {
         if self.tiers.is_empty() {
             return Err(cache_core::Error::config(
                 "a tiered cache needs at least one tier",
@@ -315,21 +478,66 @@ impl<S: Serializer> TieredCacheBuilder<S> {
         if self.tags.ttl.is_zero() {
             return Err(cache_core::Error::config("tag_ttl must be above zero"));
         }
-        Ok(TieredCache {
-            shared: Arc::new(Shared {
-                tiers: self.tiers.into_boxed_slice(),
-                serializer: self.serializer,
-                clock: self.clock,
-                schemas: self.schemas.into_boxed_slice(),
-                guard: FillGuard::new(),
-                flights: Flights::default(),
-                loader_timeout: self.loader_timeout,
-                degraded_ttl: self.degraded_ttl,
-                counters: CacheCounters::default(),
-                tags: self.tags,
-            }),
-        })
+        if self.queue_limit == Some(0) {
+            return Err(cache_core::Error::config(
+                "invalidation_queue must hold at least one call",
+            ));
+        }
+        Ok(())
     }
+
+    /// The cache, and its tasks on the current runtime.
+    fn finish(
+        self,
+        subscription: Option<Box<dyn Subscription>>,
+    ) -> Result<TieredCache<S>, cache_core::Error> {
+        let runtime = match (&subscription, self.queue_limit) {
+            (None, None) => None,
+            (Some(_), _) => Some(runtime("a backplane")?),
+            (None, Some(_)) => Some(runtime("an invalidation queue")?),
+        };
+        let queue = self.queue_limit.map(|limit| Arc::new(Queue::new(limit)));
+        let origin = new_origin();
+        let shared = Arc::new(Shared {
+            tiers: self.tiers.into_boxed_slice(),
+            serializer: self.serializer,
+            clock: self.clock,
+            schemas: self.schemas.into_boxed_slice(),
+            guard: FillGuard::new(),
+            flights: Flights::default(),
+            loader_timeout: self.loader_timeout,
+            degraded_ttl: self.degraded_ttl,
+            counters: CacheCounters::default(),
+            tags: self.tags,
+            backplane: self.backplane,
+            origin,
+            queue: queue.clone(),
+            background: Background::default(),
+        });
+        if let Some(runtime) = runtime {
+            let mut tasks = Vec::new();
+            if let Some(subscription) = subscription {
+                let listener = listen(Arc::downgrade(&shared), subscription, origin);
+                tasks.push(runtime.spawn(listener).abort_handle());
+            }
+            if let Some(queue) = queue {
+                let retrier = queue::run(Arc::downgrade(&shared), queue);
+                tasks.push(runtime.spawn(retrier).abort_handle());
+            }
+            // Set once, here: nothing else can have set it.
+            let _ = shared.background.0.set(tasks.into_boxed_slice());
+        }
+        Ok(TieredCache { shared })
+    }
+}
+
+/// The current tokio runtime, which `what` needs for its task.
+fn runtime(what: &str) -> Result<tokio::runtime::Handle, cache_core::Error> {
+    tokio::runtime::Handle::try_current().map_err(|_| {
+        cache_core::Error::config(format!(
+            "a cache with {what} must be built inside a tokio runtime (it runs a task there)"
+        ))
+    })
 }
 
 impl<S: fmt::Debug> fmt::Debug for TieredCacheBuilder<S> {
@@ -340,6 +548,8 @@ impl<S: fmt::Debug> fmt::Debug for TieredCacheBuilder<S> {
             .field("loader_timeout", &self.loader_timeout)
             .field("degraded_ttl", &self.degraded_ttl)
             .field("tags", &self.tags)
+            .field("backplane", &self.backplane)
+            .field("invalidation_queue", &self.queue_limit)
             .finish()
     }
 }

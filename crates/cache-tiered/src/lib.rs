@@ -36,12 +36,15 @@
 //! `cache-redis` or your own backend plug in the same way.
 #![forbid(unsafe_code)]
 
+mod backplane;
 mod cache;
 mod envelope;
 mod error;
 mod flight;
 mod guard;
 mod load;
+mod memory_backplane;
+mod queue;
 mod read;
 mod remove;
 mod stats;
@@ -51,6 +54,7 @@ mod write;
 
 pub use cache::{TieredCache, TieredCacheBuilder};
 pub use error::{Error, LoadError, Result};
-pub use remove::{Removal, Removed};
-pub use stats::{TierStats, TieredStats};
+pub use memory_backplane::MemoryBackplane;
+pub use remove::{Broadcast, Removal, Removed};
+pub use stats::{BackplaneStats, QueueStats, TierStats, TieredStats};
 pub use tier::Tier;

@@ -1,16 +1,19 @@
 //! Removing: keys and patterns, from every tier or the local ones, with a
-//! report of what each tier did.
+//! report of what each tier did; then the news to the other instances, and
+//! what did not land to the invalidation queue.
 
 use std::fmt;
+use std::sync::LazyLock;
 
-use cache_core::{Pattern, Serializer};
+use cache_core::{Invalidation, Pattern, Serializer};
 
+use crate::queue::Retry;
 use crate::tier::Call;
 use crate::{Result, Tier, TieredCache};
 
 /// What a removal removes, and from which tiers. Build it with
-/// [`Removal::key`], [`Removal::keys`] or [`Removal::pattern`], then narrow
-/// it with [`local`](Removal::local).
+/// [`Removal::key`], [`Removal::keys`], [`Removal::pattern`] or
+/// [`Removal::patterns`], then narrow it with [`local`](Removal::local).
 ///
 /// ```
 /// use cache_core::{Pattern, escape};
@@ -35,6 +38,7 @@ enum Target<'a> {
     Keys(&'a [&'a str]),
     Key(&'a str),
     Pattern(&'a Pattern),
+    Patterns(&'a [Pattern]),
 }
 
 impl<'a> Removal<'a> {
@@ -63,10 +67,33 @@ impl<'a> Removal<'a> {
         }
     }
 
+    /// Removes every key matching any of `patterns`, as one removal: one
+    /// backplane message names them all, so another instance never applies
+    /// half of them. A pattern without wildcards is removed as a key.
+    ///
+    /// ```
+    /// use cache_core::{Pattern, escape};
+    /// use cache_tiered::Removal;
+    ///
+    /// let id = escape("42");
+    /// let patterns = [
+    ///     Pattern::new(format!("reviews:offer:{id}:*")),
+    ///     Pattern::exact(&format!("rating:offer:{id}")),
+    /// ];
+    /// let removal = Removal::patterns(&patterns);
+    /// # let _ = removal;
+    /// ```
+    pub fn patterns(patterns: &'a [Pattern]) -> Self {
+        Removal {
+            target: Target::Patterns(patterns),
+            local: false,
+        }
+    }
+
     /// Only from the tiers this process alone sees: those whose layer is
-    /// not [shared](cache_core::CacheLayer::is_shared). For an instance that
-    /// learns of another instance's removal, which cleared the shared tiers
-    /// already.
+    /// not [shared](cache_core::CacheLayer::is_shared), and without telling
+    /// the other instances. For an instance that learns of another
+    /// instance's removal, which cleared the shared tiers already.
     pub fn local(mut self) -> Self {
         self.local = true;
         self
@@ -77,9 +104,13 @@ impl<'a> Removal<'a> {
 ///
 /// A tier that failed and fails open was *skipped*: the call still
 /// succeeds (the other tiers were cleared), but the value may still be in
-/// the skipped tier, and may come back from it. Check
-/// [`is_complete`](Removed::is_complete) when that matters, and retry (as
-/// `cache-invalidation`'s queue does) until it is.
+/// the skipped tier, and may come back from it. With a
+/// [backplane](crate::TieredCacheBuilder::backplane), [`broadcast`](Removed::broadcast)
+/// says whether the other instances were told. Without the
+/// [invalidation queue](crate::TieredCacheBuilder::invalidation_queue),
+/// check [`is_complete`](Removed::is_complete) when that matters and retry
+/// until it is; with it, what did not land is retried in the background
+/// and the report [`is_deferred`](Removed::is_deferred).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Removed {
@@ -88,6 +119,25 @@ pub struct Removed {
     /// Per tier reached, top first: its name and how many keys it removed,
     /// `None` if it was skipped.
     pub tiers: Vec<(String, Option<u64>)>,
+    /// Whether the other instances were told.
+    pub broadcast: Broadcast,
+    deferred: bool,
+}
+
+/// Whether a call's message reached the [backplane](crate::TieredCacheBuilder::backplane).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Broadcast {
+    /// Nobody to tell: the cache has no backplane, or the removal was
+    /// [`local`](Removal::local).
+    #[default]
+    Off,
+    /// Published: every other instance drops its local copies when the
+    /// message reaches it.
+    Sent,
+    /// The backplane failed: other instances may keep their local copies
+    /// until those expire (or until the invalidation queue publishes it).
+    Failed,
 }
 
 impl Removed {
@@ -96,9 +146,19 @@ impl Removed {
         self.removed > 0
     }
 
-    /// Whether every tier reached did the removal (none was skipped).
+    /// Whether every tier reached did the removal (none was skipped), and
+    /// the other instances were told if there is a backplane.
     pub fn is_complete(&self) -> bool {
         self.tiers.iter().all(|(_, removed)| removed.is_some())
+            && self.broadcast != Broadcast::Failed
+    }
+
+    /// Whether what did not land (a skipped tier, a failed publish) was
+    /// queued, to be retried in the background until it does (see
+    /// [`TieredCacheBuilder::invalidation_queue`](crate::TieredCacheBuilder::invalidation_queue)).
+    /// Nothing to call again: this instance's local tiers are clean already.
+    pub fn is_deferred(&self) -> bool {
+        self.deferred
     }
 
     /// The names of the tiers that were skipped.
@@ -119,7 +179,72 @@ impl fmt::Display for Removed {
                 None => write!(f, "; {name}: skipped")?,
             }
         }
+        match self.broadcast {
+            Broadcast::Off => {}
+            Broadcast::Sent => f.write_str("; published")?,
+            Broadcast::Failed => f.write_str("; publish failed")?,
+        }
+        if self.deferred {
+            f.write_str("; deferred")?;
+        }
         Ok(())
+    }
+}
+
+/// What a removal names, as tiers take it: keys (one batch call per tier)
+/// and patterns with wildcards (one call each).
+#[derive(Debug, Default)]
+pub(crate) struct Targets<'a> {
+    keys: Vec<&'a str>,
+    patterns: Vec<&'a Pattern>,
+}
+
+/// `*`, what [`Invalidation::All`] removes.
+static EVERYTHING: LazyLock<Pattern> = LazyLock::new(|| Pattern::new("*"));
+
+impl<'a> Targets<'a> {
+    fn of(removal: &Removal<'a>) -> Self {
+        let mut targets = Targets::default();
+        match removal.target {
+            Target::Key(key) => targets.keys.push(key),
+            Target::Keys(keys) => targets.keys.extend_from_slice(keys),
+            Target::Pattern(pattern) => targets.add_pattern(pattern),
+            Target::Patterns(patterns) => patterns.iter().for_each(|p| targets.add_pattern(p)),
+        }
+        targets
+    }
+
+    pub(crate) fn from_invalidations(invalidations: &'a [Invalidation]) -> Self {
+        let mut targets = Targets::default();
+        for invalidation in invalidations {
+            match invalidation {
+                Invalidation::Key(key) => targets.keys.push(key),
+                Invalidation::Pattern(pattern) => targets.add_pattern(pattern),
+                Invalidation::All => targets.patterns.push(&EVERYTHING),
+            }
+        }
+        targets
+    }
+
+    /// A pattern without wildcards is a key: a batched delete, not a scan.
+    fn add_pattern(&mut self, pattern: &'a Pattern) {
+        match pattern.literal() {
+            Some(key) => self.keys.push(key),
+            None => self.patterns.push(pattern),
+        }
+    }
+
+    /// The message that tells the other instances.
+    fn to_invalidations(&self) -> Vec<Invalidation> {
+        let keys = self
+            .keys
+            .iter()
+            .map(|key| Invalidation::Key((*key).to_owned()));
+        let patterns = self
+            .patterns
+            .iter()
+            .map(|p| Invalidation::Pattern((*p).clone()));
+        keys.chain(patterns).collect()
     }
 }
 
@@ -138,51 +263,119 @@ impl<S: Serializer> TieredCache<S> {
         self.remove(Removal::pattern(pattern)).await
     }
 
-    /// Removes keys or a pattern from the tiers `removal` names, lowest
+    /// Removes keys or patterns from the tiers `removal` names, lowest
     /// (shared) tier first, so no upper tier can refill from a copy about
     /// to go; and, while it runs, no fill of an affected key in this
     /// process can put an old value back.
     ///
+    /// With a [backplane](crate::TieredCacheBuilder::backplane), a removal
+    /// that is not [`local`](Removal::local) then publishes one message
+    /// naming what it removed, so that every other instance drops it from
+    /// its local tiers ([`Removed::broadcast`]); even if a tier failed, as
+    /// the other instances' copies must go all the same.
+    ///
     /// Fails if a tier that fails closed fails (after every tier was
     /// tried); a tier that fails open is skipped and reported in
-    /// [`Removed::tiers`].
+    /// [`Removed::tiers`]. With the
+    /// [invalidation queue](crate::TieredCacheBuilder::invalidation_queue),
+    /// a skipped tier or a failed publish is retried in the background
+    /// until it lands, and the call succeeds with
+    /// [`Removed::is_deferred`]; an error (a tier that fails closed) is
+    /// returned to the caller, not queued.
     pub async fn remove(&self, removal: Removal<'_>) -> Result<Removed> {
         let shared = &*self.shared;
+        let targets = Targets::of(&removal);
+        let (mut report, error) = self.remove_from_tiers(&targets, removal.local).await;
+        // A removal that a tier skipped is done again, tiers and message.
+        let redo = shared.queue.is_some() && !report.is_complete();
+        if removal.local || (shared.backplane.is_none() && !redo) {
+            return match error {
+                Some(error) => Err(error.into()),
+                None => Ok(report),
+            };
+        }
+        let invalidations = targets.to_invalidations();
+        let mut retry = redo.then(|| Retry::Remove(invalidations.clone()));
+        match self.publish(invalidations).await {
+            Ok(broadcast) => report.broadcast = broadcast,
+            Err(unsent) => {
+                report.broadcast = Broadcast::Failed;
+                retry.get_or_insert(Retry::Publish(unsent));
+            }
+        }
+        if let Some(error) = error {
+            return Err(error.into());
+        }
+        if let (Some(queue), Some(retry)) = (&shared.queue, retry) {
+            queue.push(retry);
+            report.deferred = true;
+        }
+        Ok(report)
+    }
+
+    /// Removes `targets` from every tier (or only the local ones), lowest
+    /// first, under the fill guard; the first error of a tier that fails
+    /// closed comes back beside the report.
+    pub(crate) async fn remove_from_tiers(
+        &self,
+        targets: &Targets<'_>,
+        local: bool,
+    ) -> (Removed, Option<cache_core::Error>) {
+        let shared = &*self.shared;
         let clock = &*shared.clock;
-        let _mutations: Vec<_> = match removal.target {
-            Target::Key(key) => vec![shared.guard.mutate(key)],
-            Target::Keys(keys) => keys.iter().map(|key| shared.guard.mutate(key)).collect(),
-            Target::Pattern(_) => vec![shared.guard.mutate_all()],
-        };
+        let mut mutations: Vec<_> = targets
+            .keys
+            .iter()
+            .map(|key| shared.guard.mutate(key))
+            .collect();
+        if !targets.patterns.is_empty() {
+            mutations.push(shared.guard.mutate_all());
+        }
         let mut report = Removed::default();
         let mut first_error = None;
         let tiers = shared
             .tiers
             .iter()
             .rev()
-            .filter(|tier: &&Tier| !removal.local || !tier.layer.is_shared());
+            .filter(|tier: &&Tier| !local || !tier.layer.is_shared());
         for tier in tiers {
-            let outcome = match removal.target {
-                Target::Key(key) => tier.delete_many(clock, &[key]).await,
-                Target::Keys([]) => Call::Done(0),
-                Target::Keys(keys) => tier.delete_many(clock, keys).await,
-                Target::Pattern(pattern) => tier.invalidate(clock, pattern).await,
-            };
-            let removed = match outcome {
-                Call::Done(count) => Some(count),
-                Call::FailedOpen => None,
-                Call::Failed(error) => {
-                    first_error.get_or_insert(error);
-                    None
+            let mut removed = Some(0);
+            if !targets.keys.is_empty() {
+                let outcome = tier.delete_many(clock, &targets.keys).await;
+                removed = tally(removed, outcome, &mut first_error);
+            }
+            for pattern in &targets.patterns {
+                // A failing tier is skipped anyway: the other patterns would
+                // fail too, each costing a timeout, perhaps.
+                if removed.is_none() {
+                    break;
                 }
-            };
+                let outcome = tier.invalidate(clock, pattern).await;
+                removed = tally(removed, outcome, &mut first_error);
+            }
             report.removed = report.removed.max(removed.unwrap_or(0));
             report.tiers.push((tier.name().to_owned(), removed));
         }
         report.tiers.reverse();
-        match first_error {
-            Some(error) => Err(error.into()),
-            None => Ok(report),
+        // Before any publishing: fills here need not wait for a round trip.
+        drop(mutations);
+        (report, first_error)
+    }
+}
+
+/// Adds one call's outcome to a tier's count: `None` once the tier skipped
+/// a call (failed open, or failed with the error kept in `first_error`).
+fn tally(
+    removed: Option<u64>,
+    outcome: Call<u64>,
+    first_error: &mut Option<cache_core::Error>,
+) -> Option<u64> {
+    match outcome {
+        Call::Done(count) => removed.map(|sum| sum + count),
+        Call::FailedOpen => None,
+        Call::Failed(error) => {
+            first_error.get_or_insert(error);
+            None
         }
     }
 }

@@ -51,6 +51,46 @@ pub struct TieredStats {
     pub load_errors: u64,
     /// `get_or_compute` callers served by another caller's loader call.
     pub coalesced: u64,
+    /// The backplane's counters (all zero without one).
+    pub backplane: BackplaneStats,
+    /// The invalidation queue's counters (all zero without one).
+    pub queue: QueueStats,
+}
+
+/// Counters of a cache's [backplane](crate::TieredCacheBuilder::backplane):
+/// what this instance told the others, and what it heard from them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackplaneStats {
+    /// Messages published (one per write or removal call, and one per
+    /// retry from the invalidation queue).
+    pub published: u64,
+    /// Publish attempts that failed (retries included); also logged.
+    pub publish_errors: u64,
+    /// Messages from other instances applied to the local tiers (counted
+    /// once applied).
+    pub received: u64,
+    /// Times messages may have been lost, so the local tiers were cleared
+    /// (counted once cleared).
+    pub gaps: u64,
+    /// Messages or gaps a local tier failed to apply (also logged).
+    pub local_errors: u64,
+}
+
+/// Counters of a cache's
+/// [invalidation queue](crate::TieredCacheBuilder::invalidation_queue).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// Calls that did not reach every tier or the backplane at once, and
+    /// were queued to be retried.
+    pub deferred: u64,
+    /// Queued calls that have since reached everything.
+    pub retried: u64,
+    /// Queued calls still waiting.
+    pub pending: u64,
+    /// Times the queue was full and became one "remove everything".
+    pub overflows: u64,
 }
 
 impl TieredStats {
@@ -85,4 +125,9 @@ pub(crate) struct CacheCounters {
     pub(crate) loads: Counter,
     pub(crate) load_errors: Counter,
     pub(crate) coalesced: Counter,
+    pub(crate) published: Counter,
+    pub(crate) publish_errors: Counter,
+    pub(crate) received: Counter,
+    pub(crate) gaps: Counter,
+    pub(crate) local_errors: Counter,
 }

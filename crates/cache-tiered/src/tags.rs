@@ -103,18 +103,18 @@ impl<S: Serializer> TieredCache<S> {
     {
         let stamps = self.stamp(tags).await?;
         let entry = self.encode_stamped(value, &stamps, ttl)?;
-        let _mutation = self.shared.guard.mutate(key);
-        self.write_through(&[(key, entry)], None, 0)
-            .await
-            .pop()
-            .unwrap_or(Ok(()))
+        let written = self.write_mutating(&[(key, entry)]).await.pop();
+        // The key, not the tag versions this may have created: a new
+        // version makes no other instance's copy stale.
+        self.announce_write([key]).await;
+        written.unwrap_or(Ok(()))
     }
 
     /// Makes every value tagged with `tag` a miss, in every tier, by
-    /// removing the tag's version. Other instances sharing the lower tiers
-    /// see it once their upper tiers drop their copy of the version: it is
-    /// an ordinary key, [`tag_key`](Self::tag_key), which
-    /// `cache-invalidation` removes and publishes like any other.
+    /// removing the tag's version: an ordinary key,
+    /// [`tag_key`](Self::tag_key), removed (and, with a backplane,
+    /// published) like any other. Other instances sharing the lower tiers
+    /// see it once their upper tiers drop their copy of the version.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<Removed> {
         self.delete(&self.tag_key(tag)).await
     }

@@ -31,20 +31,27 @@ impl<S: Serializer> TieredCache<S> {
     /// whatever the tier's failure policy, and leaves no older value under
     /// the key readable in any tier. An upper tier that refuses a value a
     /// lower one took only does not cache it (its stats count the refusal).
+    ///
+    /// With a [backplane](crate::TieredCacheBuilder::backplane), the other
+    /// instances are then told to drop their local copies of `key` (they
+    /// read the new value from the shared tier). A failed publish is
+    /// logged and counted ([`BackplaneStats`](crate::BackplaneStats)), not
+    /// returned: the value is stored. The
+    /// [invalidation queue](crate::TieredCacheBuilder::invalidation_queue),
+    /// if any, publishes it again until it goes out.
     pub async fn set<T>(&self, key: &str, value: &T, ttl: Duration) -> Result<()>
     where
         T: Serialize + ?Sized + 'static,
     {
         let entry = self.encode(value, ttl)?;
-        let _mutation = self.shared.guard.mutate(key);
-        self.write_through(&[(key, entry)], None, 0)
-            .await
-            .pop()
-            .unwrap_or(Ok(()))
+        let written = self.write_mutating(&[(key, entry)]).await.pop();
+        self.announce_write([key]).await;
+        written.unwrap_or(Ok(()))
     }
 
     /// Stores several values for `ttl`, with one call per tier. One result
-    /// per value, in order.
+    /// per value, in order. With a backplane, one message names every key
+    /// written (see [`set`](Self::set)).
     pub async fn set_many<T>(&self, items: &[(&str, T)], ttl: Duration) -> Vec<Result<()>>
     where
         T: Serialize + 'static,
@@ -62,15 +69,23 @@ impl<S: Serializer> TieredCache<S> {
                 Err(error) => results.push(Err(error)),
             }
         }
+        let written = self.write_mutating(&entries).await;
+        for (slot, result) in slots.into_iter().zip(written) {
+            results[slot] = result;
+        }
+        self.announce_write(entries.iter().map(|(key, _)| *key))
+            .await;
+        results
+    }
+
+    /// Writes new data (not a fill) through every tier, marking the keys
+    /// as mutated meanwhile so that no racing fill puts an older value back.
+    pub(crate) async fn write_mutating(&self, entries: &[(&str, Entry)]) -> Vec<Result<()>> {
         let _mutations: Vec<_> = entries
             .iter()
             .map(|(key, _)| self.shared.guard.mutate(key))
             .collect();
-        let written = self.write_through(&entries, None, 0).await;
-        for (slot, result) in slots.into_iter().zip(written) {
-            results[slot] = result;
-        }
-        results
+        self.write_through(entries, None, 0).await
     }
 
     /// Writes entries through every tier, lowest first. When a tier fails

@@ -1,4 +1,4 @@
-//! An in-process backplane.
+//! An in-process backplane: several caches in one program, and tests.
 
 use std::fmt;
 
@@ -7,6 +7,8 @@ use tokio::sync::broadcast;
 
 /// A [`Backplane`] inside one process: for several caches in one program,
 /// and for tests. Across processes, use `cache_redis::RedisBackplane`.
+/// Attach it with [`TieredCacheBuilder::backplane`](crate::TieredCacheBuilder::backplane)
+/// (cloning it shares the channel).
 ///
 /// A subscriber that falls more than `capacity` messages behind gets a
 /// [`BackplaneEvent::Gap`] (and clears its local tiers), as it would on a
@@ -14,7 +16,7 @@ use tokio::sync::broadcast;
 ///
 /// ```
 /// use cache_core::{Backplane, BackplaneEvent, BackplaneMessage, Invalidation};
-/// use cache_invalidation::MemoryBackplane;
+/// use cache_tiered::MemoryBackplane;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> cache_core::Result<()> {
