@@ -1,9 +1,10 @@
 //! The backplane: how cache instances tell each other what to drop.
 //!
 //! Several processes share one Redis L2, and each keeps its own in-memory
-//! L1. When one of them deletes or invalidates, it clears every tier it can
-//! reach (its own L1, and the shared L2), then publishes what it removed
-//! on a backplane; every other instance clears its *local* tiers
+//! L1. When one of them writes, deletes or invalidates, it changes every
+//! tier it can reach (its own L1, and the shared L2), then publishes the
+//! keys and patterns it changed on a backplane; every other instance drops
+//! them from its *local* tiers
 //! ([`CacheLayer::is_shared`](crate::CacheLayer::is_shared) is `false`).
 //!
 //! A backplane delivers at most once (Redis pub/sub does): a subscriber that
@@ -39,14 +40,15 @@ impl fmt::Debug for Invalidation {
     }
 }
 
-/// A message on the backplane: what one call invalidated, and the instance
-/// it came from (so that an instance can skip its own messages).
+/// A message on the backplane: what one call wrote or removed, and the
+/// instance it came from (so that an instance can skip its own messages).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackplaneMessage {
     /// The sending instance's id.
     pub origin: u64,
-    /// What to drop, all of it (one invalidation and its dependents travel
-    /// as one message: one round trip, and never half of them).
+    /// What to drop, all of it (one call's keys, or one invalidation and
+    /// its dependents, travel as one message: one round trip, and never
+    /// half of them).
     pub invalidations: Vec<Invalidation>,
 }
 
@@ -148,7 +150,8 @@ pub enum BackplaneEvent {
 }
 
 /// A channel between cache instances. `cache-redis` has one on Redis
-/// pub/sub; `cache-invalidation` has an in-process one.
+/// pub/sub; `cache-tiered` has an in-process one, and attaches either to a
+/// cache.
 #[async_trait]
 pub trait Backplane: Send + Sync + fmt::Debug {
     /// Sends `message` to every subscriber, this process's included.

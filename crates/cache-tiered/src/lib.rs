@@ -31,6 +31,48 @@
 //! for per-tier settings (failure policy, TTL cap, timeout), and
 //! [`TieredStats`] for what is counted.
 //!
+//! # Several instances
+//! Processes sharing a Redis L2 each keep their own L1. Attach a
+//! [`Backplane`](cache_core::Backplane)
+//! ([`TieredCacheBuilder::backplane`]: `cache_redis::RedisBackplane`, or
+//! [`MemoryBackplane`] inside one process) and every write and removal
+//! tells the other instances to drop their local copies, about a Redis
+//! round trip later; add the
+//! [invalidation queue](TieredCacheBuilder::invalidation_queue) and what a
+//! failing tier or backplane missed is retried until it lands, the removal
+//! reporting itself [deferred](Removed::is_deferred):
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use cache_memory::MemoryLayer;
+//! use cache_tiered::{MemoryBackplane, Tier, TieredCache};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let redis = Arc::new(MemoryLayer::new());
+//! let backplane = MemoryBackplane::default(); // RedisBackplane across processes
+//! let instance = || {
+//!     TieredCache::builder()
+//!         .layer(MemoryLayer::new())
+//!         .tier(Tier::shared(redis.clone())) // the shared L2, a RedisLayer
+//!         .backplane(backplane.clone())
+//!         .invalidation_queue(10_000)
+//!         .build_async() // subscribes before it returns
+//! };
+//! let (a, b) = (instance().await?, instance().await?);
+//!
+//! let ttl = Duration::from_secs(300);
+//! a.set("offer:7", &"Lamp", ttl).await?;
+//! assert_eq!(b.get::<String>("offer:7").await?.as_deref(), Some("Lamp"));
+//! // A write on `a` makes `b` drop its L1 copy once the message arrives.
+//! a.set("offer:7", &"Desk lamp", ttl).await?;
+//! let removed = a.delete("offer:7").await?;
+//! assert!(removed.is_complete());
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Depends on no concrete layer
 //! This crate knows tiers only as `Arc<dyn CacheLayer>`; `cache-memory`,
 //! `cache-redis` or your own backend plug in the same way.
