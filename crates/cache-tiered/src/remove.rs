@@ -69,7 +69,8 @@ impl<'a> Removal<'a> {
 
     /// Removes every key matching any of `patterns`, as one removal: one
     /// backplane message names them all, so another instance never applies
-    /// half of them. A pattern without wildcards is removed as a key.
+    /// half of them. A pattern without wildcards is removed as a key (one
+    /// batched delete per tier for all of them).
     ///
     /// ```
     /// use cache_core::{Pattern, escape};
@@ -191,8 +192,9 @@ impl fmt::Display for Removed {
     }
 }
 
-/// What a removal names, as tiers take it: keys (one batch call per tier)
-/// and patterns with wildcards (one call each).
+/// What a removal names, as tiers take it: keys (one batch call per tier,
+/// each key's stripe of the fill guard) and patterns (one call each, the
+/// guard's global stripe).
 #[derive(Debug, Default)]
 pub(crate) struct Targets<'a> {
     keys: Vec<&'a str>,
@@ -208,8 +210,17 @@ impl<'a> Targets<'a> {
         match removal.target {
             Target::Key(key) => targets.keys.push(key),
             Target::Keys(keys) => targets.keys.extend_from_slice(keys),
-            Target::Pattern(pattern) => targets.add_pattern(pattern),
-            Target::Patterns(patterns) => patterns.iter().for_each(|p| targets.add_pattern(p)),
+            Target::Pattern(pattern) => targets.patterns.push(pattern),
+            Target::Patterns(patterns) => {
+                for pattern in patterns {
+                    // A key and its dependents: most are keys, deleted in
+                    // one batch instead of a scan each.
+                    match pattern.literal() {
+                        Some(key) => targets.keys.push(key),
+                        None => targets.patterns.push(pattern),
+                    }
+                }
+            }
         }
         targets
     }
@@ -219,19 +230,11 @@ impl<'a> Targets<'a> {
         for invalidation in invalidations {
             match invalidation {
                 Invalidation::Key(key) => targets.keys.push(key),
-                Invalidation::Pattern(pattern) => targets.add_pattern(pattern),
+                Invalidation::Pattern(pattern) => targets.patterns.push(pattern),
                 Invalidation::All => targets.patterns.push(&EVERYTHING),
             }
         }
         targets
-    }
-
-    /// A pattern without wildcards is a key: a batched delete, not a scan.
-    fn add_pattern(&mut self, pattern: &'a Pattern) {
-        match pattern.literal() {
-            Some(key) => self.keys.push(key),
-            None => self.patterns.push(pattern),
-        }
     }
 
     /// The message that tells the other instances.
