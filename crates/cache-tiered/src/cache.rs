@@ -359,8 +359,10 @@ impl<S: Serializer> TieredCacheBuilder<S> {
     ///   [`local`](crate::Removal::local), [`delete`](TieredCache::delete),
     ///   [`invalidate`](TieredCache::invalidate),
     ///   [`invalidate_tag`](TieredCache::invalidate_tag)) publishes one
-    ///   message naming its keys or patterns once the tiers are written.
-    ///   Fills (loader results, copies from lower tiers) are not published.
+    ///   message naming its keys or patterns once the tiers are written,
+    ///   and returns once it is published (bound the backplane's calls:
+    ///   `RedisBackplane` has a timeout). Fills (loader results, copies
+    ///   from lower tiers) are not published.
     /// - A listener task removes what the other instances publish from this
     ///   instance's local tiers (whose layer is not
     ///   [shared](cache_core::CacheLayer::is_shared): the sender has written
