@@ -95,8 +95,9 @@
 //!
 //! # Backplane
 //! [`RedisBackplane`] implements [`cache_core::Backplane`] on Redis pub/sub:
-//! instances sharing a Redis publish the keys they invalidate on one
-//! channel, and each drops them from its own L1. Publishing is bounded by a
+//! instances sharing a Redis publish the keys they write or invalidate on
+//! one channel, and each drops them from its own L1 (attach it with
+//! `TieredCacheBuilder::backplane` of cache-tiered). Publishing is bounded by a
 //! timeout and reconnects by itself; a subscription that lost its connection
 //! resubscribes from within [`next`](cache_core::Subscription::next) (no
 //! background task) and then yields [`BackplaneEvent::Gap`](cache_core::BackplaneEvent::Gap),
