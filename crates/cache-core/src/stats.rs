@@ -1,5 +1,6 @@
 //! Counters and the stats snapshot every layer reports.
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -125,19 +126,34 @@ impl fmt::Debug for Counter {
     }
 }
 
+/// A slot number no thread has: the thread has not counted yet.
+const UNASSIGNED: usize = usize::MAX;
+
+thread_local! {
+    /// This thread's slot. Const-initialised, so reading it is one
+    /// thread-local load with no lazy-initialisation check on every bump.
+    static SLOT: Cell<usize> = const { Cell::new(UNASSIGNED) };
+}
+
 /// This thread's slot and whether it owns it; numbers are handed out the
 /// first time a thread counts and never reused, so an owned slot never has
-/// a second writer.
+/// a second writer. Owned slots are the first [`OWNED`].
 #[inline]
 fn slot_of_this_thread() -> (usize, bool) {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SLOT: (usize, bool) = {
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            if n < OWNED { (n, true) } else { (OWNED + n % SHARED, false) }
-        };
+    let mut slot = SLOT.get();
+    if slot == UNASSIGNED {
+        slot = assign_slot();
     }
-    SLOT.with(|slot| *slot)
+    (slot, slot < OWNED)
+}
+
+#[cold]
+fn assign_slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let slot = if n < OWNED { n } else { OWNED + n % SHARED };
+    SLOT.set(slot);
+    slot
 }
 
 #[cfg(test)]
