@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use cache_core::{CacheLayer, Entry, Pattern, escape};
+use cache_core::{CacheLayer, CallContext, Entry, Error, Operation, Pattern, escape};
 use cache_redis::RedisLayer;
 use cache_test_support::ctx;
 use cache_test_support::redis::RedisCluster;
@@ -152,6 +152,24 @@ async fn cluster_get_set_delete_invalidate_across_slots() {
     assert_eq!(cluster.total_keys(), 600, "a marker under every key");
     let got = redis.get_many(&ctx::read(), &wanted).await.unwrap();
     assert!(got.iter().all(|read| matches!(read, Ok(None))));
+
+    // Fills are ordered on every primary: a load that began before the
+    // removals is superseded, one that began after them lands.
+    let before_removals = set_at;
+    for key in keys.iter().step_by(50) {
+        let stale = CallContext::system(Operation::Write).with_fill_since(before_removals);
+        let refused = redis.set(&stale, key, Entry::new(&b"stale"[..])).await;
+        assert!(
+            matches!(refused, Err(Error::Superseded { .. })),
+            "{key}: {refused:?}"
+        );
+        let fresh = CallContext::system(Operation::Write).with_fill_since(Instant::now());
+        redis
+            .set(&fresh, key, Entry::new(&b"fresh"[..]))
+            .await
+            .unwrap();
+    }
+    assert_eq!(cluster.total_values(), 12);
 
     // Without markers, removals delete keys outright.
     let unmarked = RedisLayer::cluster_builder(cluster.urls())
