@@ -91,6 +91,7 @@ pub(crate) struct Shared<S> {
     pub(crate) flights: Flights,
     pub(crate) loader_timeout: Option<Duration>,
     pub(crate) degraded_ttl: Option<Duration>,
+    pub(crate) defaults: Defaults,
     pub(crate) counters: CacheCounters,
     pub(crate) tags: TagSettings,
     pub(crate) backplane: Option<Arc<dyn Backplane>>,
@@ -124,6 +125,7 @@ impl TieredCache<Postcard> {
             schemas: Vec::new(),
             loader_timeout: None,
             degraded_ttl: None,
+            defaults: Defaults::default(),
             tags: TagSettings::default(),
             backplane: None,
             queue_limit: None,
@@ -191,7 +193,8 @@ impl<S: Serializer> TieredCache<S> {
         self.encode_stamped(value, &[], ttl)
     }
 
-    /// [`encode`](Self::encode) with tag stamps (plain without any).
+    /// [`encode`](Self::encode) with tag stamps (plain without any). The
+    /// expiry is spread by the cache's [`ttl_jitter`](TieredCacheBuilder::ttl_jitter).
     pub(crate) fn encode_stamped<T: Serialize + ?Sized + 'static>(
         &self,
         value: &T,
@@ -201,11 +204,47 @@ impl<S: Serializer> TieredCache<S> {
         let bytes = self
             .envelope::<T>()
             .encode_tagged(&self.shared.serializer, value, stamps)?;
-        Ok(Entry::new(bytes).expires_at(self.expiry(ttl)))
+        Ok(Entry::new(bytes).expires_at(self.value_expiry(ttl)))
     }
 
+    /// `ttl` from now, exactly.
     pub(crate) fn expiry(&self, ttl: Duration) -> Option<Instant> {
         self.shared.clock.now().checked_add(ttl)
+    }
+
+    /// When a value written now for `ttl` expires: `ttl` from now, made up
+    /// to the cache's jitter shorter (never longer), so that values written
+    /// together do not all expire, and send their readers to the loader,
+    /// at once.
+    pub(crate) fn value_expiry(&self, ttl: Duration) -> Option<Instant> {
+        let jitter = self.shared.defaults.jitter;
+        if jitter == 0.0 {
+            return self.expiry(ttl);
+        }
+        self.expiry(ttl.mul_f64(1.0 - jitter * crate::entry::random_unit()))
+    }
+
+    /// The cache-wide default TTL ([`TieredCacheBuilder::default_ttl`]).
+    pub fn default_ttl(&self) -> Duration {
+        self.shared.defaults.ttl
+    }
+}
+
+/// Cache-wide defaults of the entry options.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Defaults {
+    pub(crate) ttl: Duration,
+    pub(crate) negative_ttl: Duration,
+    pub(crate) jitter: f64,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            ttl: Duration::from_secs(300),
+            negative_ttl: Duration::from_secs(30),
+            jitter: 0.0,
+        }
     }
 }
 
@@ -259,6 +298,7 @@ pub struct TieredCacheBuilder<S = Postcard> {
     schemas: Vec<(TypeId, u32)>,
     loader_timeout: Option<Duration>,
     degraded_ttl: Option<Duration>,
+    defaults: Defaults,
     tags: TagSettings,
     backplane: Option<Arc<dyn Backplane>>,
     queue_limit: Option<usize>,
@@ -286,6 +326,7 @@ impl<S: Serializer> TieredCacheBuilder<S> {
             schemas: self.schemas,
             loader_timeout: self.loader_timeout,
             degraded_ttl: self.degraded_ttl,
+            defaults: self.defaults,
             tags: self.tags,
             backplane: self.backplane,
             queue_limit: self.queue_limit,
@@ -330,6 +371,31 @@ impl<S: Serializer> TieredCacheBuilder<S> {
     /// Default: off.
     pub fn degraded_ttl(mut self, ttl: Duration) -> Self {
         self.degraded_ttl = Some(ttl);
+        self
+    }
+
+    /// The TTL of values written through [`TieredCache::entry`] without one
+    /// of their own. Default: 5 minutes.
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.defaults.ttl = ttl;
+        self
+    }
+
+    /// How long a "not found" from a loader is cached by
+    /// [`get_or_compute_optional`](crate::EntryCall::get_or_compute_optional)
+    /// (negative caching), unless the call sets its own. Default: 30 s.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.defaults.negative_ttl = ttl;
+        self
+    }
+
+    /// Spreads expiries: every value written is given a TTL up to this
+    /// fraction shorter than asked, at random (`0.1`: between 90% and 100%
+    /// of it; never longer). Values written together (a warm-up, a burst
+    /// of misses) then do not all expire at once and stampede the loader.
+    /// Between 0 and 1. Default: 0 (exact TTLs).
+    pub fn ttl_jitter(mut self, fraction: f64) -> Self {
+        self.defaults.jitter = fraction;
         self
     }
 
@@ -477,6 +543,17 @@ impl<S: Serializer> TieredCacheBuilder<S> {
                 "loader_timeout must be above zero",
             ));
         }
+        if !(0.0..1.0).contains(&self.defaults.jitter) {
+            return Err(cache_core::Error::config(format!(
+                "ttl_jitter must be at least 0 and below 1 (got {})",
+                self.defaults.jitter
+            )));
+        }
+        if self.defaults.ttl.is_zero() || self.defaults.negative_ttl.is_zero() {
+            return Err(cache_core::Error::config(
+                "default_ttl and negative_ttl must be above zero",
+            ));
+        }
         if self.tags.ttl.is_zero() {
             return Err(cache_core::Error::config("tag_ttl must be above zero"));
         }
@@ -509,6 +586,7 @@ impl<S: Serializer> TieredCacheBuilder<S> {
             flights: Flights::default(),
             loader_timeout: self.loader_timeout,
             degraded_ttl: self.degraded_ttl,
+            defaults: self.defaults,
             counters: CacheCounters::default(),
             tags: self.tags,
             backplane: self.backplane,
@@ -549,6 +627,7 @@ impl<S: fmt::Debug> fmt::Debug for TieredCacheBuilder<S> {
             .field("serializer", &self.serializer)
             .field("loader_timeout", &self.loader_timeout)
             .field("degraded_ttl", &self.degraded_ttl)
+            .field("defaults", &self.defaults)
             .field("tags", &self.tags)
             .field("backplane", &self.backplane)
             .field("invalidation_queue", &self.queue_limit)

@@ -80,6 +80,7 @@
 
 mod backplane;
 mod cache;
+mod entry;
 mod envelope;
 mod error;
 mod flight;
@@ -95,6 +96,7 @@ mod tier;
 mod write;
 
 pub use cache::{TieredCache, TieredCacheBuilder};
+pub use entry::EntryCall;
 pub use error::{Error, LoadError, Result};
 pub use memory_backplane::MemoryBackplane;
 pub use remove::{Broadcast, Removal, Removed};

@@ -53,7 +53,7 @@ impl<S: Serializer> TieredCache<S> {
         Fut: Future<Output = Result<T, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        self.compute(key, &[], ttl, loader).await
+        self.compute(key, &[], &|_: &T| ttl, loader).await
     }
 
     /// [`get_or_compute`](Self::get_or_compute) with the loader's error
@@ -97,7 +97,7 @@ impl<S: Serializer> TieredCache<S> {
         E: std::error::Error + Send + Sync + 'static,
     {
         let typed = || async move { loader().await.map_err(|error| Typed(Arc::new(error))) };
-        self.compute(key, &[], ttl, typed)
+        self.compute(key, &[], &|_: &T| ttl, typed)
             .await
             .map_err(LoadError::sort)
     }
@@ -119,14 +119,16 @@ impl<S: Serializer> TieredCache<S> {
         Fut: Future<Output = Result<T, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        self.compute(key, tags, ttl, loader).await
+        self.compute(key, tags, &|_: &T| ttl, loader).await
     }
 
-    async fn compute<T, F, Fut, E>(
+    /// The load path of every `get_or_compute` variant; `ttl` chooses the
+    /// TTL from the loaded value (fixed, negative or adaptive).
+    pub(crate) async fn compute<T, F, Fut, E>(
         &self,
         key: &str,
         tags: &[&str],
-        ttl: Duration,
+        ttl: &(dyn Fn(&T) -> Duration + Send + Sync),
         loader: F,
     ) -> Result<T>
     where
@@ -213,7 +215,7 @@ impl<S: Serializer> TieredCache<S> {
         &self,
         key: &str,
         tags: &[&str],
-        ttl: Duration,
+        ttl: &(dyn Fn(&T) -> Duration + Send + Sync),
         envelope: Envelope,
         loader: F,
         ticket: Ticket,
@@ -247,7 +249,7 @@ impl<S: Serializer> TieredCache<S> {
             }
         };
         let entry = Entry::new(envelope.encode_tagged(&shared.serializer, &*value, &stamps)?)
-            .expires_at(self.expiry(ttl));
+            .expires_at(self.value_expiry(ttl(&value)));
         envelope.remember(&entry, value.clone());
         if shared.guard.still_valid(&ticket) {
             for result in self

@@ -1,0 +1,247 @@
+//! Options for one key's call: `cache.entry(key).ttl(..).tags(..)` and
+//! then what to do with it, instead of one method per combination.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::time::Duration;
+
+use cache_core::Serializer;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{LoadError, Result, TieredCache};
+
+/// One key's call, with its options; start it with [`TieredCache::entry`].
+///
+/// Options left unset take the cache's defaults
+/// ([`default_ttl`](crate::TieredCacheBuilder::default_ttl),
+/// [`negative_ttl`](crate::TieredCacheBuilder::negative_ttl); every TTL is
+/// spread by the cache's [`ttl_jitter`](crate::TieredCacheBuilder::ttl_jitter)).
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_memory::MemoryLayer;
+/// use cache_tiered::TieredCache;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cache_tiered::Error> {
+/// let cache = TieredCache::builder()
+///     .layer(MemoryLayer::new())
+///     .default_ttl(Duration::from_secs(60))
+///     .build()?;
+///
+/// // The default TTL, then one of its own.
+/// let name = cache
+///     .entry("offer:7:name")
+///     .get_or_compute(|| async { Ok::<_, std::io::Error>("Lamp".to_string()) })
+///     .await?;
+/// cache.entry("offer:7:price").ttl(Duration::from_secs(5)).set(&1999u32).await?;
+///
+/// // "Not found" is cached too, for the negative TTL: the database is
+/// // asked once, not on every request for a missing offer.
+/// let missing: Option<String> = cache
+///     .entry("offer:404:name")
+///     .negative_ttl(Duration::from_secs(10))
+///     .get_or_compute_optional(|| async { Ok::<_, std::io::Error>(None) })
+///     .await?;
+/// assert_eq!(missing, None);
+///
+/// // The loader chooses the TTL from what it loaded.
+/// let rating: f32 = cache
+///     .entry("offer:7:rating")
+///     .get_or_compute_with_ttl(|| async {
+///         let rating = 4.5f32;
+///         let ttl = if rating > 4.0 { Duration::from_secs(600) } else { Duration::from_secs(60) };
+///         Ok::<_, std::io::Error>((rating, ttl))
+///     })
+///     .await?;
+/// # let _ = (name, rating);
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "an entry call does nothing until one of its actions is awaited"]
+pub struct EntryCall<'a, S: Serializer> {
+    cache: &'a TieredCache<S>,
+    key: &'a str,
+    ttl: Option<Duration>,
+    negative_ttl: Option<Duration>,
+    tags: &'a [&'a str],
+}
+
+impl<S: Serializer> TieredCache<S> {
+    /// A call on `key` whose options (TTL, tags, negative TTL) are set one
+    /// by one, the others taking the cache's defaults. See [`EntryCall`].
+    pub fn entry<'a>(&'a self, key: &'a str) -> EntryCall<'a, S> {
+        EntryCall {
+            cache: self,
+            key,
+            ttl: None,
+            negative_ttl: None,
+            tags: &[],
+        }
+    }
+}
+
+impl<'a, S: Serializer> EntryCall<'a, S> {
+    /// How long the value lives. Default: the cache's
+    /// [`default_ttl`](crate::TieredCacheBuilder::default_ttl).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// How long a loader's "not found" is cached by
+    /// [`get_or_compute_optional`](Self::get_or_compute_optional). Default:
+    /// the cache's [`negative_ttl`](crate::TieredCacheBuilder::negative_ttl).
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = Some(ttl);
+        self
+    }
+
+    /// Tags the value, so that [`TieredCache::invalidate_tag`] of any of
+    /// them makes it a miss (see [`TieredCache::set_tagged`]).
+    pub fn tags(mut self, tags: &'a [&'a str]) -> Self {
+        self.tags = tags;
+        self
+    }
+
+    fn chosen_ttl(&self) -> Duration {
+        self.ttl.unwrap_or(self.cache.shared.defaults.ttl)
+    }
+
+    /// The value under the key, if any ([`TieredCache::get`]).
+    pub async fn get<T>(self) -> Result<Option<T>>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        self.cache.get(self.key).await
+    }
+
+    /// Stores `value` under the key in every tier, with the call's tags
+    /// ([`TieredCache::set`], [`TieredCache::set_tagged`]).
+    pub async fn set<T>(self, value: &T) -> Result<()>
+    where
+        T: Serialize + ?Sized + 'static,
+    {
+        let ttl = self.chosen_ttl();
+        match self.tags {
+            [] => self.cache.set(self.key, value, ttl).await,
+            tags => self.cache.set_tagged(self.key, value, tags, ttl).await,
+        }
+    }
+
+    /// The value under the key; on a miss, runs `loader` and caches its
+    /// value ([`TieredCache::get_or_compute`]: one loader per key at a time).
+    pub async fn get_or_compute<T, F, Fut, E>(self, loader: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let ttl = self.chosen_ttl();
+        self.cache
+            .compute(self.key, self.tags, &|_: &T| ttl, loader)
+            .await
+    }
+
+    /// [`get_or_compute`](Self::get_or_compute) with the loader's error
+    /// typed ([`TieredCache::try_get_or_compute`]).
+    pub async fn try_get_or_compute<T, F, Fut, E>(self, loader: F) -> Result<T, LoadError<E>>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let ttl = self.chosen_ttl();
+        let typed = || async move {
+            loader()
+                .await
+                .map_err(|error| crate::error::Typed(std::sync::Arc::new(error)))
+        };
+        self.cache
+            .compute(self.key, self.tags, &|_: &T| ttl, typed)
+            .await
+            .map_err(LoadError::sort)
+    }
+
+    /// Negative caching: the loader answers `None` for "there is no such
+    /// thing", and that answer is cached for the negative TTL (a found
+    /// value for the TTL), so a missing record costs one loader call per
+    /// negative TTL rather than one per request.
+    ///
+    /// Values are stored as `Option<T>`: read them back with this call (or
+    /// `get::<Option<T>>`); a plain `get::<T>` of the key is a miss.
+    pub async fn get_or_compute_optional<T, F, Fut, E>(self, loader: F) -> Result<Option<T>>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (found, absent) = (
+            self.chosen_ttl(),
+            self.negative_ttl
+                .unwrap_or(self.cache.shared.defaults.negative_ttl),
+        );
+        let ttl = move |value: &Option<T>| if value.is_some() { found } else { absent };
+        self.cache.compute(self.key, self.tags, &ttl, loader).await
+    }
+
+    /// Adaptive TTL: the loader returns the value with the TTL it should
+    /// be cached for (a finished auction for a day, a live one for
+    /// seconds). The call's own TTL is not used.
+    ///
+    /// Stored as the pair `(T, Duration)`, so that whoever waits on the
+    /// load gets the same: read it back with this call; a plain
+    /// `get::<T>` of the key is a miss.
+    pub async fn get_or_compute_with_ttl<T, F, Fut, E>(self, loader: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(T, Duration), E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        // Cached as the pair, so that the TTL travels with the value to
+        // whoever waited on this load; callers get the value.
+        let ttl = |loaded: &(T, Duration)| loaded.1;
+        self.cache
+            .compute(self.key, self.tags, &ttl, loader)
+            .await
+            .map(|(value, _)| value)
+    }
+}
+
+impl<S: Serializer> std::fmt::Debug for EntryCall<'_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntryCall")
+            .field("key", &self.key)
+            .field("ttl", &self.ttl)
+            .field("negative_ttl", &self.negative_ttl)
+            .field("tags", &self.tags)
+            .finish()
+    }
+}
+
+/// A random number in `[0, 1)`, for TTL jitter: xorshift64* per thread,
+/// seeded from std's randomly keyed hasher (no random-number dependency;
+/// spreading expiries needs no cryptographic quality).
+pub(crate) fn random_unit() -> f64 {
+    thread_local! {
+        static STATE: Cell<u64> = const { Cell::new(0) };
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        if x == 0 {
+            x = RandomState::new().hash_one(std::thread::current().id()) | 1;
+        }
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        state.set(x);
+        // The top 53 bits, as a fraction.
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
