@@ -477,7 +477,7 @@ impl Backplane for RedisBackplane {
                     backplane = %inner.name,
                     server = %inner.label,
                     %error,
-                    "cannot subscribe yet (lazy); subscribing in the background",
+                    "cannot subscribe yet (lazy); next() subscribes once the server is up",
                 );
                 // Subscribes on the first `next()`, and reports a gap then,
                 // as after a lost connection.
