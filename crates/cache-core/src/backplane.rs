@@ -158,6 +158,11 @@ pub trait Backplane: Send + Sync + fmt::Debug {
     async fn publish(&self, message: &BackplaneMessage) -> Result<()>;
 
     /// A new subscription, which receives what is published from now on.
+    ///
+    /// A backplane that can start before its server is reachable (a lazy
+    /// one) may instead return a subscription that subscribes later, from
+    /// [`Subscription::next`]; it must then yield [`BackplaneEvent::Gap`]
+    /// first, once subscribed, since what was published before was lost.
     async fn subscribe(&self) -> Result<Box<dyn Subscription>>;
 }
 

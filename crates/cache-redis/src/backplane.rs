@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cache_core::{Backplane, BackplaneEvent, BackplaneMessage, Error, Result, Subscription};
+use cache_core::{
+    Backplane, BackplaneEvent, BackplaneMessage, Error, ErrorClass, Result, Subscription,
+};
 use futures::StreamExt;
 use futures::future::{Either, select};
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
@@ -38,6 +40,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// connection (a restart, a network failure, a subscriber so slow that Redis
 /// drops it) reconnects by itself and then yields [`BackplaneEvent::Gap`]:
 /// messages may have been published while it was away.
+///
+/// By default [`build`](RedisBackplaneBuilder::build) and
+/// [`subscribe`](Backplane::subscribe) fail when the server cannot be
+/// reached; a [`lazy`](RedisBackplaneBuilder::lazy) backplane starts anyway
+/// and subscribes once the server is up (then yields a gap), so a service
+/// can start during an outage.
 ///
 /// Cloning is cheap and shares the publishing connection. Subscriptions end
 /// ([`Subscription::next`] returns `None`) once every clone is dropped.
@@ -85,6 +93,9 @@ struct Inner {
     channel: String,
     timeout: Duration,
     health_check_interval: Option<Duration>,
+    /// Whether an unreachable server is waited for rather than an error
+    /// (see [`RedisBackplaneBuilder::lazy`]).
+    lazy: bool,
     /// The publishing connection and its id (to replace only the connection
     /// that failed, not one another task has opened since).
     publisher: Mutex<Option<(u64, MultiplexedConnection)>>,
@@ -105,6 +116,7 @@ impl fmt::Debug for RedisBackplane {
             .field("channel", &inner.channel)
             .field("timeout", &inner.timeout)
             .field("health_check_interval", &inner.health_check_interval)
+            .field("lazy", &inner.lazy)
             .finish_non_exhaustive()
     }
 }
@@ -150,6 +162,7 @@ pub struct RedisBackplaneBuilder {
     channel: String,
     timeout: Duration,
     health_check_interval: Option<Duration>,
+    lazy: bool,
 }
 
 impl RedisBackplaneBuilder {
@@ -160,6 +173,7 @@ impl RedisBackplaneBuilder {
             channel: "cache:invalidation".into(),
             timeout: Duration::from_millis(500),
             health_check_interval: Some(Duration::from_secs(5)),
+            lazy: false,
         }
     }
 
@@ -198,13 +212,59 @@ impl RedisBackplaneBuilder {
         self
     }
 
+    /// Lets the backplane start while the server is down, so that a service
+    /// can start during a Redis outage. Default: `false` (`build` and
+    /// `subscribe` fail when the server cannot be reached).
+    ///
+    /// With `true`, a server that cannot be reached (connection refused,
+    /// no answer within the [`timeout`](Self::timeout), a server still
+    /// loading its data) is waited for instead:
+    /// - [`build`](Self::build) still connects once, and still fails on an
+    ///   invalid URL and on a server that answers but refuses the
+    ///   credentials; an unreachable server is only logged;
+    /// - [`subscribe`](Backplane::subscribe) tries once, as usual; if the
+    ///   server cannot be reached it returns a subscription that is not
+    ///   subscribed yet, and [`Subscription::next`] keeps trying (a pause
+    ///   from 50 ms doubling to 1 s between attempts) and yields
+    ///   [`BackplaneEvent::Gap`] once subscribed: whatever was published
+    ///   before that was not heard;
+    /// - [`publish`](Backplane::publish) is unchanged: while the server is
+    ///   down each call fails, within the timeout.
+    ///
+    /// A host name that does not resolve, or a wrong port, looks like a
+    /// server that is down: it is logged at each failed attempt rather than
+    /// refused at start-up.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> cache_core::Result<()> {
+    /// use cache_core::{Backplane, BackplaneEvent};
+    /// use cache_redis::RedisBackplane;
+    ///
+    /// // Builds whether or not Redis is up.
+    /// let backplane = RedisBackplane::builder("redis://127.0.0.1:6379")
+    ///     .lazy(true)
+    ///     .build()
+    ///     .await?;
+    /// let mut subscription = backplane.subscribe().await?;
+    /// // If Redis was down, the first event comes once it is up.
+    /// if let Some(BackplaneEvent::Gap) = subscription.next().await {
+    ///     println!("subscribed late: clear the local tiers");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn lazy(mut self, lazy: bool) -> Self {
+        self.lazy = lazy;
+        self
+    }
+
     /// Validates the configuration, opens the publishing connection and
     /// returns the backplane.
     ///
     /// # Errors
     /// [`Error::Config`] for an invalid setting or URL; [`Error::Backend`]
     /// (refused, wrong password) or [`Error::Timeout`] when the server cannot
-    /// be reached.
+    /// be reached. With [`lazy`](Self::lazy), an unreachable server is not
+    /// an error; a server that refuses the credentials still is.
     pub async fn build(self) -> Result<RedisBackplane> {
         self.validate()?;
         #[cfg(feature = "tls")]
@@ -229,6 +289,7 @@ impl RedisBackplaneBuilder {
             channel: self.channel,
             timeout: self.timeout,
             health_check_interval: self.health_check_interval,
+            lazy: self.lazy,
             publisher: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
@@ -241,10 +302,24 @@ impl RedisBackplaneBuilder {
             let (_, mut conn) = inner.connection().await?;
             redis::cmd("PING").query_async::<()>(&mut conn).await
         };
-        match tokio::time::timeout(inner.timeout, check).await {
-            Err(_) => return Err(inner.timed_out()),
-            Ok(Err(err)) => return Err(inner.backend(&err)),
-            Ok(Ok(_)) => {}
+        let failure = match tokio::time::timeout(inner.timeout, check).await {
+            Ok(Ok(())) => None,
+            Ok(Err(err)) => Some(inner.backend(&err)),
+            Err(_) => Some(inner.timed_out()),
+        };
+        if let Some(error) = failure {
+            if !(inner.lazy && unreachable(&error)) {
+                return Err(error);
+            }
+            // A connection that timed out may be half-open: start afresh.
+            inner.forget(None);
+            tracing::warn!(
+                backplane = %inner.name,
+                server = %inner.label,
+                %error,
+                "Redis is unreachable; starting anyway (lazy): publishing fails and \
+                 subscriptions wait until it is back",
+            );
         }
         Ok(RedisBackplane {
             inner: Arc::new(inner),
@@ -345,6 +420,12 @@ impl Inner {
     }
 }
 
+/// Whether `error` says the server could not be reached (down, hung, or
+/// not ready), rather than that it answered and refused.
+fn unreachable(error: &Error) -> bool {
+    matches!(error.class(), ErrorClass::Unavailable | ErrorClass::Timeout)
+}
+
 /// Whether the connection that returned `err` is unusable.
 fn is_broken(err: &RedisError) -> bool {
     err.is_io_error()
@@ -376,14 +457,33 @@ impl Backplane for RedisBackplane {
     /// confirmed the `SUBSCRIBE`, so every message published after this
     /// returns is received. Bounded by the
     /// [`timeout`](RedisBackplaneBuilder::timeout).
+    ///
+    /// With [`lazy`](RedisBackplaneBuilder::lazy), a server that cannot be
+    /// reached is not an error: the subscription returned subscribes from
+    /// [`Subscription::next`], and yields [`BackplaneEvent::Gap`] first.
     async fn subscribe(&self) -> Result<Box<dyn Subscription>> {
         let inner = &*self.inner;
         let connected =
             tokio::time::timeout(inner.timeout, connect(&inner.client, &inner.channel)).await;
-        let (sink, stream) = match connected {
-            Err(_) => return Err(inner.timed_out()),
-            Ok(Err(err)) => return Err(inner.backend(&err)),
-            Ok(Ok(live)) => live,
+        let attempt = match connected {
+            Ok(Ok((sink, stream))) => Ok(State::Live { sink, stream }),
+            Ok(Err(err)) => Err(inner.backend(&err)),
+            Err(_) => Err(inner.timed_out()),
+        };
+        let state = match attempt {
+            Ok(live) => live,
+            Err(error) if inner.lazy && unreachable(&error) => {
+                tracing::info!(
+                    backplane = %inner.name,
+                    server = %inner.label,
+                    %error,
+                    "cannot subscribe yet (lazy); next() subscribes once the server is up",
+                );
+                // Subscribes on the first `next()`, and reports a gap then,
+                // as after a lost connection.
+                State::Lost
+            }
+            Err(error) => return Err(error),
         };
         Ok(Box::new(RedisSubscription {
             name: inner.name.clone(),
@@ -393,7 +493,7 @@ impl Backplane for RedisBackplane {
             timeout: inner.timeout,
             health_check_interval: inner.health_check_interval,
             alive: inner.alive.subscribe(),
-            state: State::Live { sink, stream },
+            state,
             backoff: FIRST_BACKOFF,
         }))
     }
@@ -429,7 +529,8 @@ enum State {
         sink: PubSubSink,
         stream: PubSubStream,
     },
-    /// The connection was lost: resubscribe, then yield a gap.
+    /// Not subscribed (the connection was lost, or a lazy subscription
+    /// never had one): subscribe, then yield a gap.
     Lost,
     /// The backplane is gone; `next` returns `None` from now on.
     Closed,
@@ -569,15 +670,29 @@ impl RedisSubscription {
                     // then never hears of.
                     return Step::Event(BackplaneEvent::Gap);
                 }
-                Some(Ok(Err(err))) => err.to_string(),
-                Some(Err(_)) => format!("no answer within {:?}", self.timeout),
+                // A server that answers but refuses us (a wrong password)
+                // will not let us in by waiting: say so louder than for
+                // a server that is down.
+                Some(Ok(Err(err))) if classify(&err) == ErrorClass::Auth => {
+                    tracing::warn!(
+                        backplane = %self.name,
+                        retry_in = ?self.backoff,
+                        "cannot subscribe: {}",
+                        describe(&err, &self.label),
+                    );
+                    None
+                }
+                Some(Ok(Err(err))) => Some(err.to_string()),
+                Some(Err(_)) => Some(format!("no answer within {:?}", self.timeout)),
             };
-            tracing::debug!(
-                backplane = %self.name,
-                server = %self.label,
-                retry_in = ?self.backoff,
-                "cannot resubscribe yet: {failure}",
-            );
+            if let Some(failure) = failure {
+                tracing::debug!(
+                    backplane = %self.name,
+                    server = %self.label,
+                    retry_in = ?self.backoff,
+                    "cannot resubscribe yet: {failure}",
+                );
+            }
             if unless_closed(&mut self.alive, tokio::time::sleep(self.backoff))
                 .await
                 .is_none()
@@ -592,8 +707,10 @@ impl RedisSubscription {
 #[async_trait]
 impl Subscription for RedisSubscription {
     /// The next message, or a gap: for bytes that are not a message, or
-    /// once resubscribed after the connection was lost (reconnecting is
-    /// done here, with a pause growing from 50 ms to 1 s between attempts).
+    /// once resubscribed after the connection was lost, or once subscribed
+    /// at last for a [`lazy`](RedisBackplaneBuilder::lazy) subscription that
+    /// could not subscribe at first (connecting is done here, with a pause
+    /// growing from 50 ms to 1 s between attempts).
     /// `None` once every clone of the backplane is dropped.
     ///
     /// Cancel-safe: dropping the future loses no message and no gap.

@@ -77,6 +77,11 @@ pub struct RedisLayerBuilder {
     cluster_replicas: Vec<ServerUrl>,
 }
 
+/// How soon a lazy layer that has never sampled the server's clock tries
+/// again: one cheap attempt (a refused connection) a second while Redis is
+/// down.
+const UNSYNCED_RETRY: Duration = Duration::from_secs(1);
+
 /// The largest string Redis stores (`proto-max-bulk-len`'s default).
 const REDIS_MAX_BULK: usize = 512 * 1024 * 1024;
 
@@ -370,7 +375,8 @@ impl RedisLayerBuilder {
             SYNC_EVERY
         };
         let inner = Arc::new(inner);
-        tokio::spawn(resync_clock(Arc::downgrade(&inner), first_sync));
+        let synced = self.pool_min_idle > 0;
+        tokio::spawn(resync_clock(Arc::downgrade(&inner), first_sync, synced));
         Ok(RedisLayer { inner })
     }
 
@@ -442,19 +448,27 @@ impl RedisLayerBuilder {
 }
 
 /// Samples the server's clock after `first`, then every [`SYNC_EVERY`],
-/// while the layer lives.
-async fn resync_clock(layer: Weak<Inner>, first: Duration) {
+/// while the layer lives. Until a first sample succeeds (`synced` is false
+/// for a lazy layer), a failed one is retried after [`UNSYNCED_RETRY`]
+/// instead.
+async fn resync_clock(layer: Weak<Inner>, first: Duration, mut synced: bool) {
     let mut pause = first;
     loop {
         tokio::time::sleep(pause).await;
-        pause = SYNC_EVERY;
         let Some(inner) = layer.upgrade() else {
             return;
         };
-        if let Err(error) = inner.sync_clock().await {
-            // The previous sample stays in use: it only drifts.
-            tracing::debug!(layer = %inner.name, %error, "could not sample the server's clock");
+        match inner.sync_clock().await {
+            Ok(()) => synced = true,
+            Err(error) => {
+                // A previous sample stays in use: it only drifts.
+                tracing::debug!(layer = %inner.name, %error, "could not sample the server's clock");
+            }
         }
+        // A lazy layer built while Redis was down translates expiries with
+        // this host's wall clock until its first sample: take it soon after
+        // Redis is up, not up to `SYNC_EVERY` later.
+        pause = if synced { SYNC_EVERY } else { UNSYNCED_RETRY };
     }
 }
 

@@ -515,6 +515,14 @@ impl<S: Serializer> TieredCacheBuilder<S> {
     /// publishes reaches this one. Spawns the cache's tasks on the current
     /// tokio runtime; outside one, a backplane or an invalidation queue is
     /// an error.
+    ///
+    /// A backplane whose server is down fails this, unless it subscribes
+    /// lazily (`cache_redis::RedisBackplaneBuilder::lazy`): the cache is then
+    /// built and serves from its tiers and loaders, and the listener's
+    /// subscription connects in the background. Until it does, what other
+    /// instances publish does not reach this one; its first event is a
+    /// [`Gap`](cache_core::BackplaneEvent::Gap), which clears the local
+    /// tiers.
     pub async fn build_async(self) -> Result<TieredCache<S>, cache_core::Error> {
         self.validate()?;
         let subscription = match &self.backplane {
