@@ -156,15 +156,9 @@ impl<'a, S: Serializer> EntryCall<'a, S> {
         E: std::error::Error + Send + Sync + 'static,
     {
         let ttl = self.chosen_ttl();
-        let typed = || async move {
-            loader()
-                .await
-                .map_err(|error| crate::error::Typed(std::sync::Arc::new(error)))
-        };
         self.cache
-            .compute(self.key, self.tags, &|_: &T| ttl, typed)
+            .compute_typed(self.key, self.tags, &|_: &T| ttl, loader)
             .await
-            .map_err(LoadError::sort)
     }
 
     /// Negative caching: the loader answers `None` for "there is no such

@@ -96,8 +96,26 @@ impl<S: Serializer> TieredCache<S> {
         Fut: Future<Output = Result<T, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
+        self.compute_typed(key, &[], &|_: &T| ttl, loader).await
+    }
+
+    /// [`compute`](Self::compute) with the loader's error carried through
+    /// the flight as itself, and sorted back out for the caller.
+    pub(crate) async fn compute_typed<T, F, Fut, E>(
+        &self,
+        key: &str,
+        tags: &[&str],
+        ttl: &(dyn Fn(&T) -> Duration + Send + Sync),
+        loader: F,
+    ) -> Result<T, LoadError<E>>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
         let typed = || async move { loader().await.map_err(|error| Typed(Arc::new(error))) };
-        self.compute(key, &[], &|_: &T| ttl, typed)
+        self.compute(key, tags, ttl, typed)
             .await
             .map_err(LoadError::sort)
     }
