@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::task::AbortHandle;
 
 use crate::backplane::{listen, new_origin};
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Life};
 use crate::flight::Flights;
 use crate::guard::FillGuard;
 use crate::queue::{self, Queue};
@@ -88,8 +88,7 @@ pub(crate) struct Shared<S> {
     pub(crate) clock: Arc<dyn Clock>,
     schemas: Box<[(TypeId, u32)]>,
     pub(crate) guard: FillGuard,
-    pub(crate) flights: Flights,
-    pub(crate) loader_timeout: Option<Duration>,
+    pub(crate) flights: Arc<Flights>,
     pub(crate) degraded_ttl: Option<Duration>,
     pub(crate) defaults: Defaults,
     pub(crate) counters: CacheCounters,
@@ -123,7 +122,6 @@ impl TieredCache<Postcard> {
             serializer: Postcard,
             clock: system_clock(),
             schemas: Vec::new(),
-            loader_timeout: None,
             degraded_ttl: None,
             defaults: Defaults::default(),
             tags: TagSettings::default(),
@@ -145,6 +143,8 @@ impl<S: Serializer> TieredCache<S> {
         stats.loads = c.loads.get();
         stats.load_errors = c.load_errors.get();
         stats.coalesced = c.coalesced.get();
+        stats.stale_served = c.stale_served.get();
+        stats.eager_refreshes = c.eager_refreshes.get();
         stats.backplane = BackplaneStats {
             published: c.published.get(),
             publish_errors: c.publish_errors.get(),
@@ -190,21 +190,23 @@ impl<S: Serializer> TieredCache<S> {
         value: &T,
         ttl: Duration,
     ) -> Result<Entry> {
-        self.encode_stamped(value, &[], ttl)
+        self.encode_stamped(value, &[], ttl, &self.shared.defaults.load)
     }
 
-    /// [`encode`](Self::encode) with tag stamps (plain without any). The
-    /// expiry is spread by the cache's [`ttl_jitter`](TieredCacheBuilder::ttl_jitter).
+    /// [`encode`](Self::encode) with tag stamps (plain without any) and the
+    /// life `options` give it (see [`lifetime`](Self::lifetime)).
     pub(crate) fn encode_stamped<T: Serialize + ?Sized + 'static>(
         &self,
         value: &T,
         stamps: &[(String, u64)],
         ttl: Duration,
+        options: &LoadOptions,
     ) -> Result<Entry> {
+        let (expiry, life) = self.lifetime(ttl, options);
         let bytes = self
             .envelope::<T>()
-            .encode_tagged(&self.shared.serializer, value, stamps)?;
-        Ok(Entry::new(bytes).expires_at(self.value_expiry(ttl)))
+            .encode(&self.shared.serializer, value, stamps, life)?;
+        Ok(Entry::new(bytes).expires_at(expiry))
     }
 
     /// `ttl` from now, exactly.
@@ -212,16 +214,37 @@ impl<S: Serializer> TieredCache<S> {
         self.shared.clock.now().checked_add(ttl)
     }
 
-    /// When a value written now for `ttl` expires: `ttl` from now, made up
-    /// to the cache's jitter shorter (never longer), so that values written
-    /// together do not all expire, and send their readers to the loader,
-    /// at once.
-    pub(crate) fn value_expiry(&self, ttl: Duration) -> Option<Instant> {
+    /// When a value written now for `ttl` expires, and its life.
+    ///
+    /// The TTL is made up to the cache's jitter shorter (never longer), so
+    /// that values written together do not all expire, and send their
+    /// readers to the loader, at once. With fail-safe, the value is stored
+    /// for the grace longer, its life saying when it turned stale; with
+    /// eager refresh, its life says when a read should refresh it.
+    pub(crate) fn lifetime(
+        &self,
+        ttl: Duration,
+        options: &LoadOptions,
+    ) -> (Option<Instant>, Option<Life>) {
         let jitter = self.shared.defaults.jitter;
-        if jitter == 0.0 {
-            return self.expiry(ttl);
+        let ttl = if jitter == 0.0 {
+            ttl
+        } else {
+            ttl.mul_f64(1.0 - jitter * crate::entry::random_unit())
+        };
+        let grace = options.fail_safe.unwrap_or(Duration::ZERO);
+        let refresh_for = options
+            .eager_refresh
+            .map(|fraction| ttl.mul_f64(1.0 - fraction).saturating_add(grace));
+        if grace.is_zero() && refresh_for.is_none() {
+            return (self.expiry(ttl), None);
         }
-        self.expiry(ttl.mul_f64(1.0 - jitter * crate::entry::random_unit()))
+        let life = Life {
+            stale_for: grace,
+            refresh_for,
+            throttled: false,
+        };
+        (self.expiry(ttl.saturating_add(grace)), Some(life))
     }
 
     /// The cache-wide default TTL ([`TieredCacheBuilder::default_ttl`]).
@@ -236,6 +259,7 @@ pub(crate) struct Defaults {
     pub(crate) ttl: Duration,
     pub(crate) negative_ttl: Duration,
     pub(crate) jitter: f64,
+    pub(crate) load: LoadOptions,
 }
 
 impl Default for Defaults {
@@ -244,7 +268,56 @@ impl Default for Defaults {
             ttl: Duration::from_secs(300),
             negative_ttl: Duration::from_secs(30),
             jitter: 0.0,
+            load: LoadOptions::default(),
         }
+    }
+}
+
+/// How one load behaves when its loader is slow or fails, and around
+/// its value's expiry: the cache's defaults, overridden per call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct LoadOptions {
+    /// Fail-safe grace past the TTL; `None`: off.
+    pub(crate) fail_safe: Option<Duration>,
+    /// How long a stale value served after a failure is served again
+    /// without calling the loader.
+    pub(crate) throttle: Duration,
+    pub(crate) soft_timeout: Option<Duration>,
+    pub(crate) hard_timeout: Option<Duration>,
+    /// The fraction of the TTL after which a read refreshes; `None`: off.
+    pub(crate) eager_refresh: Option<f64>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            fail_safe: None,
+            throttle: Duration::from_secs(5),
+            soft_timeout: None,
+            hard_timeout: None,
+            eager_refresh: None,
+        }
+    }
+}
+
+impl LoadOptions {
+    pub(crate) fn validate(&self) -> Result<(), cache_core::Error> {
+        if self.hard_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(cache_core::Error::config("hard_timeout must be above zero"));
+        }
+        if self.throttle.is_zero() {
+            return Err(cache_core::Error::config(
+                "fail_safe_throttle must be above zero",
+            ));
+        }
+        if let Some(fraction) = self.eager_refresh
+            && !(fraction > 0.0 && fraction < 1.0)
+        {
+            return Err(cache_core::Error::config(format!(
+                "eager_refresh must be above 0 and below 1 (got {fraction})"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -296,7 +369,6 @@ pub struct TieredCacheBuilder<S = Postcard> {
     serializer: S,
     clock: Arc<dyn Clock>,
     schemas: Vec<(TypeId, u32)>,
-    loader_timeout: Option<Duration>,
     degraded_ttl: Option<Duration>,
     defaults: Defaults,
     tags: TagSettings,
@@ -324,7 +396,6 @@ impl<S: Serializer> TieredCacheBuilder<S> {
             serializer,
             clock: self.clock,
             schemas: self.schemas,
-            loader_timeout: self.loader_timeout,
             degraded_ttl: self.degraded_ttl,
             defaults: self.defaults,
             tags: self.tags,
@@ -351,11 +422,72 @@ impl<S: Serializer> TieredCacheBuilder<S> {
         self
     }
 
-    /// The longest a `get_or_compute` loader may run; after it, the callers
-    /// waiting on it get [`Error::LoaderTimeout`](crate::Error::LoaderTimeout). Needs tokio's time
-    /// driver, like [`Tier::timeout`]. Default: no limit.
-    pub fn loader_timeout(mut self, timeout: Duration) -> Self {
-        self.loader_timeout = Some(timeout);
+    /// The longest a loader may run (the hard timeout): after it, the load
+    /// is cancelled and its callers get
+    /// [`Error::LoaderTimeout`](crate::Error::LoaderTimeout), or the stale
+    /// value with [`fail_safe`](Self::fail_safe). Needs tokio's time driver,
+    /// like [`Tier::timeout`]. Per call:
+    /// [`EntryCall::hard_timeout`](crate::EntryCall::hard_timeout).
+    /// Default: no limit.
+    pub fn hard_timeout(mut self, timeout: Duration) -> Self {
+        self.defaults.load.hard_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a caller that has a stale value waits for its loader (the
+    /// soft timeout): after it, the caller gets the stale value at once,
+    /// and the load goes on in the background (up to the hard timeout)
+    /// and lands when it finishes. Applies to loads with a fallback (see
+    /// [`fail_safe`](Self::fail_safe)) started through
+    /// [`TieredCache::entry`]; a caller with nothing stale waits for the
+    /// load. Per call: [`EntryCall::soft_timeout`](crate::EntryCall::soft_timeout).
+    /// Default: none (wait for the load).
+    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.defaults.load.soft_timeout = Some(timeout);
+        self
+    }
+
+    /// Fail-safe: every value is kept for `grace` past its TTL, as stale.
+    ///
+    /// A stale value is never returned by [`get`](TieredCache::get). A
+    /// `get_or_compute` that finds one runs the loader as for a miss; if
+    /// the loader fails or times out (or the
+    /// [soft timeout](Self::soft_timeout) passes), the caller gets the
+    /// stale value instead of the error, and can tell
+    /// ([`EntryCall::fetch`](crate::EntryCall::fetch) says why). The stale
+    /// value is then served without calling the loader for the
+    /// [throttle](Self::fail_safe_throttle), so a failing back end is not
+    /// hammered.
+    ///
+    /// A value is never served more than `ttl + grace` after it was
+    /// loaded. Stale values take room in every tier for the grace (a
+    /// memory tier evicts them like any entry when it fills up). A tier's
+    /// [`ttl_cap`](Tier::ttl_cap) caps how long its copy is *fresh*; it is
+    /// kept, stale, for the grace. Per call:
+    /// [`EntryCall::fail_safe`](crate::EntryCall::fail_safe). Default: off.
+    pub fn fail_safe(mut self, grace: Duration) -> Self {
+        self.defaults.load.fail_safe = Some(grace);
+        self
+    }
+
+    /// After a failed load served a stale value, how long that value is
+    /// served without calling the loader again (written to this instance's
+    /// local tiers, marked stale). Default: 5 s.
+    pub fn fail_safe_throttle(mut self, throttle: Duration) -> Self {
+        self.defaults.load.throttle = throttle;
+        self
+    }
+
+    /// Eager refresh: a `get_or_compute` through [`TieredCache::entry`]
+    /// that finds a value past this fraction of its TTL (`0.8`: in its last
+    /// fifth) returns it at once and starts one background load of the key
+    /// (one per key at a time, however many callers read it), so a hot key
+    /// is reloaded before it expires and its readers never wait for the
+    /// loader. Between 0 and 1 (exclusive). Per call:
+    /// [`EntryCall::eager_refresh`](crate::EntryCall::eager_refresh).
+    /// Default: off.
+    pub fn eager_refresh(mut self, fraction: f64) -> Self {
+        self.defaults.load.eager_refresh = Some(fraction);
         self
     }
 
@@ -546,11 +678,7 @@ impl<S: Serializer> TieredCacheBuilder<S> {
                 "a tiered cache has at most 64 tiers",
             ));
         }
-        if self.loader_timeout.is_some_and(|t| t.is_zero()) {
-            return Err(cache_core::Error::config(
-                "loader_timeout must be above zero",
-            ));
-        }
+        self.defaults.load.validate()?;
         if !(0.0..1.0).contains(&self.defaults.jitter) {
             return Err(cache_core::Error::config(format!(
                 "ttl_jitter must be at least 0 and below 1 (got {})",
@@ -591,8 +719,7 @@ impl<S: Serializer> TieredCacheBuilder<S> {
             clock: self.clock,
             schemas: self.schemas.into_boxed_slice(),
             guard: FillGuard::new(),
-            flights: Flights::default(),
-            loader_timeout: self.loader_timeout,
+            flights: Arc::default(),
             degraded_ttl: self.degraded_ttl,
             defaults: self.defaults,
             counters: CacheCounters::default(),
@@ -633,7 +760,6 @@ impl<S: fmt::Debug> fmt::Debug for TieredCacheBuilder<S> {
         f.debug_struct("TieredCacheBuilder")
             .field("tiers", &self.tiers)
             .field("serializer", &self.serializer)
-            .field("loader_timeout", &self.loader_timeout)
             .field("degraded_ttl", &self.degraded_ttl)
             .field("defaults", &self.defaults)
             .field("tags", &self.tags)

@@ -4,13 +4,16 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cache_core::Serializer;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{LoadError, Result, TieredCache};
+use crate::cache::LoadOptions;
+use crate::error::Typed;
+use crate::{Error, LoadError, Result, TieredCache};
 
 /// One key's call, with its options; start it with [`TieredCache::entry`].
 ///
@@ -67,11 +70,13 @@ pub struct EntryCall<'a, S: Serializer> {
     ttl: Option<Duration>,
     negative_ttl: Option<Duration>,
     tags: &'a [&'a str],
+    options: LoadOptions,
 }
 
 impl<S: Serializer> TieredCache<S> {
-    /// A call on `key` whose options (TTL, tags, negative TTL) are set one
-    /// by one, the others taking the cache's defaults. See [`EntryCall`].
+    /// A call on `key` whose options (TTL, tags, negative TTL, fail-safe,
+    /// timeouts, eager refresh) are set one by one, the others taking the
+    /// cache's defaults. See [`EntryCall`].
     pub fn entry<'a>(&'a self, key: &'a str) -> EntryCall<'a, S> {
         EntryCall {
             cache: self,
@@ -79,11 +84,12 @@ impl<S: Serializer> TieredCache<S> {
             ttl: None,
             negative_ttl: None,
             tags: &[],
+            options: self.shared.defaults.load,
         }
     }
 }
 
-impl<'a, S: Serializer> EntryCall<'a, S> {
+impl<'a, S: Serializer + 'static> EntryCall<'a, S> {
     /// How long the value lives. Default: the cache's
     /// [`default_ttl`](crate::TieredCacheBuilder::default_ttl).
     pub fn ttl(mut self, ttl: Duration) -> Self {
@@ -106,6 +112,45 @@ impl<'a, S: Serializer> EntryCall<'a, S> {
         self
     }
 
+    /// Keeps the value for `grace` past its TTL, as a fallback for a
+    /// loader that fails or times out (`Duration::ZERO`: off for this
+    /// call). See [`TieredCacheBuilder::fail_safe`](crate::TieredCacheBuilder::fail_safe).
+    pub fn fail_safe(mut self, grace: Duration) -> Self {
+        self.options.fail_safe = (!grace.is_zero()).then_some(grace);
+        self
+    }
+
+    /// How long a stale value served after a failure is served again
+    /// without calling the loader. See
+    /// [`TieredCacheBuilder::fail_safe_throttle`](crate::TieredCacheBuilder::fail_safe_throttle).
+    pub fn fail_safe_throttle(mut self, throttle: Duration) -> Self {
+        self.options.throttle = throttle;
+        self
+    }
+
+    /// After this long, a caller with a stale value gets it and the load
+    /// goes on in the background. See
+    /// [`TieredCacheBuilder::soft_timeout`](crate::TieredCacheBuilder::soft_timeout).
+    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.options.soft_timeout = Some(timeout);
+        self
+    }
+
+    /// The longest the loader may run. See
+    /// [`TieredCacheBuilder::hard_timeout`](crate::TieredCacheBuilder::hard_timeout).
+    pub fn hard_timeout(mut self, timeout: Duration) -> Self {
+        self.options.hard_timeout = Some(timeout);
+        self
+    }
+
+    /// A read past this fraction of the value's TTL refreshes it in the
+    /// background (`0.8`: in its last fifth). See
+    /// [`TieredCacheBuilder::eager_refresh`](crate::TieredCacheBuilder::eager_refresh).
+    pub fn eager_refresh(mut self, fraction: f64) -> Self {
+        self.options.eager_refresh = Some(fraction);
+        self
+    }
+
     fn chosen_ttl(&self) -> Duration {
         self.ttl.unwrap_or(self.cache.shared.defaults.ttl)
     }
@@ -119,30 +164,90 @@ impl<'a, S: Serializer> EntryCall<'a, S> {
     }
 
     /// Stores `value` under the key in every tier, with the call's tags
-    /// ([`TieredCache::set`], [`TieredCache::set_tagged`]).
+    /// and life (TTL, fail-safe grace, eager refresh) ([`TieredCache::set`],
+    /// [`TieredCache::set_tagged`]).
     pub async fn set<T>(self, value: &T) -> Result<()>
     where
         T: Serialize + ?Sized + 'static,
     {
-        let ttl = self.chosen_ttl();
-        match self.tags {
-            [] => self.cache.set(self.key, value, ttl).await,
-            tags => self.cache.set_tagged(self.key, value, tags, ttl).await,
-        }
+        self.options.validate()?;
+        let stamps = self.cache.stamp(self.tags).await?;
+        let entry = self
+            .cache
+            .encode_stamped(value, &stamps, self.chosen_ttl(), &self.options)?;
+        let written = self.cache.write_mutating(&[(self.key, entry)]).await.pop();
+        self.cache.announce_write([self.key]).await;
+        written.unwrap_or(Ok(()))
     }
 
     /// The value under the key; on a miss, runs `loader` and caches its
-    /// value ([`TieredCache::get_or_compute`]: one loader per key at a time).
+    /// value ([`TieredCache::get_or_compute`]: one loader per key at a
+    /// time), with the call's options. A stale value served in place of a
+    /// failed or slow load is returned like a fresh one; use
+    /// [`fetch`](Self::fetch) to tell them apart.
+    ///
+    /// The loader is `'static` and `Send` so that it can run in the
+    /// background (a soft timeout, an eager refresh): move what it needs
+    /// into it. For a loader that borrows, use
+    /// [`TieredCache::get_or_compute`].
     pub async fn get_or_compute<T, F, Fut, E>(self, loader: F) -> Result<T>
     where
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        self.fetch(loader).await.map(Fetched::into_value)
+    }
+
+    /// [`get_or_compute`](Self::get_or_compute), saying whether the value
+    /// is fresh or a stale fallback, and why.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_memory::MemoryLayer;
+    /// use cache_tiered::{Stale, TieredCache};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_tiered::Error> {
+    /// # let clock = cache_core::ManualClock::shared();
+    /// let cache = TieredCache::builder()
+    ///     .layer(MemoryLayer::new())
+    /// #   .clock(clock.clone())
+    ///     .default_ttl(Duration::from_secs(60))
+    ///     .fail_safe(Duration::from_secs(3600)) // stale values kept an hour
+    ///     .build()?;
+    ///
+    /// let price = cache.entry("price:7").fetch(|| async { Ok::<_, std::io::Error>(1999u32) }).await?;
+    /// assert!(!price.is_stale());
+    ///
+    /// // A minute later the database is down: the last price, flagged stale.
+    /// # clock.advance(Duration::from_secs(61));
+    /// let price = cache
+    ///     .entry("price:7")
+    ///     .fetch(|| async { Err::<u32, _>(std::io::Error::other("database down")) })
+    ///     .await?;
+    /// assert_eq!(price.value, 1999);
+    /// assert!(matches!(price.stale, Some(Stale::LoaderFailed(_))));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn fetch<T, F, Fut, E>(self, loader: F) -> Result<Fetched<T>>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
         let ttl = self.chosen_ttl();
         self.cache
-            .compute(self.key, self.tags, &|_: &T| ttl, loader)
+            .compute_detached(
+                self.key,
+                self.tags,
+                Arc::new(move |_: &T| ttl),
+                self.options,
+                loader,
+            )
             .await
     }
 
@@ -151,14 +256,23 @@ impl<'a, S: Serializer> EntryCall<'a, S> {
     pub async fn try_get_or_compute<T, F, Fut, E>(self, loader: F) -> Result<T, LoadError<E>>
     where
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
         E: std::error::Error + Send + Sync + 'static,
     {
         let ttl = self.chosen_ttl();
+        let typed = || async move { loader().await.map_err(|error| Typed(Arc::new(error))) };
         self.cache
-            .compute_typed(self.key, self.tags, &|_: &T| ttl, loader)
+            .compute_detached(
+                self.key,
+                self.tags,
+                Arc::new(move |_: &T| ttl),
+                self.options,
+                typed,
+            )
             .await
+            .map(Fetched::into_value)
+            .map_err(LoadError::sort)
     }
 
     /// Negative caching: the loader answers `None` for "there is no such
@@ -171,9 +285,9 @@ impl<'a, S: Serializer> EntryCall<'a, S> {
     pub async fn get_or_compute_optional<T, F, Fut, E>(self, loader: F) -> Result<Option<T>>
     where
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<T>, E>>,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
         let (found, absent) = (
             self.chosen_ttl(),
@@ -181,7 +295,10 @@ impl<'a, S: Serializer> EntryCall<'a, S> {
                 .unwrap_or(self.cache.shared.defaults.negative_ttl),
         );
         let ttl = move |value: &Option<T>| if value.is_some() { found } else { absent };
-        self.cache.compute(self.key, self.tags, &ttl, loader).await
+        self.cache
+            .compute_detached(self.key, self.tags, Arc::new(ttl), self.options, loader)
+            .await
+            .map(Fetched::into_value)
     }
 
     /// Adaptive TTL: the loader returns the value with the TTL it should
@@ -194,17 +311,17 @@ impl<'a, S: Serializer> EntryCall<'a, S> {
     pub async fn get_or_compute_with_ttl<T, F, Fut, E>(self, loader: F) -> Result<T>
     where
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(T, Duration), E>>,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(T, Duration), E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
         // Cached as the pair, so that the TTL travels with the value to
         // whoever waited on this load; callers get the value.
         let ttl = |loaded: &(T, Duration)| loaded.1;
         self.cache
-            .compute(self.key, self.tags, &ttl, loader)
+            .compute_detached(self.key, self.tags, Arc::new(ttl), self.options, loader)
             .await
-            .map(|(value, _)| value)
+            .map(|fetched| fetched.value.0)
     }
 }
 
@@ -215,8 +332,51 @@ impl<S: Serializer> std::fmt::Debug for EntryCall<'_, S> {
             .field("ttl", &self.ttl)
             .field("negative_ttl", &self.negative_ttl)
             .field("tags", &self.tags)
+            .field("options", &self.options)
             .finish()
     }
+}
+
+/// A value from [`EntryCall::fetch`], and whether it is a stale fallback.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Fetched<T> {
+    /// The value.
+    pub value: T,
+    /// Why the value is stale, if it is: `None` for a fresh value (a hit,
+    /// or a successful load).
+    pub stale: Option<Stale>,
+}
+
+impl<T> Fetched<T> {
+    pub(crate) fn fresh(value: T) -> Self {
+        Fetched { value, stale: None }
+    }
+
+    /// Whether the value is past its TTL, served by fail-safe.
+    pub fn is_stale(&self) -> bool {
+        self.stale.is_some()
+    }
+
+    /// The value.
+    pub fn into_value(self) -> T {
+        self.value
+    }
+}
+
+/// Why [fail-safe](crate::TieredCacheBuilder::fail_safe) served a stale value.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Stale {
+    /// The loader failed or passed the hard timeout (the error says which);
+    /// the value is now served without calling it for the throttle.
+    LoaderFailed(Error),
+    /// The loader was still running at the soft timeout; it goes on in the
+    /// background, and its value lands when it finishes.
+    SoftTimeout,
+    /// A recent load of the key failed: the stale value is served without
+    /// calling the loader until the throttle ends.
+    Throttled,
 }
 
 /// A random number in `[0, 1)`, for TTL jitter: xorshift64* per thread,

@@ -1,11 +1,17 @@
 //! The header every typed value carries in every tier:
 //!
 //! ```text
-//! byte 0      envelope format: 3 plain, 4 tagged (1 and 2 were the same
-//!             without the type fingerprint)
+//! byte 0      envelope format: 3 plain, 4 tagged, 5 plain with a life,
+//!             6 tagged with a life (1 and 2 were 3 and 4 without the type
+//!             fingerprint)
 //! byte 1      serializer id (Serializer::ID)
 //! bytes 2..6  schema version, u32 little-endian (set per type by the user)
 //! bytes 6..14 type fingerprint, u64 little-endian (see `fingerprint`)
+//! then, with a life only (see `Life`):
+//!   u8        flags: bit 0 throttled
+//!   u64 LE    stale_for, ms: the value turns stale this long before it expires
+//!   u64 LE    refresh_for, ms: a read this long before it expires starts an
+//!             eager refresh (0: never)
 //! then, tagged only:
 //!   u16 LE    number of tags
 //!   per tag   version u64 LE, name length u16 LE, name (UTF-8)
@@ -14,6 +20,14 @@
 //!
 //! A tagged value records the version each of its tags had before it was
 //! loaded; it is live only while every tag still has that version.
+//!
+//! A life places the value's logical expiry (and eager refresh point)
+//! relative to its physical expiry, the one instant every tier keeps with
+//! the bytes (the Redis layer translates it to the server's clock): a
+//! fail-safe value stays stored past its logical expiry, as a fallback,
+//! and any tier's copy of the bytes says when it turned stale. Values
+//! without fail-safe or eager refresh carry no life (formats 3 and 4,
+//! readable by earlier releases).
 //!
 //! Postcard is not self-describing: bytes of one type may decode
 //! "successfully" as another (`7u64` reads as `-4i64`), and after a deploy
@@ -26,6 +40,7 @@
 
 use std::any::Any;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cache_core::{Entry, Serializer};
 use serde::Serialize;
@@ -33,21 +48,147 @@ use serde::de::DeserializeOwned;
 
 const FORMAT_PLAIN: u8 = 3;
 const FORMAT_TAGGED: u8 = 4;
+const FORMAT_PLAIN_LIFE: u8 = 5;
+const FORMAT_TAGGED_LIFE: u8 = 6;
 /// The formats of earlier versions, which had no type fingerprint: foreign.
 const FORMAT_V1: [u8; 2] = [1, 2];
 const HEADER_LEN: usize = 14;
+const LIFE_LEN: usize = 17;
+const THROTTLED: u8 = 1;
 
 /// Set in the memo tag of tagged values, so that a memo hit under the plain
 /// tag says "plain" without reading the bytes.
 const TAGGED_MEMO: u64 = 1 << 48;
+/// Set in the memo tag of values with a life, for the same reason: the hot
+/// path's memo hit is then always a value without one (always fresh).
+const LIFE_MEMO: u64 = 1 << 49;
 
 /// The tags of a tagged value, each with the version it was written under.
 pub(crate) type Stamps = Vec<(String, u64)>;
 
-/// A decoded value, and its stamps if it is tagged.
+/// A decoded value, its stamps if it is tagged, and its life if it has one.
 pub(crate) struct Opened<T> {
     pub(crate) value: T,
     pub(crate) stamps: Option<Stamps>,
+    pub(crate) life: Option<Life>,
+}
+
+/// Where a value's logical life ends, relative to its physical expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Life {
+    /// The value turns stale this long before it expires: the fail-safe
+    /// grace, during which it is kept only as a fallback.
+    pub(crate) stale_for: Duration,
+    /// A read this long (or less) before it expires starts one eager
+    /// refresh; `None`: never.
+    pub(crate) refresh_for: Option<Duration>,
+    /// A stale value given a short fresh spell because its loader failed
+    /// (the fail-safe throttle): served without calling the loader, as stale.
+    pub(crate) throttled: bool,
+}
+
+/// What a value is worth at a given instant, by its life and expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Freshness {
+    /// Live, and not yet in its eager-refresh window.
+    Fresh,
+    /// Live, in its eager-refresh window.
+    RefreshDue,
+    /// Live only because a failed load gave it a throttle.
+    Throttled,
+    /// Past its logical expiry: a fallback only.
+    Stale,
+}
+
+impl Life {
+    /// The freshness at `now` of a value with this life expiring at `expiry`.
+    pub(crate) fn at(life: Option<Life>, expiry: Option<Instant>, now: Instant) -> Freshness {
+        let (Some(life), Some(expiry)) = (life, expiry) else {
+            return Freshness::Fresh;
+        };
+        let left = expiry.saturating_duration_since(now);
+        if left <= life.stale_for && !life.stale_for.is_zero() {
+            Freshness::Stale
+        } else if life.throttled {
+            Freshness::Throttled
+        } else if life.refresh_for.is_some_and(|refresh| left <= refresh) {
+            Freshness::RefreshDue
+        } else {
+            Freshness::Fresh
+        }
+    }
+
+    fn write(self, bytes: &mut Vec<u8>) {
+        bytes.push(if self.throttled { THROTTLED } else { 0 });
+        bytes.extend_from_slice(&millis(self.stale_for).to_le_bytes());
+        bytes.extend_from_slice(&self.refresh_for.map_or(0, millis).to_le_bytes());
+    }
+
+    fn read(bytes: &[u8]) -> Option<Life> {
+        let (&flags, rest) = bytes.split_first()?;
+        let (stale, rest) = rest.split_first_chunk::<8>()?;
+        let (refresh, _) = rest.split_first_chunk::<8>()?;
+        let refresh = u64::from_le_bytes(*refresh);
+        Some(Life {
+            stale_for: Duration::from_millis(u64::from_le_bytes(*stale)),
+            refresh_for: (refresh != 0).then(|| Duration::from_millis(refresh)),
+            throttled: flags & THROTTLED != 0,
+        })
+    }
+}
+
+/// Whole milliseconds, rounded up (a life of 0.5 ms is not none).
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+/// `entry` with its life replaced by `life` (the same bytes otherwise), or
+/// `None` if it has no life section to replace.
+pub(crate) fn relive(entry: &Entry, life: Life) -> Option<Entry> {
+    let bytes = entry.value();
+    let format = *bytes.first()?;
+    if format != FORMAT_PLAIN_LIFE && format != FORMAT_TAGGED_LIFE {
+        return None;
+    }
+    let (head, rest) = bytes.split_at_checked(HEADER_LEN)?;
+    let tail = rest.get(LIFE_LEN..)?;
+    let mut out = Vec::with_capacity(bytes.len());
+    out.extend_from_slice(head);
+    life.write(&mut out);
+    out.extend_from_slice(tail);
+    Some(Entry::new(out).expires_at(entry.expiry()))
+}
+
+/// The life of `entry`'s bytes, if they carry one.
+pub(crate) fn life_of(entry: &Entry) -> Option<Life> {
+    let bytes = entry.value();
+    match bytes.first() {
+        Some(&FORMAT_PLAIN_LIFE | &FORMAT_TAGGED_LIFE) => Life::read(bytes.get(HEADER_LEN..)?),
+        _ => None,
+    }
+}
+
+/// `entry` as a tier that caps lifetimes at `cap` from `now` stores it.
+///
+/// A value with a life keeps its physical expiry (with fail-safe, its grace
+/// is what keeps serving while the back end is down) and has its
+/// *freshness* capped instead: its copy turns stale at the cap. Any other
+/// value has its expiry capped.
+pub(crate) fn capped(entry: Entry, now: Instant, cap: Duration) -> Entry {
+    let (Some(expiry), Some(life)) = (entry.expiry(), life_of(&entry)) else {
+        return entry.capped(now, cap);
+    };
+    let fresh_until = expiry.checked_sub(life.stale_for).unwrap_or(now);
+    match now.checked_add(cap) {
+        Some(limit) if limit < fresh_until => {
+            let capped = Life {
+                stale_for: expiry.saturating_duration_since(limit),
+                ..life
+            };
+            relive(&entry, capped).unwrap_or(entry)
+        }
+        _ => entry,
+    }
 }
 
 /// What a stored entry turned out to be.
@@ -86,22 +227,27 @@ impl Envelope {
         (u64::from(self.serializer_id) << 32) | u64::from(self.schema)
     }
 
-    /// Encodes `value` with `stamps` (plain if there are none).
-    pub(crate) fn encode_tagged<S: Serializer, T: Serialize + ?Sized>(
+    /// Encodes `value` with `stamps` (plain if there are none) and `life`.
+    pub(crate) fn encode<S: Serializer, T: Serialize + ?Sized>(
         self,
         serializer: &S,
         value: &T,
         stamps: &[(String, u64)],
+        life: Option<Life>,
     ) -> Result<Vec<u8>, cache_core::Error> {
         let mut bytes = Vec::with_capacity(64);
-        bytes.push(if stamps.is_empty() {
-            FORMAT_PLAIN
-        } else {
-            FORMAT_TAGGED
+        bytes.push(match (stamps.is_empty(), life.is_some()) {
+            (true, false) => FORMAT_PLAIN,
+            (false, false) => FORMAT_TAGGED,
+            (true, true) => FORMAT_PLAIN_LIFE,
+            (false, true) => FORMAT_TAGGED_LIFE,
         });
         bytes.push(self.serializer_id);
         bytes.extend_from_slice(&self.schema.to_le_bytes());
         bytes.extend_from_slice(&fingerprint(self.type_name).to_le_bytes());
+        if let Some(life) = life {
+            life.write(&mut bytes);
+        }
         if !stamps.is_empty() {
             let too_many = || {
                 cache_core::Error::config(
@@ -143,6 +289,7 @@ impl Envelope {
             return Opening::Value(Opened {
                 value: value.clone(),
                 stamps: None,
+                life: None,
             });
         }
         let bytes = entry.value();
@@ -152,12 +299,12 @@ impl Envelope {
         if FORMAT_V1.contains(&format) {
             return Opening::Foreign;
         }
-        if format != FORMAT_PLAIN && format != FORMAT_TAGGED {
+        if !(FORMAT_PLAIN..=FORMAT_TAGGED_LIFE).contains(&format) {
             // Not a format we know: a newer version's, or garbage. Either
             // way not ours to delete from a tier others may share.
             return Opening::Foreign;
         }
-        let Some((header, rest)) = bytes.split_at_checked(HEADER_LEN) else {
+        let Some((header, mut rest)) = bytes.split_at_checked(HEADER_LEN) else {
             return Opening::Undecodable;
         };
         if header[1] != self.serializer_id
@@ -166,24 +313,42 @@ impl Envelope {
         {
             return Opening::Foreign;
         }
-        let (tag, stamps, payload) = if format == FORMAT_PLAIN {
-            (self.memo_tag(), None, rest)
-        } else {
+        let mut tag = self.memo_tag();
+        let mut life = None;
+        if format == FORMAT_PLAIN_LIFE || format == FORMAT_TAGGED_LIFE {
+            let Some(read) = Life::read(rest) else {
+                return Opening::Undecodable;
+            };
+            life = Some(read);
+            rest = &rest[LIFE_LEN..];
+            tag |= LIFE_MEMO;
+        }
+        let (stamps, payload) = if format == FORMAT_TAGGED || format == FORMAT_TAGGED_LIFE {
             match read_stamps(rest) {
-                Some((stamps, payload)) => (self.memo_tag() | TAGGED_MEMO, Some(stamps), payload),
+                Some((stamps, payload)) => {
+                    tag |= TAGGED_MEMO;
+                    (Some(stamps), payload)
+                }
                 None => return Opening::Undecodable,
             }
+        } else {
+            (None, rest)
         };
         if let Some(value) = entry.decoded_ref::<T>(tag) {
             return Opening::Value(Opened {
                 value: value.clone(),
                 stamps,
+                life,
             });
         }
         match serializer.decode::<T>(payload) {
             Ok(value) => {
                 entry.remember_decoded(tag, Arc::new(value.clone()));
-                Opening::Value(Opened { value, stamps })
+                Opening::Value(Opened {
+                    value,
+                    stamps,
+                    life,
+                })
             }
             Err(_) => Opening::Undecodable,
         }
@@ -191,8 +356,14 @@ impl Envelope {
 
     /// Remembers `value` as the decoded form of freshly encoded `entry`.
     pub(crate) fn remember<T: Any + Send + Sync>(self, entry: &Entry, value: Arc<T>) {
-        let tagged = entry.value().first() == Some(&FORMAT_TAGGED);
-        let tag = self.memo_tag() | if tagged { TAGGED_MEMO } else { 0 };
+        let format = entry.value().first().copied();
+        let mut tag = self.memo_tag();
+        if matches!(format, Some(FORMAT_TAGGED | FORMAT_TAGGED_LIFE)) {
+            tag |= TAGGED_MEMO;
+        }
+        if matches!(format, Some(FORMAT_PLAIN_LIFE | FORMAT_TAGGED_LIFE)) {
+            tag |= LIFE_MEMO;
+        }
         entry.remember_decoded(tag, value);
     }
 }
@@ -280,7 +451,7 @@ mod tests {
     fn round_trip_and_mismatches_are_misses() {
         let v1 = Envelope::new::<Postcard, (u32, String)>(1);
         let bytes = v1
-            .encode_tagged(&Postcard, &(7u32, "x".to_owned()), &[])
+            .encode(&Postcard, &(7u32, "x".to_owned()), &[], None)
             .unwrap();
         let entry = Entry::new(bytes.clone());
         let decoded = value(open::<(u32, String)>(1, &entry)).unwrap();
@@ -326,7 +497,7 @@ mod tests {
             "the fingerprint-less format of earlier versions"
         );
         let mut truncated = Envelope::new::<Postcard, String>(0)
-            .encode_tagged(&Postcard, "a long enough string", &[])
+            .encode(&Postcard, "a long enough string", &[], None)
             .unwrap();
         truncated.truncate(HEADER_LEN + 3);
         assert!(
@@ -341,7 +512,7 @@ mod tests {
     #[test]
     fn one_type_never_reads_as_another() {
         let bytes = Envelope::new::<Postcard, u64>(0)
-            .encode_tagged(&Postcard, &7u64, &[])
+            .encode(&Postcard, &7u64, &[], None)
             .unwrap();
         assert!(matches!(
             open::<i64>(0, &Entry::new(bytes.clone())),
@@ -387,7 +558,7 @@ mod tests {
     fn tagged_values_carry_their_stamps() {
         let v1 = Envelope::new::<Postcard, u32>(1);
         let stamps = vec![("offer:7".to_owned(), 42), ("é".to_owned(), u64::MAX)];
-        let bytes = v1.encode_tagged(&Postcard, &9u32, &stamps).unwrap();
+        let bytes = v1.encode(&Postcard, &9u32, &stamps, None).unwrap();
         for _ in 0..2 {
             // Decoded, then from the memo: the stamps come with it each time.
             let entry = Entry::new(bytes.clone());
@@ -404,5 +575,58 @@ mod tests {
                 "{len}"
             );
         }
+    }
+
+    #[test]
+    fn a_life_travels_with_the_bytes_and_caps_freshness_not_expiry() {
+        let envelope = Envelope::new::<Postcard, u32>(0);
+        let life = Life {
+            stale_for: Duration::from_secs(100),
+            refresh_for: Some(Duration::from_secs(110)),
+            throttled: false,
+        };
+        let now = Instant::now();
+        let expiry = now + Duration::from_secs(160); // fresh 60 s, stale 100 s
+        let stamps = vec![("t".to_owned(), 1)];
+        for stamps in [&[][..], &stamps[..]] {
+            let bytes = envelope
+                .encode(&Postcard, &7u32, stamps, Some(life))
+                .unwrap();
+            let entry = Entry::new(bytes).expires_at(expiry);
+            let opened = value(open::<u32>(0, &entry)).unwrap();
+            assert_eq!((opened.value, opened.life), (7, Some(life)));
+            assert_eq!(opened.stamps.is_some(), !stamps.is_empty());
+            assert_eq!(life_of(&entry), Some(life));
+
+            let at =
+                |secs: u64| Life::at(Some(life), Some(expiry), now + Duration::from_secs(secs));
+            assert_eq!(at(0), Freshness::Fresh);
+            assert_eq!(at(50), Freshness::RefreshDue);
+            assert_eq!(at(60), Freshness::Stale);
+
+            // A tier capping at 10 s keeps the expiry and the value, stale
+            // from 10 s on; a cap past the freshness changes nothing.
+            let capped = capped(entry.clone(), now, Duration::from_secs(10));
+            assert_eq!(capped.expiry(), Some(expiry));
+            let capped_life = life_of(&capped).unwrap();
+            assert_eq!(capped_life.stale_for, Duration::from_secs(150));
+            assert_eq!(value(open::<u32>(0, &capped)).unwrap().value, 7);
+            let loose = capped_life_of(&entry, now, Duration::from_secs(600));
+            assert_eq!(loose, Some(life));
+        }
+        // Without a life, a cap shortens the expiry as before.
+        let plain =
+            Entry::new(envelope.encode(&Postcard, &7u32, &[], None).unwrap()).expires_at(expiry);
+        let capped = capped(plain, now, Duration::from_secs(10));
+        assert_eq!(capped.expiry(), Some(now + Duration::from_secs(10)));
+        assert_eq!(Life::at(None, Some(expiry), now), Freshness::Fresh);
+        // A life cut short is not a life.
+        let bytes = envelope.encode(&Postcard, &7u32, &[], Some(life)).unwrap();
+        let cut = Entry::new(bytes[..HEADER_LEN + 5].to_vec());
+        assert!(matches!(open::<u32>(0, &cut), Opening::Undecodable));
+    }
+
+    fn capped_life_of(entry: &Entry, now: Instant, cap: Duration) -> Option<Life> {
+        life_of(&capped(entry.clone(), now, cap))
     }
 }

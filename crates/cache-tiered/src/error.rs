@@ -20,7 +20,7 @@ pub enum Error {
     #[error("loader failed: {0}")]
     Loader(Arc<dyn std::error::Error + Send + Sync>),
     /// The loader did not finish within the configured
-    /// [`loader_timeout`](crate::TieredCacheBuilder::loader_timeout).
+    /// [`hard_timeout`](crate::TieredCacheBuilder::hard_timeout).
     #[error("loader did not finish within {0:?}")]
     LoaderTimeout(Duration),
     /// The loader panicked. The callers that waited on it get this error at

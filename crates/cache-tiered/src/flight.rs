@@ -33,17 +33,19 @@ struct Flight {
 }
 
 /// The caller's part in a load.
-pub(crate) enum Role<'a> {
+pub(crate) enum Role {
     /// Run the loader, then [`Leader::finish`].
-    Leader(Leader<'a>),
+    Leader(Leader),
     /// Wait for the leader with [`Follower::wait`].
     Follower(Follower),
 }
 
 /// The one caller running the loader. Dropping it without finishing (the
 /// caller was cancelled) wakes the followers, and one of them takes over.
-pub(crate) struct Leader<'a> {
-    flights: &'a Flights,
+/// It owns its share of the flights, so a load can go on in a task of its
+/// own (a soft timeout, an eager refresh) after its caller returned.
+pub(crate) struct Leader {
+    flights: Arc<Flights>,
     key: String,
     id: u64,
     /// Taken before the load: what it loads may be cached only while this
@@ -63,7 +65,7 @@ impl Flights {
     /// mutation returned must never be answered by it. The newcomer starts
     /// a load of its own instead, and the stale flight's followers (who
     /// joined before the mutation) are released to try again.
-    pub(crate) fn join(&self, key: &str, guard: &FillGuard, now: Instant) -> Role<'_> {
+    pub(crate) fn join(self: &Arc<Self>, key: &str, guard: &FillGuard, now: Instant) -> Role {
         let mut in_progress = self.lock();
         if let Some(flight) = in_progress.get(key)
             && guard.unchanged_since(&flight.ticket)
@@ -82,7 +84,7 @@ impl Flights {
         // Replacing a stale flight drops its slot, which wakes its followers.
         in_progress.insert(key.to_owned(), flight);
         Role::Leader(Leader {
-            flights: self,
+            flights: self.clone(),
             key: key.to_owned(),
             id,
             ticket,
@@ -105,7 +107,7 @@ impl Flights {
     }
 }
 
-impl Leader<'_> {
+impl Leader {
     /// Hands the outcome to every follower and ends the flight.
     pub(crate) fn finish(self, outcome: Outcome) {
         if let Some(slot) = self.flights.remove(&self.key, self.id) {
@@ -115,7 +117,7 @@ impl Leader<'_> {
     }
 }
 
-impl Drop for Leader<'_> {
+impl Drop for Leader {
     fn drop(&mut self) {
         // Dropping the slot closes the channel: followers see the leader gone.
         drop(self.flights.remove(&self.key, self.id));
@@ -139,7 +141,7 @@ mod tests {
 
     #[tokio::test]
     async fn followers_get_the_leaders_outcome() {
-        let flights = Flights::default();
+        let flights = Arc::new(Flights::default());
         let guard = FillGuard::new();
         let Role::Leader(leader) = flights.join("k", &guard, Instant::now()) else {
             panic!("first caller leads")
@@ -158,7 +160,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_mutation_ends_the_joinability_of_a_flight() {
-        let flights = Flights::default();
+        let flights = Arc::new(Flights::default());
         let guard = FillGuard::new();
         let Role::Leader(stale) = flights.join("k", &guard, Instant::now()) else {
             panic!()
@@ -182,7 +184,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_leader_releases_its_followers() {
-        let flights = Flights::default();
+        let flights = Arc::new(Flights::default());
         let guard = FillGuard::new();
         let Role::Leader(leader) = flights.join("k", &guard, Instant::now()) else {
             panic!()

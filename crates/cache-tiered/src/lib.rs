@@ -96,7 +96,7 @@ mod tier;
 mod write;
 
 pub use cache::{TieredCache, TieredCacheBuilder};
-pub use entry::EntryCall;
+pub use entry::{EntryCall, Fetched, Stale};
 pub use error::{Error, LoadError, Result};
 pub use memory_backplane::MemoryBackplane;
 pub use remove::{Broadcast, Removal, Removed};

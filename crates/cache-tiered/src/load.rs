@@ -1,4 +1,5 @@
-//! Loading: `get_or_compute`, single-flight, and caching what loaders return.
+//! Loading: `get_or_compute`, single-flight, fail-safe, loader timeouts,
+//! eager refresh, and caching what loaders return.
 
 use std::any::Any;
 use std::future::Future;
@@ -12,12 +13,14 @@ use cache_core::{Entry, Serializer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::cache::TierSet;
-use crate::envelope::Envelope;
+use crate::cache::{LoadOptions, TierSet};
+use crate::entry::{Fetched, Stale};
+use crate::envelope::{Envelope, Freshness, Life, life_of, relive};
 use crate::error::{LoadError, Typed};
-use crate::flight::Role;
+use crate::flight::{Leader, Outcome, Role};
 use crate::guard::Ticket;
-use crate::read::Walk;
+use crate::read::{StaleCopy, Walk};
+use crate::tier::Call;
 use crate::{Error, Result, TieredCache};
 
 impl<S: Serializer> TieredCache<S> {
@@ -41,6 +44,12 @@ impl<S: Serializer> TieredCache<S> {
     /// open breaker) is not written in it either, and counts as a failed
     /// write: a caller pays for a failing tier once, never a timeout on the
     /// read and another on the write.
+    ///
+    /// The cache's [`fail_safe`](crate::TieredCacheBuilder::fail_safe) and
+    /// [`hard_timeout`](crate::TieredCacheBuilder::hard_timeout) apply. The
+    /// loader may borrow, so nothing runs in the background: for a soft
+    /// timeout and eager refresh, and to tell a stale value from a fresh
+    /// one, call through [`entry`](Self::entry).
     pub async fn get_or_compute<T, F, Fut, E>(
         &self,
         key: &str,
@@ -53,7 +62,10 @@ impl<S: Serializer> TieredCache<S> {
         Fut: Future<Output = Result<T, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        self.compute(key, &[], &|_: &T| ttl, loader).await
+        let options = &self.shared.defaults.load;
+        self.compute(key, &[], &|_: &T| ttl, options, loader)
+            .await
+            .map(Fetched::into_value)
     }
 
     /// [`get_or_compute`](Self::get_or_compute) with the loader's error
@@ -96,27 +108,11 @@ impl<S: Serializer> TieredCache<S> {
         Fut: Future<Output = Result<T, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
-        self.compute_typed(key, &[], &|_: &T| ttl, loader).await
-    }
-
-    /// [`compute`](Self::compute) with the loader's error carried through
-    /// the flight as itself, and sorted back out for the caller.
-    pub(crate) async fn compute_typed<T, F, Fut, E>(
-        &self,
-        key: &str,
-        tags: &[&str],
-        ttl: &(dyn Fn(&T) -> Duration + Send + Sync),
-        loader: F,
-    ) -> Result<T, LoadError<E>>
-    where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-        E: std::error::Error + Send + Sync + 'static,
-    {
         let typed = || async move { loader().await.map_err(|error| Typed(Arc::new(error))) };
-        self.compute(key, tags, ttl, typed)
+        let options = &self.shared.defaults.load;
+        self.compute(key, &[], &|_: &T| ttl, options, typed)
             .await
+            .map(Fetched::into_value)
             .map_err(LoadError::sort)
     }
 
@@ -137,18 +133,23 @@ impl<S: Serializer> TieredCache<S> {
         Fut: Future<Output = Result<T, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        self.compute(key, tags, &|_: &T| ttl, loader).await
+        let options = &self.shared.defaults.load;
+        self.compute(key, tags, &|_: &T| ttl, options, loader)
+            .await
+            .map(Fetched::into_value)
     }
 
-    /// The load path of every `get_or_compute` variant; `ttl` chooses the
-    /// TTL from the loaded value (fixed, negative or adaptive).
+    /// The load path of every `get_or_compute` variant that may borrow its
+    /// loader (so runs it in the caller's task); `ttl` chooses the TTL from
+    /// the loaded value (fixed, negative or adaptive).
     pub(crate) async fn compute<T, F, Fut, E>(
         &self,
         key: &str,
         tags: &[&str],
         ttl: &(dyn Fn(&T) -> Duration + Send + Sync),
+        options: &LoadOptions,
         loader: F,
-    ) -> Result<T>
+    ) -> Result<Fetched<T>>
     where
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut,
@@ -156,14 +157,14 @@ impl<S: Serializer> TieredCache<S> {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let shared = &*self.shared;
-        // Tiers whose read failed (a dead or hung Redis) are not written in
-        // this call either: a caller pays for a failing tier once, not twice.
-        let (found, mut failed) = self.get_noting_failures::<T>(key).await?;
-        if let Some(value) = found {
-            return Ok(value);
+        let before = self.fallback_ticket(key, options);
+        let found = self.lookup::<T>(key).await?;
+        if let Some((value, freshness)) = found.value {
+            return Ok(self.hit(value, freshness));
         }
+        let mut fallback = Fallback::new(found.stale, before);
+        let mut failed = found.failed;
         let envelope = self.envelope::<T>();
-        let counters = &shared.counters;
         let mut loader = Some(loader);
         loop {
             let leader = match shared.flights.join(key, &shared.guard, shared.clock.now()) {
@@ -172,57 +173,426 @@ impl<S: Serializer> TieredCache<S> {
                     // The leader went away without a result (cancelled, or
                     // its flight went stale): try again, perhaps leading.
                     None => continue,
-                    Some(Err(error)) => {
-                        counters.coalesced.incr();
-                        return Err(error);
-                    }
-                    Some(Ok(shared)) => match shared.downcast::<T>() {
-                        Ok(value) => {
-                            counters.coalesced.incr();
-                            return Ok(T::clone(&value));
-                        }
+                    Some(outcome) => match self.followed(outcome, &mut fallback) {
+                        Some(done) => return done,
                         // Another type was loaded under this key: load ours alone.
-                        Err(_) => {
+                        None => {
                             let loader = loader.take().expect("a follower never used its loader");
-                            let ticket = self.shared.guard.ticket(key, self.shared.clock.now());
-                            return self
-                                .load(key, tags, ttl, envelope, loader, ticket, failed)
-                                .await
-                                .map(|v| T::clone(&v));
+                            let ticket = shared.guard.ticket(key, shared.clock.now());
+                            let loaded = self
+                                .load(key, tags, ttl, options, envelope, loader, ticket, failed)
+                                .await;
+                            return self.settle(loaded, fallback);
                         }
                     },
                 },
             };
-            // A flight that ended between our miss and our joining has filled
-            // the top tier; look there before loading again.
-            let mut recheck = self.walk::<T>(&[key], envelope, Walk::Recheck, None).await;
-            failed |= recheck.failed_open;
-            if let Some(Ok(Some(value))) = recheck.values.pop() {
-                counters.coalesced.incr();
+            if let Some(value) = self.recheck::<T>(key, envelope, &mut failed).await {
                 leader.finish(Ok(Arc::new(value.clone())));
-                return Ok(value);
+                return Ok(Fetched::fresh(value));
             }
             let loader = loader.take().expect("a caller leads at most once");
-            let ticket = leader.ticket;
-            let outcome = CatchUnwind(Box::pin(
-                self.load(key, tags, ttl, envelope, loader, ticket, failed),
-            ))
-            .await;
-            return match outcome {
-                Ok(outcome) => {
-                    leader.finish(
-                        outcome
-                            .clone()
-                            .map(|value| value as Arc<dyn Any + Send + Sync>),
-                    );
-                    outcome.map(|value| T::clone(&value))
-                }
-                Err(panic) => {
-                    // The waiters get an error now; the panic goes on here.
-                    leader.finish(Err(Error::LoaderPanicked));
-                    std::panic::resume_unwind(panic)
+            let outcome = self
+                .lead(
+                    leader,
+                    key,
+                    tags,
+                    ttl,
+                    options,
+                    envelope,
+                    loader,
+                    failed,
+                    fallback.as_ref(),
+                )
+                .await;
+            // The waiters got an error already; the panic goes on here.
+            let loaded = outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            return self.settle(loaded, fallback);
+        }
+    }
+
+    /// The load path of calls through [`entry`](Self::entry), whose loader
+    /// is `'static` and so may run in a task of its own: a caller with a
+    /// stale value leaves at the soft timeout while the load goes on, and
+    /// a read in a value's eager-refresh window starts a background load.
+    /// Without either option, it is [`compute`](Self::compute).
+    pub(crate) async fn compute_detached<T, F, Fut, E>(
+        &self,
+        key: &str,
+        tags: &[&str],
+        ttl: Arc<dyn Fn(&T) -> Duration + Send + Sync>,
+        options: LoadOptions,
+        loader: F,
+    ) -> Result<Fetched<T>>
+    where
+        S: 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        options.validate()?;
+        if options.soft_timeout.is_none() && options.eager_refresh.is_none() {
+            return self.compute(key, tags, &*ttl, &options, loader).await;
+        }
+        let shared = &*self.shared;
+        let before = self.fallback_ticket(key, &options);
+        let found = self.lookup::<T>(key).await?;
+        if let Some((value, freshness)) = found.value {
+            if freshness == Freshness::RefreshDue {
+                self.refresh(key, tags, ttl, options, loader);
+            }
+            return Ok(self.hit(value, freshness));
+        }
+        let mut fallback = Fallback::new(found.stale, before);
+        // A soft timeout only ever hands out a stale value: without one, a
+        // caller waits for the load (up to the hard timeout).
+        let soft = options.soft_timeout.filter(|_| fallback.is_some());
+        let mut failed = found.failed;
+        let envelope = self.envelope::<T>();
+        let mut loader = Some(loader);
+        loop {
+            let leader = match shared.flights.join(key, &shared.guard, shared.clock.now()) {
+                Role::Leader(leader) => leader,
+                Role::Follower(follower) => {
+                    let waited = match soft {
+                        None => follower.wait().await,
+                        Some(soft) => match tokio::time::timeout(soft, follower.wait()).await {
+                            Ok(waited) => waited,
+                            Err(_elapsed) => return Ok(self.soft_timed_out(fallback)),
+                        },
+                    };
+                    match waited {
+                        None => continue,
+                        Some(outcome) => match self.followed(outcome, &mut fallback) {
+                            Some(done) => return done,
+                            None => {
+                                let loader =
+                                    loader.take().expect("a follower never used its loader");
+                                let ticket = shared.guard.ticket(key, shared.clock.now());
+                                let loaded = self
+                                    .load(
+                                        key, tags, &*ttl, &options, envelope, loader, ticket,
+                                        failed,
+                                    )
+                                    .await;
+                                return self.settle(loaded, fallback);
+                            }
+                        },
+                    }
                 }
             };
+            if let Some(value) = self.recheck::<T>(key, envelope, &mut failed).await {
+                leader.finish(Ok(Arc::new(value.clone())));
+                return Ok(Fetched::fresh(value));
+            }
+            let loader = loader.take().expect("a caller leads at most once");
+            let mut task = self.spawn_lead(
+                leader,
+                key,
+                tags,
+                ttl,
+                options,
+                loader,
+                failed,
+                fallback.clone(),
+            );
+            let joined = match soft {
+                None => (&mut task).await,
+                Some(soft) => match tokio::time::timeout(soft, &mut task).await {
+                    Ok(joined) => joined,
+                    // The load goes on in its task, and lands when it ends.
+                    Err(_elapsed) => return Ok(self.soft_timed_out(fallback)),
+                },
+            };
+            let loaded = match joined {
+                Ok(Ok(loaded)) => loaded,
+                Ok(Err(panic)) => std::panic::resume_unwind(panic),
+                Err(cancelled) => Err(Error::Loader(Arc::new(cancelled))),
+            };
+            return self.settle(loaded, fallback);
+        }
+    }
+
+    /// Starts one background load of `key` for an eager refresh, unless a
+    /// load of it is already running (that one is the refresh).
+    fn refresh<T, F, Fut, E>(
+        &self,
+        key: &str,
+        tags: &[&str],
+        ttl: Arc<dyn Fn(&T) -> Duration + Send + Sync>,
+        options: LoadOptions,
+        loader: F,
+    ) where
+        S: 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        let shared = &*self.shared;
+        let Role::Leader(leader) = shared.flights.join(key, &shared.guard, shared.clock.now())
+        else {
+            return;
+        };
+        let cache = self.clone();
+        let key = key.to_owned();
+        let tags: Vec<String> = tags.iter().map(|tag| (*tag).to_owned()).collect();
+        tokio::spawn(async move {
+            let envelope = cache.envelope::<T>();
+            // A refresh that ended between our read and our leading has
+            // replaced the value: nothing left to do.
+            let mut recheck = cache
+                .walk::<T>(&[&key], envelope, Walk::Recheck, None)
+                .await;
+            if matches!(recheck.values.pop(), Some(Ok(Some(_))))
+                && recheck.freshness[0] != Freshness::RefreshDue
+            {
+                return;
+            }
+            cache.shared.counters.eager_refreshes.incr();
+            let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+            let outcome = cache
+                .lead(
+                    leader,
+                    &key,
+                    &tags,
+                    &*ttl,
+                    &options,
+                    envelope,
+                    loader,
+                    recheck.failed_open,
+                    None,
+                )
+                .await;
+            if outcome.is_err() {
+                tracing::error!("an eager refresh's loader panicked");
+            }
+        });
+    }
+
+    /// Runs [`lead`](Self::lead) in a task of its own, so that the load
+    /// outlives its caller.
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_lead<T, F, Fut, E>(
+        &self,
+        leader: Leader,
+        key: &str,
+        tags: &[&str],
+        ttl: Arc<dyn Fn(&T) -> Duration + Send + Sync>,
+        options: LoadOptions,
+        loader: F,
+        failed: TierSet,
+        fallback: Option<Fallback<T>>,
+    ) -> tokio::task::JoinHandle<std::thread::Result<Result<Arc<T>>>>
+    where
+        S: 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        let cache = self.clone();
+        let key = key.to_owned();
+        let tags: Vec<String> = tags.iter().map(|tag| (*tag).to_owned()).collect();
+        tokio::spawn(async move {
+            let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+            let envelope = cache.envelope::<T>();
+            cache
+                .lead(
+                    leader,
+                    &key,
+                    &tags,
+                    &*ttl,
+                    &options,
+                    envelope,
+                    loader,
+                    failed,
+                    fallback.as_ref(),
+                )
+                .await
+        })
+    }
+
+    /// The leader's part: runs the load, throttles the stale fallback if
+    /// the loader failed, and hands the outcome to the waiters. A panic in
+    /// the loader is caught and returned, the waiters told at once.
+    #[allow(clippy::too_many_arguments)]
+    async fn lead<T, F, Fut, E>(
+        &self,
+        leader: Leader,
+        key: &str,
+        tags: &[&str],
+        ttl: &(dyn Fn(&T) -> Duration + Send + Sync),
+        options: &LoadOptions,
+        envelope: Envelope,
+        loader: F,
+        failed: TierSet,
+        fallback: Option<&Fallback<T>>,
+    ) -> std::thread::Result<Result<Arc<T>>>
+    where
+        T: Serialize + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let ticket = leader.ticket;
+        let outcome = CatchUnwind(Box::pin(
+            self.load(key, tags, ttl, options, envelope, loader, ticket, failed),
+        ))
+        .await;
+        match &outcome {
+            Ok(Ok(value)) => leader.finish(Ok(value.clone() as Arc<dyn Any + Send + Sync>)),
+            Ok(Err(error)) => {
+                if error.is_loader()
+                    && let Some(fallback) = fallback
+                {
+                    // Before the waiters are released: whoever comes next
+                    // finds the throttled value instead of loading again.
+                    self.throttle(key, fallback, options.throttle).await;
+                }
+                leader.finish(Err(error.clone()));
+            }
+            Err(_panic) => leader.finish(Err(Error::LoaderPanicked)),
+        }
+        outcome
+    }
+
+    /// Looks at the top tier again after winning a flight: a flight that
+    /// ended between our miss and our joining has filled it.
+    async fn recheck<T>(&self, key: &str, envelope: Envelope, failed: &mut TierSet) -> Option<T>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let mut recheck = self.walk::<T>(&[key], envelope, Walk::Recheck, None).await;
+        *failed |= recheck.failed_open;
+        match recheck.values.pop() {
+            Some(Ok(Some(value))) => {
+                self.shared.counters.coalesced.incr();
+                Some(value)
+            }
+            _ => None,
+        }
+    }
+
+    /// A ticket taken before a fail-safe call reads: its stale value may
+    /// serve as a fallback only while no mutation of the key intervened.
+    fn fallback_ticket(&self, key: &str, options: &LoadOptions) -> Option<Ticket> {
+        options
+            .fail_safe
+            .map(|_| self.shared.guard.ticket(key, self.shared.clock.now()))
+    }
+
+    /// What a caller gets for a live value it found.
+    fn hit<T>(&self, value: T, freshness: Freshness) -> Fetched<T> {
+        if freshness == Freshness::Throttled {
+            self.shared.counters.stale_served.incr();
+            return Fetched {
+                value,
+                stale: Some(Stale::Throttled),
+            };
+        }
+        Fetched::fresh(value)
+    }
+
+    /// What a waiter gets from its leader's outcome; `None` if the leader
+    /// loaded another type under the key.
+    fn followed<T>(
+        &self,
+        outcome: Outcome,
+        fallback: &mut Option<Fallback<T>>,
+    ) -> Option<Result<Fetched<T>>>
+    where
+        T: Clone + Send + Sync + 'static,
+    {
+        let counters = &self.shared.counters;
+        match outcome {
+            Err(error) => {
+                counters.coalesced.incr();
+                Some(self.settle(Err(error), fallback.take()))
+            }
+            Ok(shared) => match shared.downcast::<T>() {
+                Ok(value) => {
+                    counters.coalesced.incr();
+                    Some(Ok(Fetched::fresh(T::clone(&value))))
+                }
+                Err(_) => None,
+            },
+        }
+    }
+
+    /// A load's outcome for its caller: the value, or with fail-safe the
+    /// stale value in place of the loader's failure.
+    fn settle<T: Clone>(
+        &self,
+        loaded: Result<Arc<T>>,
+        fallback: Option<Fallback<T>>,
+    ) -> Result<Fetched<T>> {
+        match loaded {
+            Ok(value) => Ok(Fetched::fresh(T::clone(&value))),
+            Err(error) => match fallback {
+                Some(fallback)
+                    if error.is_loader() && self.shared.guard.still_valid(&fallback.ticket) =>
+                {
+                    self.shared.counters.stale_served.incr();
+                    Ok(Fetched {
+                        value: fallback.stale.value,
+                        stale: Some(Stale::LoaderFailed(error)),
+                    })
+                }
+                _ => Err(error),
+            },
+        }
+    }
+
+    /// The stale value, for a caller whose soft timeout passed.
+    fn soft_timed_out<T>(&self, fallback: Option<Fallback<T>>) -> Fetched<T> {
+        let fallback = fallback.expect("a soft timeout applies only with a fallback");
+        self.shared.counters.stale_served.incr();
+        Fetched {
+            value: fallback.stale.value,
+            stale: Some(Stale::SoftTimeout),
+        }
+    }
+
+    /// After a failed load: gives the stale value a fresh spell of
+    /// `throttle` in this instance's local tiers, marked throttled, so that
+    /// the next callers are served it without calling the failing loader.
+    /// Not in a shared tier: it may hold a newer value by now, and another
+    /// instance's back end may be healthy.
+    async fn throttle<T>(&self, key: &str, fallback: &Fallback<T>, throttle: Duration) {
+        let shared = &*self.shared;
+        let clock = &*shared.clock;
+        let now = clock.now();
+        let stored = &fallback.stale.entry;
+        let (Some(expiry), Some(_)) = (stored.expiry(), life_of(stored)) else {
+            return;
+        };
+        let fresh_until = now.checked_add(throttle).unwrap_or(expiry).min(expiry);
+        let throttled = Life {
+            stale_for: expiry.saturating_duration_since(fresh_until),
+            refresh_for: None,
+            throttled: true,
+        };
+        let Some(entry) = relive(stored, throttled) else {
+            return;
+        };
+        for tier in shared
+            .tiers
+            .iter()
+            .rev()
+            .filter(|tier| !tier.layer.is_shared())
+        {
+            if !shared.guard.still_valid(&fallback.ticket) {
+                return;
+            }
+            let entry = tier.cap(entry.clone(), now);
+            let since = Some(fallback.ticket.taken_at);
+            if let Call::Done(written) = tier.set_many(clock, &[(key, entry)], since).await
+                && written.iter().all(Result::is_ok)
+            {
+                self.keep_fill(tier, key, &fallback.ticket).await;
+            }
         }
     }
 
@@ -234,6 +604,7 @@ impl<S: Serializer> TieredCache<S> {
         key: &str,
         tags: &[&str],
         ttl: &(dyn Fn(&T) -> Duration + Send + Sync),
+        options: &LoadOptions,
         envelope: Envelope,
         loader: F,
         ticket: Ticket,
@@ -249,10 +620,13 @@ impl<S: Serializer> TieredCache<S> {
         shared.counters.loads.incr();
         // Before the loader: what it reads is at least as new as these.
         let stamps = self.stamp(tags).await?;
-        let loaded = match shared.loader_timeout {
-            None => loader().await,
+        // The loader's error boxed at once: a load may run in a task of its
+        // own, where only what is `Send` may live across an await.
+        let loaded: Result<T, Box<dyn std::error::Error + Send + Sync>> = match options.hard_timeout
+        {
+            None => loader().await.map_err(Into::into),
             Some(limit) => match tokio::time::timeout(limit, loader()).await {
-                Ok(loaded) => loaded,
+                Ok(loaded) => loaded.map_err(Into::into),
                 Err(_elapsed) => {
                     shared.counters.load_errors.incr();
                     return Err(Error::LoaderTimeout(limit));
@@ -263,11 +637,12 @@ impl<S: Serializer> TieredCache<S> {
             Ok(value) => Arc::new(value),
             Err(error) => {
                 shared.counters.load_errors.incr();
-                return Err(Error::Loader(Arc::from(error.into())));
+                return Err(Error::Loader(Arc::from(error)));
             }
         };
-        let entry = Entry::new(envelope.encode_tagged(&shared.serializer, &*value, &stamps)?)
-            .expires_at(self.value_expiry(ttl(&value)));
+        let (expiry, life) = self.lifetime(ttl(&value), options);
+        let entry = Entry::new(envelope.encode(&shared.serializer, &*value, &stamps, life)?)
+            .expires_at(expiry);
         envelope.remember(&entry, value.clone());
         if shared.guard.still_valid(&ticket) {
             for result in self
@@ -278,6 +653,35 @@ impl<S: Serializer> TieredCache<S> {
             }
         }
         Ok(value)
+    }
+}
+
+/// A stale value a call may fall back on, and the ticket taken before it
+/// was read: it is served (and throttled) only while no mutation of the
+/// key intervened since.
+pub(crate) struct Fallback<T> {
+    stale: StaleCopy<T>,
+    ticket: Ticket,
+}
+
+impl<T> Fallback<T> {
+    fn new(stale: Option<StaleCopy<T>>, ticket: Option<Ticket>) -> Option<Self> {
+        Some(Fallback {
+            stale: stale?,
+            ticket: ticket?,
+        })
+    }
+}
+
+impl<T: Clone> Clone for Fallback<T> {
+    fn clone(&self) -> Self {
+        Fallback {
+            stale: StaleCopy {
+                value: self.stale.value.clone(),
+                entry: self.stale.entry.clone(),
+            },
+            ticket: self.ticket,
+        }
     }
 }
 

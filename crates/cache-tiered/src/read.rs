@@ -4,14 +4,20 @@ use cache_core::{Entry, Operation, Serializer};
 use serde::de::DeserializeOwned;
 
 use crate::cache::TierSet;
-use crate::envelope::{Envelope, Opened, Opening};
+use crate::envelope::{Envelope, Freshness, Life, Opened, Opening};
 use crate::guard::Ticket;
 use crate::tier::Call;
 use crate::{Result, Tier, TieredCache};
 
 /// What a walk found, per key, and which tiers failed open on the way.
 pub(crate) struct Found<T> {
+    /// The live values (neither expired nor stale).
     pub(crate) values: Vec<Result<Option<T>>>,
+    /// How fresh each live value is.
+    pub(crate) freshness: Vec<Freshness>,
+    /// For a key with no live value, the first stale one found (a
+    /// fail-safe fallback).
+    pub(crate) stale: Vec<Option<StaleCopy<T>>>,
     /// Tiers whose read failed open: a caller that goes on to load should
     /// not write there (it would pay for a failing tier twice).
     pub(crate) failed_open: TierSet,
@@ -27,20 +33,41 @@ pub(crate) enum Walk {
     Recheck,
 }
 
+/// A value past its logical expiry, kept for fail-safe: the fallback of a
+/// load that fails.
+pub(crate) struct StaleCopy<T> {
+    pub(crate) value: T,
+    /// As stored, to be written back with a throttle.
+    pub(crate) entry: Entry,
+}
+
+/// What one key's read found.
+pub(crate) struct Lookup<T> {
+    /// A live value, and how fresh it is.
+    pub(crate) value: Option<(T, Freshness)>,
+    /// Without a live value, a stale one, if some tier kept it.
+    pub(crate) stale: Option<StaleCopy<T>>,
+    /// Tiers whose read failed open.
+    pub(crate) failed: TierSet,
+}
+
 impl<S: Serializer> TieredCache<S> {
     /// The value under `key`, if a tier holds a live, decodable one.
+    ///
+    /// A value past its TTL that [fail-safe](crate::TieredCacheBuilder::fail_safe)
+    /// keeps as a fallback is not live: `get` does not return it.
     ///
     /// Fails only if a tier that fails closed fails.
     pub async fn get<T>(&self, key: &str) -> Result<Option<T>>
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        let (value, _) = self.get_noting_failures(key).await?;
-        Ok(value)
+        Ok(self.lookup(key).await?.value.map(|(value, _)| value))
     }
 
-    /// [`get`](Self::get), also returning the tiers whose read failed open.
-    pub(crate) async fn get_noting_failures<T>(&self, key: &str) -> Result<(Option<T>, TierSet)>
+    /// [`get`](Self::get), also returning how fresh the value is, a stale
+    /// one if there is no live one, and the tiers whose read failed open.
+    pub(crate) async fn lookup<T>(&self, key: &str) -> Result<Lookup<T>>
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
@@ -53,14 +80,29 @@ impl<S: Serializer> TieredCache<S> {
             && let Opening::Value(Opened {
                 value,
                 stamps: None,
+                life,
             }) = envelope.decode::<S, T>(&shared.serializer, entry)
         {
-            shared.tiers[0].counters.hits.incr();
-            return Ok((Some(value), 0));
+            let freshness = match life {
+                None => Freshness::Fresh,
+                life => Life::at(life, entry.expiry(), shared.clock.now()),
+            };
+            if freshness != Freshness::Stale {
+                shared.tiers[0].counters.hits.incr();
+                return Ok(Lookup {
+                    value: Some((value, freshness)),
+                    stale: None,
+                    failed: 0,
+                });
+            }
         }
         let mut found = self.walk::<T>(&[key], envelope, Walk::Full, top).await;
         let value = found.values.pop().unwrap_or(Ok(None))?;
-        Ok((value, found.failed_open))
+        Ok(Lookup {
+            value: value.map(|value| (value, found.freshness[0])),
+            stale: found.stale.pop().flatten(),
+            failed: found.failed_open,
+        })
     }
 
     /// Reads several keys with one call per tier for the keys still missing.
@@ -99,6 +141,9 @@ impl<S: Serializer> TieredCache<S> {
             Walk::Recheck => &shared.tiers[..1],
         };
         let mut values: Vec<Result<Option<T>>> = keys.iter().map(|_| Ok(None)).collect();
+        let mut freshness = vec![Freshness::Fresh; keys.len()];
+        let mut stale: Vec<Option<StaleCopy<T>>> = keys.iter().map(|_| None).collect();
+        let now = shared.clock.now();
         let mut missing: Vec<usize> = (0..keys.len()).collect();
         let mut tickets: Vec<Option<Ticket>> = vec![None; keys.len()];
         let mut failed_open: TierSet = 0;
@@ -110,7 +155,6 @@ impl<S: Serializer> TieredCache<S> {
             }
             if depth == 1 {
                 // Before reading anything that may be copied upward.
-                let now = shared.clock.now();
                 for &i in &missing {
                     tickets[i] = Some(shared.guard.ticket(keys[i], now));
                 }
@@ -162,7 +206,11 @@ impl<S: Serializer> TieredCache<S> {
                     }
                 };
                 match envelope.decode::<S, T>(&shared.serializer, &entry) {
-                    Opening::Value(Opened { value, stamps }) => {
+                    Opening::Value(Opened {
+                        value,
+                        stamps,
+                        life,
+                    }) => {
                         if let Some(stamps) = stamps
                             && !self.tags_current(&stamps).await
                         {
@@ -171,6 +219,18 @@ impl<S: Serializer> TieredCache<S> {
                             still_missing.push(i);
                             continue;
                         }
+                        let fresh = Life::at(life, entry.expiry(), now);
+                        if fresh == Freshness::Stale {
+                            // Past its TTL, kept for fail-safe: a miss here,
+                            // and a fallback if no tier below has it live.
+                            tier.counters.misses.incr();
+                            if stale[i].is_none() {
+                                stale[i] = Some(StaleCopy { value, entry });
+                            }
+                            still_missing.push(i);
+                            continue;
+                        }
+                        freshness[i] = fresh;
                         if walk == Walk::Full {
                             tier.counters.hits.incr();
                         }
@@ -204,6 +264,8 @@ impl<S: Serializer> TieredCache<S> {
         }
         Found {
             values,
+            freshness,
+            stale,
             failed_open,
         }
     }

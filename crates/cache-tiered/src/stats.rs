@@ -51,6 +51,12 @@ pub struct TieredStats {
     pub load_errors: u64,
     /// `get_or_compute` callers served by another caller's loader call.
     pub coalesced: u64,
+    /// `get_or_compute` callers served a stale value (fail-safe): their
+    /// loader failed or timed out, or a recent failure's throttle held.
+    pub stale_served: u64,
+    /// Eager refreshes started (background loads of a value in the last
+    /// part of its TTL).
+    pub eager_refreshes: u64,
     /// The backplane's counters (all zero without one).
     pub backplane: BackplaneStats,
     /// The invalidation queue's counters (all zero without one).
@@ -125,6 +131,8 @@ pub(crate) struct CacheCounters {
     pub(crate) loads: Counter,
     pub(crate) load_errors: Counter,
     pub(crate) coalesced: Counter,
+    pub(crate) stale_served: Counter,
+    pub(crate) eager_refreshes: Counter,
     pub(crate) published: Counter,
     pub(crate) publish_errors: Counter,
     pub(crate) received: Counter,

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 use cache_core::Serializer;
 use serde::Serialize;
 
+use crate::cache::LoadOptions;
 use crate::envelope::Stamps;
 use crate::{Removed, Result, TieredCache};
 
@@ -102,7 +103,7 @@ impl<S: Serializer> TieredCache<S> {
         T: Serialize + ?Sized + 'static,
     {
         let stamps = self.stamp(tags).await?;
-        let entry = self.encode_stamped(value, &stamps, ttl)?;
+        let entry = self.encode_stamped(value, &stamps, ttl, &self.shared.defaults.load)?;
         let written = self.write_mutating(&[(key, entry)]).await.pop();
         // The key, not the tag versions this may have created: a new
         // version makes no other instance's copy stale.
@@ -155,7 +156,13 @@ impl<S: Serializer> TieredCache<S> {
                 Some(version) => version,
                 None => {
                     let version = fresh_version();
-                    let entry = self.encode(&version, self.shared.tags.ttl)?;
+                    // No life: a version is never stale, only gone.
+                    let entry = self.encode_stamped(
+                        &version,
+                        &[],
+                        self.shared.tags.ttl,
+                        &LoadOptions::default(),
+                    )?;
                     for written in
                         Box::pin(self.write_through(&[(key, entry)], Some(ticket), 0)).await
                     {

@@ -304,10 +304,11 @@ impl Tier {
         }
     }
 
-    /// `entry` as this tier stores it: its expiry capped by the tier's cap.
+    /// `entry` as this tier stores it: its expiry (or, for a value with a
+    /// life, its freshness) capped by the tier's cap.
     pub(crate) fn cap(&self, entry: Entry, now: Instant) -> Entry {
         match self.ttl_cap {
-            Some(cap) => entry.capped(now, cap),
+            Some(cap) => crate::envelope::capped(entry, now, cap),
             None => entry,
         }
     }

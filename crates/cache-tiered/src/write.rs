@@ -121,7 +121,7 @@ impl<S: Serializer> TieredCache<S> {
                 match (state[i], shared.degraded_ttl) {
                     (Written::Fully, _) => batch.push((i, (*key, entry))),
                     (Written::Degraded, Some(ttl)) => {
-                        batch.push((i, (*key, entry.capped(now, ttl))));
+                        batch.push((i, (*key, crate::envelope::capped(entry, now, ttl))));
                     }
                     _ => dead.push(*key),
                 }

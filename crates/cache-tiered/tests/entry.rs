@@ -163,23 +163,24 @@ async fn the_loader_can_choose_the_ttl() {
     };
     let live = cache
         .entry("auction:1")
-        .get_or_compute_with_ttl(|| auction(false))
+        .get_or_compute_with_ttl(move || auction(false))
         .await
         .unwrap();
     assert_eq!(live, "ended: false");
     let ended = cache
         .entry("auction:2")
-        .get_or_compute_with_ttl(|| auction(true))
+        .get_or_compute_with_ttl(move || auction(true))
         .await
         .unwrap();
     assert_eq!(ended, "ended: true");
     clock.advance(Duration::from_secs(2));
     // The live auction expired and loads again; the ended one is cached.
-    let calls = AtomicUsize::new(0);
+    let calls = Arc::new(AtomicUsize::new(0));
     for key in ["auction:1", "auction:2"] {
+        let calls = calls.clone();
         cache
             .entry(key)
-            .get_or_compute_with_ttl(|| {
+            .get_or_compute_with_ttl(move || {
                 calls.fetch_add(1, Ordering::SeqCst);
                 auction(true)
             })

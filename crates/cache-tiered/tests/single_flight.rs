@@ -202,7 +202,7 @@ async fn cancelling_the_loading_task_does_not_hang_the_waiters() {
 async fn a_hung_loader_fails_after_the_loader_timeout() {
     let cache = TieredCache::builder()
         .layer(MemoryLayer::new())
-        .loader_timeout(Duration::from_secs(2))
+        .hard_timeout(Duration::from_secs(2))
         .build()
         .unwrap();
     let error = cache

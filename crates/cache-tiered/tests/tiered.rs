@@ -544,7 +544,7 @@ fn building_without_tiers_is_an_error() {
         TieredCache::builder()
             .clock(clock)
             .layer(MemoryLayer::new())
-            .loader_timeout(Duration::ZERO)
+            .hard_timeout(Duration::ZERO)
             .build()
             .is_err()
     );
