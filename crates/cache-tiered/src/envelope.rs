@@ -587,7 +587,7 @@ mod tests {
         };
         let now = Instant::now();
         let expiry = now + Duration::from_secs(160); // fresh 60 s, stale 100 s
-        let stamps = vec![("t".to_owned(), 1)];
+        let stamps = [("t".to_owned(), 1)];
         for stamps in [&[][..], &stamps[..]] {
             let bytes = envelope
                 .encode(&Postcard, &7u32, stamps, Some(life))
