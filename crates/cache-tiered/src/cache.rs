@@ -25,8 +25,9 @@ use crate::{Result, Tier};
 ///   [`ttl_cap`](Tier::ttl_cap)), never more.
 /// - **set** writes through every tier, lowest (shared) first, so that no
 ///   upper tier holds a value the shared tier lacks: if a lower tier fails,
-///   the tiers above it drop the key instead of taking the value (or take
-///   it briefly, see [`degraded_ttl`](TieredCacheBuilder::degraded_ttl)).
+///   the tiers above it drop the key instead of taking the value, or, when
+///   its policy fails open, take it for a few seconds only (see
+///   [`degraded_ttl`](TieredCacheBuilder::degraded_ttl)).
 /// - **delete** and **invalidate** reach every tier, lowest first, and
 ///   report which tiers they skipped ([`Removed`](crate::Removed)).
 /// - **get_or_compute** runs one loader call per key however many callers
@@ -114,6 +115,9 @@ impl Drop for Background {
     }
 }
 
+/// The default of [`TieredCacheBuilder::degraded_ttl`]; its doc says why.
+const DEFAULT_DEGRADED_TTL: Duration = Duration::from_secs(5);
+
 impl TieredCache<Postcard> {
     /// Starts a builder (postcard serializer, system clock, no tiers yet).
     pub fn builder() -> TieredCacheBuilder<Postcard> {
@@ -122,7 +126,7 @@ impl TieredCache<Postcard> {
             serializer: Postcard,
             clock: system_clock(),
             schemas: Vec::new(),
-            degraded_ttl: None,
+            degraded_ttl: Some(DEFAULT_DEGRADED_TTL),
             defaults: Defaults::default(),
             tags: TagSettings::default(),
             backplane: None,
@@ -491,18 +495,46 @@ impl<S: Serializer> TieredCacheBuilder<S> {
         self
     }
 
-    /// Keeps the upper tiers useful while a lower one is down.
+    /// How long the upper tiers may hold a value that a failed lower tier
+    /// lacks, so that they stay useful while it is down.
     ///
-    /// By default, when a lower tier fails a write and its policy fails
-    /// open (a dead Redis, an open breaker), the tiers above it drop the key
-    /// rather than hold a value the shared tier lacks. During an outage that
-    /// leaves L1 empty of anything new, and every request goes to the
-    /// loader. With a degraded TTL the tiers above take the value anyway,
-    /// for at most this long: the service keeps answering from L1, and the
-    /// instances converge again within the TTL once the shared tier is back.
-    /// Default: off.
+    /// When a lower tier fails a write and its policy fails open (a dead
+    /// Redis, an open breaker), the tiers above it still take the value,
+    /// for at most this long (and never longer than their own
+    /// [`ttl_cap`](Tier::ttl_cap) or the value's TTL). During an outage L1
+    /// then keeps answering with what the loader returned: a key costs the
+    /// loader about one call per `degraded_ttl` per instance, not one per
+    /// request.
+    ///
+    /// **Consistency between instances.** An L1 may hold a value the
+    /// shared tier lacks, for at most this long. While the shared tier is
+    /// down, other instances cannot read that value, and cannot tell this
+    /// one that they changed the key (neither through the shared tier nor
+    /// through a backplane over the same server), so instances may answer
+    /// differently for up to `degraded_ttl`; once the shared tier is back,
+    /// they agree again within it. What L1 held before the outage is kept
+    /// up to its `ttl_cap` in any case, so a `degraded_ttl` at or below the
+    /// L1 cap adds no longer divergence than the outage already brings.
+    ///
+    /// `Duration::ZERO` turns it off: the tiers above a failed tier then
+    /// drop the key instead of taking the value, so no tier ever holds a
+    /// value the shared tier lacks, and during an outage every request for
+    /// a key L1 does not already hold runs the loader.
+    ///
+    /// Measured by `crates/cache-redis/tests/outage.rs` (1,000 keys read in
+    /// zipf order at 4,000 requests/s, an L1 of 250 entries capped at 2 s,
+    /// Redis killed for 5 s, no caller error in any case): once the L1 cap
+    /// had passed, the loader took about 3,300 calls/s with it off (83% of
+    /// the requests), 1,150/s with 500 ms, and 940/s with 2 s (the cap),
+    /// which is the load Redis took off the loader while healthy (about 930
+    /// L2 hits/s: the keys L1 cannot hold either way). Longer settings add
+    /// little: the reloads they save are about the keys L1 holds divided by
+    /// the setting (50 calls/s for 250 keys at 5 s). The default keeps the
+    /// divergence short, well under a typical L1 cap (30 s in the README).
+    ///
+    /// Default: 5 s.
     pub fn degraded_ttl(mut self, ttl: Duration) -> Self {
-        self.degraded_ttl = Some(ttl);
+        self.degraded_ttl = (!ttl.is_zero()).then_some(ttl);
         self
     }
 

@@ -126,7 +126,7 @@ async fn ttl_caps_bound_each_tier() {
 }
 
 #[tokio::test]
-async fn a_failing_lower_tier_keeps_upper_tiers_from_holding_the_value() {
+async fn with_the_degraded_ttl_off_a_failing_lower_tier_keeps_upper_tiers_from_holding_the_value() {
     let clock = ManualClock::shared();
     let l1 = memory("l1", &clock);
     let l2 = Arc::new(FaultyLayer::new(Arc::new(memory("l2", &clock))));
@@ -134,6 +134,7 @@ async fn a_failing_lower_tier_keeps_upper_tiers_from_holding_the_value() {
         .layer(l1.clone())
         .tier(Tier::shared(l2.clone()))
         .clock(clock.clone())
+        .degraded_ttl(Duration::ZERO) // off
         .build()
         .unwrap();
     cache.set("k", &1u32, TTL).await.unwrap();
@@ -147,6 +148,33 @@ async fn a_failing_lower_tier_keeps_upper_tiers_from_holding_the_value() {
         "L2 failing reads as a miss"
     );
     assert_eq!(cache.stats().tiers[1].errors, 2, "the write and the read");
+}
+
+#[tokio::test]
+async fn by_default_upper_tiers_hold_a_value_a_failing_lower_tier_lacks_for_5_s_only() {
+    let clock = ManualClock::shared();
+    let l1 = memory("l1", &clock);
+    let l2 = Arc::new(FaultyLayer::new(Arc::new(memory("l2", &clock))));
+    let cache = TieredCache::builder()
+        .layer(l1.clone())
+        .tier(Tier::shared(l2.clone()))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    cache.set("k", &1u32, TTL).await.unwrap();
+    l2.set_fault(Fault::Fail);
+    // Fail open: no error, and L1 takes the value L2 could not, briefly.
+    cache.set("k", &2u32, TTL).await.unwrap();
+    let in_l1 = l1.get(&ctx::read(), "k").await.unwrap().unwrap();
+    assert_eq!(in_l1.remaining(clock.now()), Some(Duration::from_secs(5)));
+    assert_eq!(cache.get::<u32>("k").await.unwrap(), Some(2), "from L1");
+
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(
+        cache.get::<u32>("k").await.unwrap(),
+        None,
+        "gone from L1 after 5 s; L2 failing reads as a miss"
+    );
 }
 
 #[tokio::test]
