@@ -72,7 +72,10 @@ const RECOVERY: Duration = Duration::from_secs(1);
 
 const HEALTHY: Duration = Duration::from_secs(3);
 const OUTAGE: Duration = Duration::from_secs(5);
-const FAILING: Duration = Duration::from_secs(3);
+const FAILING: Duration = Duration::from_secs(5);
+/// The fail-safe grace of the README stack: values are kept this long past
+/// their TTL, as a fallback for a failing database.
+const GRACE: Duration = Duration::from_secs(3600);
 /// The deadline for anything that should happen "within a few seconds".
 const PATIENCE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(10);
@@ -105,11 +108,13 @@ fn key_name(key: usize) -> String {
     format!("offer:{key}")
 }
 
-/// The `degraded_ttl` a stack is built with.
+/// The `degraded_ttl` a stack is built with, and whether it has fail-safe.
 #[derive(Debug, Clone, Copy)]
 enum Degraded {
     /// The builder's default (5 s).
     Default,
+    /// The README's settings: the default, with fail-safe.
+    FailSafe,
     /// Off: `degraded_ttl(Duration::ZERO)`, the default before these
     /// figures.
     Off,
@@ -121,6 +126,7 @@ impl Degraded {
     fn apply(self, builder: TieredCacheBuilder) -> TieredCacheBuilder {
         match self {
             Degraded::Default => builder,
+            Degraded::FailSafe => builder.fail_safe(GRACE),
             Degraded::Off => builder.degraded_ttl(Duration::ZERO),
             Degraded::For(ttl) => builder.degraded_ttl(ttl),
         }
@@ -129,6 +135,7 @@ impl Degraded {
     fn label(self) -> String {
         match self {
             Degraded::Default => format!("default (5s, cap {L1_CAP:?})"),
+            Degraded::FailSafe => format!("default, fail-safe {GRACE:?}"),
             Degraded::Off => "off (ZERO)".to_owned(),
             Degraded::For(ttl) if ttl >= L1_CAP => format!("{ttl:?} (cap {L1_CAP:?})"),
             Degraded::For(ttl) => format!("{ttl:?}"),
@@ -393,6 +400,7 @@ async fn a_redis_outage_under_load() {
         Degraded::Off,
         Degraded::For(Duration::from_millis(500)),
         Degraded::Default,
+        Degraded::FailSafe,
     ];
     let mut stacks = Vec::new();
     for (index, degraded) in settings.into_iter().enumerate() {
@@ -526,17 +534,21 @@ async fn a_redis_outage_under_load() {
         table,
         "| degraded_ttl | requests/s | healthy: loads/s | L2 hits/s | L1 hits | \
          Redis killed: loads/s | after the L1 cap | L1 hits | errors | \
-         L2 hits again after | database failing too: errors, keys in L1 | other keys |"
+         L2 hits again after | database failing too: loads/s | errors, keys in L1 | other keys |"
     )
     .unwrap();
-    writeln!(table, "|---|---|---|---|---|---|---|---|---|---|---|---|").unwrap();
+    writeln!(
+        table,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    .unwrap();
     let percent =
         |part: u64, whole: u64| format!("{:.0}%", 100.0 * part as f64 / whole.max(1) as f64);
     for (i, stack) in stacks.iter().enumerate() {
         let (h, o, late, f) = (healthy[i], outage[i], outage_late[i], failing[i]);
         writeln!(
             table,
-            "| {} | {:.0} | {:.1} | {:.0} | {} | {:.0} | {:.0} | {} | {} | {} | {} of {} | {} of {} |",
+            "| {} | {:.0} | {:.1} | {:.0} | {} | {:.0} | {:.0} | {} | {} | {} | {:.0} | {} of {} | {} of {} |",
             stack.degraded.label(),
             h.requests_per_s(),
             h.loads_per_s(),
@@ -547,6 +559,7 @@ async fn a_redis_outage_under_load() {
             percent(o.l1_hits, o.requests),
             o.errors,
             recovered[i].map_or("never".to_owned(), |d| format!("{:.2} s", d.as_secs_f64())),
+            f.loads_per_s(),
             f.errors_l1,
             f.requests_l1,
             f.errors_other(),
@@ -608,11 +621,10 @@ async fn a_redis_outage_under_load() {
 
         // Redis killed while the database fails. A key L1 did not hold at
         // the kill has nowhere to come from: every request for it fails.
-        // Keys L1 held are served until their L1 copy expires (at most
-        // `L1_CAP`); after that they fail too, today.
-        // TODO(fail-safe): with the fail-safe option (serve a stale value
-        // when the loader fails), keys cached before the kill are served
-        // for its whole length: assert `f.errors_l1 == 0` then.
+        // Without fail-safe, keys L1 held are served until their L1 copy
+        // expires (at most `L1_CAP`), then fail too. With it, the L1 copy
+        // turns stale at the cap and stays, and every request for a key
+        // cached before the kill is served, for the whole outage.
         let f = failing[i];
         assert!(
             f.requests_other() > 0 && f.requests_l1 > 0,
@@ -623,10 +635,21 @@ async fn a_redis_outage_under_load() {
             f.requests_other(),
             "{label}: a key L1 lacked was served with Redis and the database down"
         );
-        assert!(
-            f.errors_l1 < f.requests_l1,
-            "{label}: no key L1 held was served: {f:?}"
-        );
+        if matches!(stack.degraded, Degraded::FailSafe) {
+            assert_eq!(
+                f.errors_l1, 0,
+                "{label}: a key cached before the kill failed: {first_error:?}"
+            );
+        } else {
+            assert!(
+                f.errors_l1 < f.requests_l1,
+                "{label}: no key L1 held was served: {f:?}"
+            );
+            assert!(
+                f.errors_l1 > 0,
+                "{label}: every key L1 held was served after its cap: {f:?}"
+            );
+        }
     }
 
     // The measurement behind the default: with a degraded TTL, L1 keeps
