@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use crate::cache::TierSet;
 use crate::envelope::Envelope;
 use crate::error::{LoadError, Typed};
+use crate::fleet::FleetTurn;
 use crate::flight::Role;
 use crate::guard::Ticket;
 use crate::read::Walk;
@@ -202,6 +203,15 @@ impl<S: Serializer> TieredCache<S> {
                 leader.finish(Ok(Arc::new(value.clone())));
                 return Ok(value);
             }
+            // Fleet-wide single-flight (fleet.rs): another instance may be
+            // loading this key; `_fleet_hold` releases our lock when dropped.
+            let _fleet_hold = match self.fleet_turn::<T>(key, envelope, &mut failed).await {
+                FleetTurn::Found(value) => {
+                    leader.finish(Ok(Arc::new(value.clone())));
+                    return Ok(value);
+                }
+                FleetTurn::Load(hold) => hold,
+            };
             let loader = loader.take().expect("a caller leads at most once");
             let ticket = leader.ticket;
             let outcome = CatchUnwind(Box::pin(
