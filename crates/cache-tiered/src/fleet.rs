@@ -100,7 +100,7 @@ impl FleetLock {
     /// others for this long at most. Keep it above the slowest load (and
     /// the [`loader_timeout`](crate::TieredCacheBuilder::loader_timeout)):
     /// once it runs out, another instance may take the lock and load too.
-    /// It also bounds each call to the lock. Default: 10 s.
+    /// Default: 10 s.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
@@ -108,7 +108,9 @@ impl FleetLock {
 
     /// The longest an instance waits for another instance's value before it
     /// runs its own loader without the lock: what a caller pays, beyond its
-    /// own load, when the holder is slow or stuck. Default: 5 s.
+    /// own load, when the holder is slow or stuck. It also bounds each
+    /// attempt to take the lock (a poll's worth at least), so a hung lock
+    /// service costs no more. Default: 5 s.
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.max_wait = max_wait;
         self
@@ -246,7 +248,12 @@ impl<S: Serializer> TieredCache<S> {
         let counters = &shared.fleet_counters;
         let deadline = tokio::time::Instant::now() + fleet.max_wait;
         loop {
-            let taken = tokio::time::timeout(fleet.lease, fleet.lock.try_lock(key, fleet.lease));
+            // A hung lock must not hold the caller past its wait (a poll at
+            // least, so that the last try gets its chance).
+            let bound = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(fleet.poll);
+            let taken = tokio::time::timeout(bound, fleet.lock.try_lock(key, fleet.lease));
             match taken.await {
                 Ok(Ok(Some(token))) => {
                     let hold = FleetHold {
@@ -278,7 +285,7 @@ impl<S: Serializer> TieredCache<S> {
                 }
                 Err(_elapsed) => {
                     counters.lock_errors.incr();
-                    tracing::debug!(key, lease = ?fleet.lease, "fleet lock did not answer within the lease; loading without it");
+                    tracing::debug!(key, after = ?bound, "fleet lock did not answer; loading without it");
                     return FleetTurn::Load(None);
                 }
             }
