@@ -15,7 +15,7 @@
 //!   (the holder died or failed), and loads without it after
 //!   [`max_wait`](FleetLock::max_wait);
 //! - a lock that fails (Redis down) never fails the call: the caller loads
-//!   alone, and [`FleetStats::lock_errors`] counts it.
+//!   alone, and [`FleetStats::lock_errors`](crate::FleetStats::lock_errors) counts it.
 
 use std::fmt;
 use std::sync::Arc;
