@@ -11,6 +11,7 @@
 //!   ([`FailOpen`], [`FailClosed`], or the breaker of `cache-breaker`);
 //! - [`Pattern`] and [`escape`]: Redis glob semantics, implemented once;
 //! - [`Backplane`]: how cache instances tell each other what to drop;
+//! - [`LoadLock`]: how cache instances elect one loader for a key;
 //! - [`Clock`]: the time seam ([`SystemClock`], [`ManualClock`] for tests);
 //! - [`Error`], [`LayerStats`] and [`Counter`].
 //!
@@ -37,6 +38,7 @@ mod clock;
 mod entry;
 mod error;
 mod layer;
+mod lock;
 mod pattern;
 mod policy;
 mod serializer;
@@ -54,6 +56,7 @@ pub use clock::{Clock, ManualClock, SystemClock, system_clock};
 pub use entry::Entry;
 pub use error::{Error, ErrorClass, Result};
 pub use layer::{CacheLayer, CallContext, Lookups, Operation, Writes};
+pub use lock::{LoadLock, LockToken};
 pub use pattern::{Pattern, escape};
 pub use policy::{
     Admission, CallOutcome, FailClosed, FailOpen, FailureAction, FailurePolicy, Ticket,

@@ -102,6 +102,14 @@
 //! resubscribes from within [`next`](cache_core::Subscription::next) (no
 //! background task) and then yields [`BackplaneEvent::Gap`](cache_core::BackplaneEvent::Gap),
 //! since messages published meanwhile are lost. See `docs/redis.md`.
+//!
+//! # Load lock
+//! [`RedisLoadLock`] implements [`cache_core::LoadLock`] on the layer's
+//! server: `SET NX PX` with a random token, released by a script only
+//! while the token still holds the key. Attached with cache-tiered's
+//! `TieredCacheBuilder::fleet_lock`, instances that miss the same key at
+//! once run one loader between them and the others wait for its value
+//! (fleet-wide single-flight).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
@@ -109,6 +117,7 @@ mod backplane;
 mod builder;
 mod codec;
 mod layer;
+mod lock;
 mod pool;
 mod script;
 mod time;
@@ -117,3 +126,4 @@ mod url;
 pub use backplane::{RedisBackplane, RedisBackplaneBuilder};
 pub use builder::{ReadFrom, RedisLayerBuilder};
 pub use layer::RedisLayer;
+pub use lock::RedisLoadLock;

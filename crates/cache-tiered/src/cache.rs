@@ -11,10 +11,11 @@ use tokio::task::AbortHandle;
 
 use crate::backplane::{listen, new_origin};
 use crate::envelope::{Envelope, Life};
+use crate::fleet::{FleetCounters, FleetLock};
 use crate::flight::Flights;
 use crate::guard::FillGuard;
 use crate::queue::{self, Queue};
-use crate::stats::{BackplaneStats, CacheCounters, QueueStats, TieredStats};
+use crate::stats::{BackplaneStats, CacheCounters, FleetStats, QueueStats, TieredStats};
 use crate::tags::TagSettings;
 use crate::{Result, Tier};
 
@@ -90,6 +91,9 @@ pub(crate) struct Shared<S> {
     schemas: Box<[(TypeId, u32)]>,
     pub(crate) guard: FillGuard,
     pub(crate) flights: Arc<Flights>,
+    /// Fleet-wide single-flight (`fleet.rs`), if configured.
+    pub(crate) fleet: Option<FleetLock>,
+    pub(crate) fleet_counters: Arc<FleetCounters>,
     pub(crate) degraded_ttl: Option<Duration>,
     pub(crate) defaults: Defaults,
     pub(crate) counters: CacheCounters,
@@ -131,6 +135,7 @@ impl TieredCache<Postcard> {
             tags: TagSettings::default(),
             backplane: None,
             queue_limit: None,
+            fleet: None,
         }
     }
 }
@@ -149,6 +154,13 @@ impl<S: Serializer> TieredCache<S> {
         stats.coalesced = c.coalesced.get();
         stats.stale_served = c.stale_served.get();
         stats.eager_refreshes = c.eager_refreshes.get();
+        let fleet = &shared.fleet_counters;
+        stats.fleet = FleetStats {
+            acquired: fleet.acquired.get(),
+            waited_found: fleet.waited_found.get(),
+            waited_then_loaded: fleet.waited_then_loaded.get(),
+            lock_errors: fleet.lock_errors.get(),
+        };
         stats.backplane = BackplaneStats {
             published: c.published.get(),
             publish_errors: c.publish_errors.get(),
@@ -344,6 +356,7 @@ impl<S: Serializer> fmt::Debug for TieredCache<S> {
             .field("backplane", &self.shared.backplane)
             .field("origin", &self.shared.origin)
             .field("invalidation_queue", &self.shared.queue.is_some())
+            .field("fleet_lock", &self.shared.fleet)
             .finish()
     }
 }
@@ -378,6 +391,7 @@ pub struct TieredCacheBuilder<S = Postcard> {
     tags: TagSettings,
     backplane: Option<Arc<dyn Backplane>>,
     queue_limit: Option<usize>,
+    fleet: Option<FleetLock>,
 }
 
 impl<S: Serializer> TieredCacheBuilder<S> {
@@ -405,6 +419,7 @@ impl<S: Serializer> TieredCacheBuilder<S> {
             tags: self.tags,
             backplane: self.backplane,
             queue_limit: self.queue_limit,
+            fleet: self.fleet,
         }
     }
 
@@ -656,6 +671,33 @@ impl<S: Serializer> TieredCacheBuilder<S> {
         self
     }
 
+    /// Runs one loader per key across instances, not only per process
+    /// (fleet-wide single-flight), through a lock they share
+    /// (`cache_redis::RedisLoadLock` across processes,
+    /// [`MemoryLoadLock`](crate::MemoryLoadLock) inside one).
+    ///
+    /// When `get_or_compute` misses, the caller that leads the load in this
+    /// process tries the lock on the key. If it gets it, it loads as usual
+    /// and releases the lock when done (in the background; the lease ends
+    /// a lock nobody released: a killed process, a cancelled caller). If
+    /// another instance holds it, it reads the shared tiers every
+    /// [`poll`](FleetLock::poll) until that instance's value is there (and
+    /// fills the tiers above with it, as a read does), takes the lock if it
+    /// becomes free, and after [`max_wait`](FleetLock::max_wait) loads
+    /// without it. A failing lock (Redis down) or a shared tier that
+    /// fails in the call never fails the call, nor makes it wait: the
+    /// caller loads alone. [`TieredStats::fleet`] counts what happened.
+    ///
+    /// Needs a shared tier ([`CacheLayer::is_shared`]), where the waiting
+    /// instances find the value: `build()` refuses a fleet lock without
+    /// one. Default: off (one loader per key per process).
+    ///
+    /// [`FleetLock`] has an example and the settings (lease, wait, poll).
+    pub fn fleet_lock(mut self, fleet: FleetLock) -> Self {
+        self.fleet = Some(fleet);
+        self
+    }
+
     /// Builds the cache.
     ///
     /// Fails on an invalid configuration, and with a
@@ -725,6 +767,15 @@ impl<S: Serializer> TieredCacheBuilder<S> {
         if self.tags.ttl.is_zero() {
             return Err(cache_core::Error::config("tag_ttl must be above zero"));
         }
+        if let Some(fleet) = &self.fleet {
+            fleet.validate()?;
+            if !self.tiers.iter().any(|tier| tier.layer.is_shared()) {
+                return Err(cache_core::Error::config(
+                    "a fleet lock needs a shared tier (a layer whose is_shared() is true, \
+                     such as a RedisLayer): that is where waiting instances find the value",
+                ));
+            }
+        }
         if self.queue_limit == Some(0) {
             return Err(cache_core::Error::config(
                 "invalidation_queue must hold at least one call",
@@ -752,6 +803,8 @@ impl<S: Serializer> TieredCacheBuilder<S> {
             schemas: self.schemas.into_boxed_slice(),
             guard: FillGuard::new(),
             flights: Arc::default(),
+            fleet: self.fleet,
+            fleet_counters: Arc::default(),
             degraded_ttl: self.degraded_ttl,
             defaults: self.defaults,
             counters: CacheCounters::default(),
@@ -797,6 +850,7 @@ impl<S: fmt::Debug> fmt::Debug for TieredCacheBuilder<S> {
             .field("tags", &self.tags)
             .field("backplane", &self.backplane)
             .field("invalidation_queue", &self.queue_limit)
+            .field("fleet_lock", &self.fleet)
             .finish()
     }
 }

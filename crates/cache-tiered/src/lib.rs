@@ -73,6 +73,12 @@
 //! # }
 //! ```
 //!
+//! # One loader across instances
+//! With a [`FleetLock`] ([`TieredCacheBuilder::fleet_lock`]: a
+//! `cache_redis::RedisLoadLock`, or [`MemoryLoadLock`] inside one process),
+//! instances that miss the same key at once elect one loader through the
+//! lock; the others wait, a bounded time, for its value in the shared tier.
+//!
 //! # Depends on no concrete layer
 //! This crate knows tiers only as `Arc<dyn CacheLayer>`; `cache-memory`,
 //! `cache-redis` or your own backend plug in the same way.
@@ -83,10 +89,12 @@ mod cache;
 mod entry;
 mod envelope;
 mod error;
+mod fleet;
 mod flight;
 mod guard;
 mod load;
 mod memory_backplane;
+mod memory_lock;
 mod queue;
 mod read;
 mod remove;
@@ -98,7 +106,9 @@ mod write;
 pub use cache::{TieredCache, TieredCacheBuilder};
 pub use entry::{EntryCall, Fetched, Stale};
 pub use error::{Error, LoadError, Result};
+pub use fleet::FleetLock;
 pub use memory_backplane::MemoryBackplane;
+pub use memory_lock::MemoryLoadLock;
 pub use remove::{Broadcast, Removal, Removed};
-pub use stats::{BackplaneStats, QueueStats, TierStats, TieredStats};
+pub use stats::{BackplaneStats, FleetStats, QueueStats, TierStats, TieredStats};
 pub use tier::Tier;

@@ -17,6 +17,7 @@ use crate::cache::{LoadOptions, TierSet};
 use crate::entry::{Fetched, Stale};
 use crate::envelope::{Envelope, Freshness, Life, life_of, relive};
 use crate::error::{LoadError, Typed};
+use crate::fleet::FleetTurn;
 use crate::flight::{Leader, Outcome, Role};
 use crate::guard::Ticket;
 use crate::read::{StaleCopy, Walk};
@@ -203,6 +204,7 @@ impl<S: Serializer> TieredCache<S> {
                     loader,
                     failed,
                     fallback.as_ref(),
+                    true,
                 )
                 .await;
             // The waiters got an error already; the panic goes on here.
@@ -363,6 +365,7 @@ impl<S: Serializer> TieredCache<S> {
                     loader,
                     recheck.failed_open,
                     None,
+                    false,
                 )
                 .await;
             if outcome.is_err() {
@@ -409,6 +412,7 @@ impl<S: Serializer> TieredCache<S> {
                     loader,
                     failed,
                     fallback.as_ref(),
+                    true,
                 )
                 .await
         })
@@ -427,15 +431,33 @@ impl<S: Serializer> TieredCache<S> {
         options: &LoadOptions,
         envelope: Envelope,
         loader: F,
-        failed: TierSet,
+        mut failed: TierSet,
         fallback: Option<&Fallback<T>>,
+        fleet: bool,
     ) -> std::thread::Result<Result<Arc<T>>>
     where
-        T: Serialize + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // Fleet-wide single-flight (fleet.rs): another instance may be
+        // loading this key. `_fleet_hold` releases our lock when dropped,
+        // once the load is over. (Not for an eager refresh: the value it
+        // replaces is still live in the shared tier, and would pass for
+        // the other instance's.)
+        let _fleet_hold = if fleet {
+            match self.fleet_turn::<T>(key, envelope, &mut failed).await {
+                FleetTurn::Found(value) => {
+                    let value = Arc::new(value);
+                    leader.finish(Ok(value.clone()));
+                    return Ok(Ok(value));
+                }
+                FleetTurn::Load(hold) => hold,
+            }
+        } else {
+            None
+        };
         let ticket = leader.ticket;
         let outcome = CatchUnwind(Box::pin(
             self.load(key, tags, ttl, options, envelope, loader, ticket, failed),

@@ -31,6 +31,10 @@ pub(crate) enum Walk {
     /// Only the top tier, uncounted: `get_or_compute` looking again after
     /// it joined a flight that may have just filled it.
     Recheck,
+    /// The tiers from this depth down (the shared ones), uncounted, misses
+    /// included: a fleet-lock waiter looking for another instance's value
+    /// (`fleet.rs`), once per poll.
+    Shared(usize),
 }
 
 /// A value past its logical expiry, kept for fail-safe: the fallback of a
@@ -136,9 +140,10 @@ impl<S: Serializer> TieredCache<S> {
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
         let shared = &*self.shared;
-        let tiers = match walk {
-            Walk::Full => &shared.tiers[..],
-            Walk::Recheck => &shared.tiers[..1],
+        let (start, tiers) = match walk {
+            Walk::Full => (0, &shared.tiers[..]),
+            Walk::Recheck => (0, &shared.tiers[..1]),
+            Walk::Shared(start) => (start, &shared.tiers[start..]),
         };
         let mut values: Vec<Result<Option<T>>> = keys.iter().map(|_| Ok(None)).collect();
         let mut freshness = vec![Freshness::Fresh; keys.len()];
@@ -149,11 +154,11 @@ impl<S: Serializer> TieredCache<S> {
         let mut failed_open: TierSet = 0;
         // (key index, depth found at, entry), for the fills.
         let mut found_below = Vec::new();
-        for (depth, tier) in tiers.iter().enumerate() {
+        for (depth, tier) in (start..).zip(tiers) {
             if missing.is_empty() {
                 break;
             }
-            if depth == 1 {
+            if depth == start.max(1) {
                 // Before reading anything that may be copied upward.
                 for &i in &missing {
                     tickets[i] = Some(shared.guard.ticket(keys[i], now));
@@ -190,7 +195,9 @@ impl<S: Serializer> TieredCache<S> {
                 let entry = match answer {
                     Ok(Some(entry)) => entry,
                     Ok(None) => {
-                        tier.counters.misses.incr();
+                        if !matches!(walk, Walk::Shared(_)) {
+                            tier.counters.misses.incr();
+                        }
                         still_missing.push(i);
                         continue;
                     }
@@ -223,7 +230,9 @@ impl<S: Serializer> TieredCache<S> {
                         if fresh == Freshness::Stale {
                             // Past its TTL, kept for fail-safe: a miss here,
                             // and a fallback if no tier below has it live.
-                            tier.counters.misses.incr();
+                            if !matches!(walk, Walk::Shared(_)) {
+                                tier.counters.misses.incr();
+                            }
                             if stale[i].is_none() {
                                 stale[i] = Some(StaleCopy { value, entry });
                             }

@@ -61,6 +61,31 @@ pub struct TieredStats {
     pub backplane: BackplaneStats,
     /// The invalidation queue's counters (all zero without one).
     pub queue: QueueStats,
+    /// Fleet-wide single-flight's counters (all zero without a
+    /// [fleet lock](crate::TieredCacheBuilder::fleet_lock)).
+    pub fleet: FleetStats,
+}
+
+/// Counters of a cache's [fleet lock](crate::TieredCacheBuilder::fleet_lock):
+/// how this instance's loads were shared with the other instances'.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FleetStats {
+    /// Loads this instance ran holding the fleet lock (also counted in
+    /// [`TieredStats::loads`]).
+    pub acquired: u64,
+    /// Misses answered by another instance's load: its value showed up in
+    /// a shared tier while this instance waited for the lock (or right
+    /// after it took it).
+    pub waited_found: u64,
+    /// Waits that ended without a value, so this instance loaded without
+    /// the lock: [`max_wait`](crate::FleetLock::max_wait) ran out, or a
+    /// shared tier failed while waiting.
+    pub waited_then_loaded: u64,
+    /// Lock calls (taking or releasing) that failed or timed out. A failed
+    /// take makes the caller load without the lock; a failed release
+    /// leaves the lock to its lease. Also logged (debug).
+    pub lock_errors: u64,
 }
 
 /// Counters of a cache's [backplane](crate::TieredCacheBuilder::backplane):
