@@ -232,7 +232,7 @@ impl<S: Serializer> TieredCache<S> {
 
     /// When a value written now for `ttl` expires, and its life.
     ///
-    /// The TTL is made up to the cache's jitter shorter (never longer), so
+    /// The TTL is made up to the options' jitter shorter (never longer), so
     /// that values written together do not all expire, and send their
     /// readers to the loader, at once. With fail-safe, the value is stored
     /// for the grace longer, its life saying when it turned stale; with
@@ -242,7 +242,7 @@ impl<S: Serializer> TieredCache<S> {
         ttl: Duration,
         options: &LoadOptions,
     ) -> (Option<Instant>, Option<Life>) {
-        let jitter = self.shared.defaults.jitter;
+        let jitter = options.jitter;
         let ttl = if jitter == 0.0 {
             ttl
         } else {
@@ -274,7 +274,6 @@ impl<S: Serializer> TieredCache<S> {
 pub(crate) struct Defaults {
     pub(crate) ttl: Duration,
     pub(crate) negative_ttl: Duration,
-    pub(crate) jitter: f64,
     pub(crate) load: LoadOptions,
 }
 
@@ -283,7 +282,6 @@ impl Default for Defaults {
         Defaults {
             ttl: Duration::from_secs(300),
             negative_ttl: Duration::from_secs(30),
-            jitter: 0.0,
             load: LoadOptions::default(),
         }
     }
@@ -302,6 +300,8 @@ pub(crate) struct LoadOptions {
     pub(crate) hard_timeout: Option<Duration>,
     /// The fraction of the TTL after which a read refreshes; `None`: off.
     pub(crate) eager_refresh: Option<f64>,
+    /// Up to this fraction of a TTL is taken off it, at random.
+    pub(crate) jitter: f64,
 }
 
 impl Default for LoadOptions {
@@ -312,6 +312,7 @@ impl Default for LoadOptions {
             soft_timeout: None,
             hard_timeout: None,
             eager_refresh: None,
+            jitter: 0.0,
         }
     }
 }
@@ -325,6 +326,12 @@ impl LoadOptions {
             return Err(cache_core::Error::config(
                 "fail_safe_throttle must be above zero",
             ));
+        }
+        if !(0.0..1.0).contains(&self.jitter) {
+            return Err(cache_core::Error::config(format!(
+                "ttl_jitter must be at least 0 and below 1 (got {})",
+                self.jitter
+            )));
         }
         if let Some(fraction) = self.eager_refresh
             && !(fraction > 0.0 && fraction < 1.0)
@@ -574,7 +581,7 @@ impl<S: Serializer> TieredCacheBuilder<S> {
     /// of misses) then do not all expire at once and stampede the loader.
     /// Between 0 and 1. Default: 0 (exact TTLs).
     pub fn ttl_jitter(mut self, fraction: f64) -> Self {
-        self.defaults.jitter = fraction;
+        self.defaults.load.jitter = fraction;
         self
     }
 
@@ -753,12 +760,6 @@ impl<S: Serializer> TieredCacheBuilder<S> {
             ));
         }
         self.defaults.load.validate()?;
-        if !(0.0..1.0).contains(&self.defaults.jitter) {
-            return Err(cache_core::Error::config(format!(
-                "ttl_jitter must be at least 0 and below 1 (got {})",
-                self.defaults.jitter
-            )));
-        }
         if self.defaults.ttl.is_zero() || self.defaults.negative_ttl.is_zero() {
             return Err(cache_core::Error::config(
                 "default_ttl and negative_ttl must be above zero",

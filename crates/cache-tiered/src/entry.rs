@@ -143,6 +143,13 @@ impl<'a, S: Serializer + 'static> EntryCall<'a, S> {
         self
     }
 
+    /// Takes up to this fraction off the TTL, at random. See
+    /// [`TieredCacheBuilder::ttl_jitter`](crate::TieredCacheBuilder::ttl_jitter).
+    pub fn ttl_jitter(mut self, fraction: f64) -> Self {
+        self.options.jitter = fraction;
+        self
+    }
+
     /// A read past this fraction of the value's TTL refreshes it in the
     /// background (`0.8`: in its last fifth). See
     /// [`TieredCacheBuilder::eager_refresh`](crate::TieredCacheBuilder::eager_refresh).

@@ -158,12 +158,11 @@ impl<S: Serializer> TieredCache<S> {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let shared = &*self.shared;
-        let before = self.fallback_ticket(key, options);
-        let found = self.lookup::<T>(key).await?;
+        let found = self.lookup::<T>(key, options.fail_safe.is_some()).await?;
         if let Some((value, freshness)) = found.value {
             return Ok(self.hit(value, freshness));
         }
-        let mut fallback = Fallback::new(found.stale, before);
+        let mut fallback = Fallback::new(found.stale, found.ticket);
         let mut failed = found.failed;
         let envelope = self.envelope::<T>();
         let mut loader = Some(loader);
@@ -238,15 +237,14 @@ impl<S: Serializer> TieredCache<S> {
             return self.compute(key, tags, &*ttl, &options, loader).await;
         }
         let shared = &*self.shared;
-        let before = self.fallback_ticket(key, &options);
-        let found = self.lookup::<T>(key).await?;
+        let found = self.lookup::<T>(key, options.fail_safe.is_some()).await?;
         if let Some((value, freshness)) = found.value {
             if freshness == Freshness::RefreshDue {
                 self.refresh(key, tags, ttl, options, loader);
             }
             return Ok(self.hit(value, freshness));
         }
-        let mut fallback = Fallback::new(found.stale, before);
+        let mut fallback = Fallback::new(found.stale, found.ticket);
         // A soft timeout only ever hands out a stale value: without one, a
         // caller waits for the load (up to the hard timeout).
         let soft = options.soft_timeout.filter(|_| fallback.is_some());
@@ -495,14 +493,6 @@ impl<S: Serializer> TieredCache<S> {
             }
             _ => None,
         }
-    }
-
-    /// A ticket taken before a fail-safe call reads: its stale value may
-    /// serve as a fallback only while no mutation of the key intervened.
-    fn fallback_ticket(&self, key: &str, options: &LoadOptions) -> Option<Ticket> {
-        options
-            .fail_safe
-            .map(|_| self.shared.guard.ticket(key, self.shared.clock.now()))
     }
 
     /// What a caller gets for a live value it found.

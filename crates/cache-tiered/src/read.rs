@@ -53,6 +53,8 @@ pub(crate) struct Lookup<T> {
     pub(crate) stale: Option<StaleCopy<T>>,
     /// Tiers whose read failed open.
     pub(crate) failed: TierSet,
+    /// Taken before the read, if asked for and the top tier had no live value.
+    pub(crate) ticket: Option<Ticket>,
 }
 
 impl<S: Serializer> TieredCache<S> {
@@ -66,12 +68,17 @@ impl<S: Serializer> TieredCache<S> {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        Ok(self.lookup(key).await?.value.map(|(value, _)| value))
+        Ok(self.lookup(key, false).await?.value.map(|(value, _)| value))
     }
 
     /// [`get`](Self::get), also returning how fresh the value is, a stale
     /// one if there is no live one, and the tiers whose read failed open.
-    pub(crate) async fn lookup<T>(&self, key: &str) -> Result<Lookup<T>>
+    ///
+    /// With `fallback`, a value that is not live is read under a ticket
+    /// (in [`Lookup::ticket`]), so that a stale one can serve as a fallback
+    /// only while no mutation of the key intervened since it was read. A
+    /// live hit in the top tier, the common case, takes none.
+    pub(crate) async fn lookup<T>(&self, key: &str, fallback: bool) -> Result<Lookup<T>>
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
@@ -97,7 +104,17 @@ impl<S: Serializer> TieredCache<S> {
                     value: Some((value, freshness)),
                     stale: None,
                     failed: 0,
+                    ticket: None,
                 });
+            }
+        }
+        let mut ticket = None;
+        let mut top = top;
+        if fallback {
+            ticket = Some(shared.guard.ticket(key, shared.clock.now()));
+            // What the top tier held was read before the ticket: read it again.
+            if matches!(top, Some(Call::Done(Some(_)))) {
+                top = None;
             }
         }
         let mut found = self.walk::<T>(&[key], envelope, Walk::Full, top).await;
@@ -106,6 +123,7 @@ impl<S: Serializer> TieredCache<S> {
             value: value.map(|value| (value, found.freshness[0])),
             stale: found.stale.pop().flatten(),
             failed: found.failed_open,
+            ticket,
         })
     }
 

@@ -95,6 +95,49 @@ async fn jittered_ttls_stay_within_their_bounds_and_spread() {
 }
 
 #[tokio::test]
+async fn a_call_can_set_its_own_jitter_and_fail_safe_values_jitter_their_ttl_only() {
+    let clock = ManualClock::shared();
+    let cache = builder(&clock).build().unwrap();
+    let keys: Vec<String> = (0..200).map(|n| format!("offer:{n}")).collect();
+    for key in &keys {
+        cache
+            .entry(key)
+            .ttl(Duration::from_secs(100))
+            .ttl_jitter(0.5)
+            .fail_safe(Duration::from_secs(1000))
+            .set(&7u32)
+            .await
+            .unwrap();
+    }
+    let live = |cache: TieredCache, keys: Vec<String>| async move {
+        let mut live = 0;
+        for key in &keys {
+            live += usize::from(cache.get::<u32>(key).await.unwrap().is_some());
+        }
+        live
+    };
+    clock.advance(Duration::from_secs(50) - JUST_UNDER);
+    assert_eq!(live(cache.clone(), keys.clone()).await, 200);
+    clock.advance(Duration::from_secs(25));
+    let halfway = live(cache.clone(), keys.clone()).await;
+    assert!(
+        (40..=160).contains(&halfway),
+        "{halfway} of 200 live halfway through the spread"
+    );
+    clock.advance(Duration::from_secs(25));
+    assert_eq!(live(cache.clone(), keys.clone()).await, 0);
+    // Stale, not gone: the grace is not jittered away.
+    let fallback = cache
+        .entry(&keys[0])
+        .fail_safe(Duration::from_secs(1000))
+        .fetch(|| async { Err::<u32, _>(std::io::Error::other("down")) })
+        .await
+        .unwrap();
+    assert!(fallback.is_stale());
+    assert!(cache.entry("k").ttl_jitter(1.5).set(&1u32).await.is_err());
+}
+
+#[tokio::test]
 async fn not_found_is_cached_for_the_negative_ttl() {
     let clock = ManualClock::shared();
     let cache = builder(&clock)

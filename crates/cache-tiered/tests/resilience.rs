@@ -195,6 +195,27 @@ async fn a_stale_value_is_never_served_past_its_grace_or_after_a_delete() {
         matches!(deleted, Err(Error::Loader(_))),
         "a deleted value is no fallback: {deleted:?}"
     );
+    // Deleted while its loader ran: the stale value read before the delete
+    // is no fallback either.
+    cache.entry("e").fetch(db.ok(5)).await.unwrap();
+    clock.advance(TTL);
+    let deleter = cache.clone();
+    let racing = cache
+        .entry("e")
+        .fetch(move || async move {
+            deleter.delete("e").await.unwrap();
+            Err::<u32, _>(std::io::Error::other("down"))
+        })
+        .await;
+    assert!(
+        matches!(racing, Err(Error::Loader(_))),
+        "deleted during the load: {racing:?}"
+    );
+    let after = cache.entry("e").fetch(db.failing()).await;
+    assert!(
+        after.is_err(),
+        "nothing throttled after the delete: {after:?}"
+    );
     // Fail-safe off for one call: the error.
     cache.entry("d").fetch(db.ok(4)).await.unwrap();
     clock.advance(TTL);
