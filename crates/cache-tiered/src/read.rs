@@ -61,14 +61,18 @@ impl<S: Serializer> TieredCache<S> {
     /// The value under `key`, if a tier holds a live, decodable one.
     ///
     /// A value past its TTL that [fail-safe](crate::TieredCacheBuilder::fail_safe)
-    /// keeps as a fallback is not live: `get` does not return it.
+    /// keeps as a fallback is not live: `get` does not return it (nor
+    /// during a throttle, when loads are served it).
     ///
     /// Fails only if a tier that fails closed fails.
     pub async fn get<T>(&self, key: &str) -> Result<Option<T>>
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        Ok(self.lookup(key, false).await?.value.map(|(value, _)| value))
+        let found = self.lookup(key, false).await?.value;
+        // A throttled value is stale, only served to loads that fall back.
+        Ok(found
+            .and_then(|(value, freshness)| (freshness != Freshness::Throttled).then_some(value)))
     }
 
     /// [`get`](Self::get), also returning how fresh the value is, a stale
@@ -139,9 +143,16 @@ impl<S: Serializer> TieredCache<S> {
             return Vec::new();
         }
         let envelope = self.envelope::<T>();
-        self.walk::<T>(keys, envelope, Walk::Full, None)
-            .await
+        let found = self.walk::<T>(keys, envelope, Walk::Full, None).await;
+        found
             .values
+            .into_iter()
+            .zip(found.freshness)
+            .map(|(value, freshness)| match freshness {
+                Freshness::Throttled => value.map(|_| None),
+                _ => value,
+            })
+            .collect()
     }
 
     /// The walk: asks each tier, top-down, for the keys still missing, then

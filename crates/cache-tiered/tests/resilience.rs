@@ -114,6 +114,17 @@ async fn a_failing_loader_gets_the_stale_value_then_a_throttle() {
         (1999, "throttled")
     );
     assert_eq!(db.calls(), 2, "the throttle spared the failing back end");
+    assert_eq!(
+        cache.get::<u32>("price:7").await.unwrap(),
+        None,
+        "stale to a read"
+    );
+    assert_eq!(
+        cache.get_many::<u32>(&["price:7"]).await[0]
+            .as_ref()
+            .unwrap(),
+        &None
+    );
 
     // After it, the loader is tried again; once it works, values are fresh.
     clock.advance(Duration::from_secs(1));
