@@ -263,6 +263,31 @@ impl<S: Serializer> TieredCache<S> {
         (self.expiry(ttl.saturating_add(grace)), Some(life))
     }
 
+    /// The tiers a call with `options` skips, one bit per depth; an error
+    /// if it skips them all.
+    pub(crate) fn excluded(&self, options: &LoadOptions) -> Result<TierSet> {
+        if !options.skip_local && !options.skip_shared {
+            return Ok(0);
+        }
+        let mut excluded: TierSet = 0;
+        for (depth, tier) in self.shared.tiers.iter().enumerate() {
+            let skip = match tier.layer.is_shared() {
+                true => options.skip_shared,
+                false => options.skip_local,
+            };
+            if skip {
+                excluded |= 1 << depth;
+            }
+        }
+        if excluded.count_ones() as usize == self.shared.tiers.len() {
+            return Err(cache_core::Error::config(
+                "this call skips every tier of the cache: keep at least one",
+            )
+            .into());
+        }
+        Ok(excluded)
+    }
+
     /// The cache-wide default TTL ([`TieredCacheBuilder::default_ttl`]).
     pub fn default_ttl(&self) -> Duration {
         self.shared.defaults.ttl
@@ -302,6 +327,10 @@ pub(crate) struct LoadOptions {
     pub(crate) eager_refresh: Option<f64>,
     /// Up to this fraction of a TTL is taken off it, at random.
     pub(crate) jitter: f64,
+    /// The call neither reads nor writes the local (not shared) tiers.
+    pub(crate) skip_local: bool,
+    /// The call neither reads nor writes the shared tiers.
+    pub(crate) skip_shared: bool,
 }
 
 impl Default for LoadOptions {
@@ -313,6 +342,8 @@ impl Default for LoadOptions {
             hard_timeout: None,
             eager_refresh: None,
             jitter: 0.0,
+            skip_local: false,
+            skip_shared: false,
         }
     }
 }

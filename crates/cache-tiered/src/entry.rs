@@ -158,16 +158,35 @@ impl<'a, S: Serializer + 'static> EntryCall<'a, S> {
         self
     }
 
+    /// Neither reads nor writes this instance's local tiers (those whose
+    /// layer is not [shared](cache_core::CacheLayer::is_shared), such as
+    /// the memory L1): for a value too big or too rarely read to keep in
+    /// memory, or to read what the shared tier holds right now.
+    pub fn skip_local(mut self) -> Self {
+        self.options.skip_local = true;
+        self
+    }
+
+    /// Neither reads nor writes the shared tiers (such as Redis): a value
+    /// for this instance only. A call that skips every tier of the cache
+    /// is an error.
+    pub fn skip_shared(mut self) -> Self {
+        self.options.skip_shared = true;
+        self
+    }
+
     fn chosen_ttl(&self) -> Duration {
         self.ttl.unwrap_or(self.cache.shared.defaults.ttl)
     }
 
-    /// The value under the key, if any ([`TieredCache::get`]).
+    /// The value under the key, if any ([`TieredCache::get`]), from the
+    /// tiers the call does not skip.
     pub async fn get<T>(self) -> Result<Option<T>>
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        self.cache.get(self.key).await
+        let excluded = self.cache.excluded(&self.options)?;
+        self.cache.get_except(self.key, excluded).await
     }
 
     /// Stores `value` under the key in every tier, with the call's tags
@@ -178,11 +197,16 @@ impl<'a, S: Serializer + 'static> EntryCall<'a, S> {
         T: Serialize + ?Sized + 'static,
     {
         self.options.validate()?;
+        let excluded = self.cache.excluded(&self.options)?;
         let stamps = self.cache.stamp(self.tags).await?;
         let entry = self
             .cache
             .encode_stamped(value, &stamps, self.chosen_ttl(), &self.options)?;
-        let written = self.cache.write_mutating(&[(self.key, entry)]).await.pop();
+        let written = self
+            .cache
+            .write_mutating_except(&[(self.key, entry)], excluded)
+            .await
+            .pop();
         self.cache.announce_write([self.key]).await;
         written.unwrap_or(Ok(()))
     }

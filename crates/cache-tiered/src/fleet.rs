@@ -323,7 +323,7 @@ impl<S: Serializer> TieredCache<S> {
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
         let mut found = self
-            .walk::<T>(&[key], envelope, Walk::Shared(first_shared), None)
+            .walk::<T>(&[key], envelope, Walk::Shared(first_shared), None, 0)
             .await;
         *failed |= found.failed_open;
         match found.values.pop() {

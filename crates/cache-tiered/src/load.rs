@@ -158,7 +158,10 @@ impl<S: Serializer> TieredCache<S> {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let shared = &*self.shared;
-        let found = self.lookup::<T>(key, options.fail_safe.is_some()).await?;
+        let excluded = self.excluded(options)?;
+        let found = self
+            .lookup::<T>(key, options.fail_safe.is_some(), excluded)
+            .await?;
         if let Some((value, freshness)) = found.value {
             return Ok(self.hit(value, freshness));
         }
@@ -187,7 +190,10 @@ impl<S: Serializer> TieredCache<S> {
                     },
                 },
             };
-            if let Some(value) = self.recheck::<T>(key, envelope, &mut failed).await {
+            if let Some(value) = self
+                .recheck::<T>(key, envelope, &mut failed, excluded)
+                .await
+            {
                 leader.finish(Ok(Arc::new(value.clone())));
                 return Ok(Fetched::fresh(value));
             }
@@ -237,7 +243,10 @@ impl<S: Serializer> TieredCache<S> {
             return self.compute(key, tags, &*ttl, &options, loader).await;
         }
         let shared = &*self.shared;
-        let found = self.lookup::<T>(key, options.fail_safe.is_some()).await?;
+        let excluded = self.excluded(&options)?;
+        let found = self
+            .lookup::<T>(key, options.fail_safe.is_some(), excluded)
+            .await?;
         if let Some((value, freshness)) = found.value {
             if freshness == Freshness::RefreshDue {
                 self.refresh(key, tags, ttl, options, loader);
@@ -282,7 +291,10 @@ impl<S: Serializer> TieredCache<S> {
                     }
                 }
             };
-            if let Some(value) = self.recheck::<T>(key, envelope, &mut failed).await {
+            if let Some(value) = self
+                .recheck::<T>(key, envelope, &mut failed, excluded)
+                .await
+            {
                 leader.finish(Ok(Arc::new(value.clone())));
                 return Ok(Fetched::fresh(value));
             }
@@ -340,10 +352,12 @@ impl<S: Serializer> TieredCache<S> {
         let tags: Vec<String> = tags.iter().map(|tag| (*tag).to_owned()).collect();
         tokio::spawn(async move {
             let envelope = cache.envelope::<T>();
+            // Checked by the caller already.
+            let excluded = cache.excluded(&options).unwrap_or(0);
             // A refresh that ended between our read and our leading has
             // replaced the value: nothing left to do.
             let mut recheck = cache
-                .walk::<T>(&[&key], envelope, Walk::Recheck, None)
+                .walk::<T>(&[&key], envelope, Walk::Recheck, None, excluded)
                 .await;
             if matches!(recheck.values.pop(), Some(Ok(Some(_))))
                 && recheck.freshness[0] != Freshness::RefreshDue
@@ -444,7 +458,7 @@ impl<S: Serializer> TieredCache<S> {
         // once the load is over. (Not for an eager refresh: the value it
         // replaces is still live in the shared tier, and would pass for
         // the other instance's.)
-        let _fleet_hold = if fleet {
+        let _fleet_hold = if fleet && !options.skip_shared {
             match self.fleet_turn::<T>(key, envelope, &mut failed).await {
                 FleetTurn::Found(value) => {
                     let value = Arc::new(value);
@@ -469,7 +483,7 @@ impl<S: Serializer> TieredCache<S> {
                 {
                     // Before the waiters are released: whoever comes next
                     // finds the throttled value instead of loading again.
-                    self.throttle(key, fallback, options.throttle).await;
+                    self.throttle(key, fallback, options).await;
                 }
                 leader.finish(Err(error.clone()));
             }
@@ -480,11 +494,19 @@ impl<S: Serializer> TieredCache<S> {
 
     /// Looks at the top tier again after winning a flight: a flight that
     /// ended between our miss and our joining has filled it.
-    async fn recheck<T>(&self, key: &str, envelope: Envelope, failed: &mut TierSet) -> Option<T>
+    async fn recheck<T>(
+        &self,
+        key: &str,
+        envelope: Envelope,
+        failed: &mut TierSet,
+        excluded: TierSet,
+    ) -> Option<T>
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        let mut recheck = self.walk::<T>(&[key], envelope, Walk::Recheck, None).await;
+        let mut recheck = self
+            .walk::<T>(&[key], envelope, Walk::Recheck, None, excluded)
+            .await;
         *failed |= recheck.failed_open;
         match recheck.values.pop() {
             Some(Ok(Some(value))) => {
@@ -572,8 +594,10 @@ impl<S: Serializer> TieredCache<S> {
     /// the next callers are served it without calling the failing loader.
     /// Not in a shared tier: it may hold a newer value by now, and another
     /// instance's back end may be healthy.
-    async fn throttle<T>(&self, key: &str, fallback: &Fallback<T>, throttle: Duration) {
+    async fn throttle<T>(&self, key: &str, fallback: &Fallback<T>, options: &LoadOptions) {
         let shared = &*self.shared;
+        let excluded = self.excluded(options).unwrap_or(0);
+        let throttle = options.throttle;
         let clock = &*shared.clock;
         let now = clock.now();
         let stored = &fallback.stale.entry;
@@ -589,12 +613,10 @@ impl<S: Serializer> TieredCache<S> {
         let Some(entry) = relive(stored, throttled) else {
             return;
         };
-        for tier in shared
-            .tiers
-            .iter()
-            .rev()
-            .filter(|tier| !tier.layer.is_shared())
-        {
+        let local = |(depth, tier): &(usize, &crate::Tier)| {
+            !tier.layer.is_shared() && excluded & (1 << depth) == 0
+        };
+        for (_, tier) in shared.tiers.iter().enumerate().rev().filter(local) {
             if !shared.guard.still_valid(&fallback.ticket) {
                 return;
             }
@@ -629,6 +651,7 @@ impl<S: Serializer> TieredCache<S> {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let shared = &*self.shared;
+        let excluded = self.excluded(options)?;
         shared.counters.loads.incr();
         // Before the loader: what it reads is at least as new as these.
         let stamps = self.stamp(tags).await?;
@@ -658,7 +681,7 @@ impl<S: Serializer> TieredCache<S> {
         envelope.remember(&entry, value.clone());
         if shared.guard.still_valid(&ticket) {
             for result in self
-                .write_through(&[(key, entry)], Some(&ticket), failed)
+                .write_through(&[(key, entry)], Some(&ticket), failed, excluded)
                 .await
             {
                 result?;

@@ -69,7 +69,15 @@ impl<S: Serializer> TieredCache<S> {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        let found = self.lookup(key, false).await?.value;
+        self.get_except(key, 0).await
+    }
+
+    /// [`get`](Self::get) from the tiers not in `excluded`.
+    pub(crate) async fn get_except<T>(&self, key: &str, excluded: TierSet) -> Result<Option<T>>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let found = self.lookup(key, false, excluded).await?.value;
         // A throttled value is stale, only served to loads that fall back.
         Ok(found
             .and_then(|(value, freshness)| (freshness != Freshness::Throttled).then_some(value)))
@@ -82,7 +90,14 @@ impl<S: Serializer> TieredCache<S> {
     /// (in [`Lookup::ticket`]), so that a stale one can serve as a fallback
     /// only while no mutation of the key intervened since it was read. A
     /// live hit in the top tier, the common case, takes none.
-    pub(crate) async fn lookup<T>(&self, key: &str, fallback: bool) -> Result<Lookup<T>>
+    ///
+    /// Tiers in `excluded` are not read (a call that skips them).
+    pub(crate) async fn lookup<T>(
+        &self,
+        key: &str,
+        fallback: bool,
+        excluded: TierSet,
+    ) -> Result<Lookup<T>>
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
@@ -90,7 +105,10 @@ impl<S: Serializer> TieredCache<S> {
         let envelope = self.envelope::<T>();
         // The hottest path there is, an L1 hit, answered without entering
         // the general walk (and its futures and vectors).
-        let top = shared.tiers[0].read_now(&*shared.clock, key);
+        let top = match excluded & 1 {
+            0 => shared.tiers[0].read_now(&*shared.clock, key),
+            _ => None,
+        };
         if let Some(Call::Done(Some(entry))) = &top
             && let Opening::Value(Opened {
                 value,
@@ -121,7 +139,9 @@ impl<S: Serializer> TieredCache<S> {
                 top = None;
             }
         }
-        let mut found = self.walk::<T>(&[key], envelope, Walk::Full, top).await;
+        let mut found = self
+            .walk::<T>(&[key], envelope, Walk::Full, top, excluded)
+            .await;
         let value = found.values.pop().unwrap_or(Ok(None))?;
         Ok(Lookup {
             value: value.map(|value| (value, found.freshness[0])),
@@ -143,7 +163,7 @@ impl<S: Serializer> TieredCache<S> {
             return Vec::new();
         }
         let envelope = self.envelope::<T>();
-        let found = self.walk::<T>(keys, envelope, Walk::Full, None).await;
+        let found = self.walk::<T>(keys, envelope, Walk::Full, None, 0).await;
         found
             .values
             .into_iter()
@@ -164,6 +184,7 @@ impl<S: Serializer> TieredCache<S> {
         envelope: Envelope,
         walk: Walk,
         mut top: Option<Call<Option<Entry>>>,
+        excluded: TierSet,
     ) -> Found<T>
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
@@ -192,6 +213,11 @@ impl<S: Serializer> TieredCache<S> {
                 for &i in &missing {
                     tickets[i] = Some(shared.guard.ticket(keys[i], now));
                 }
+            }
+            if excluded & (1 << depth) != 0 {
+                // The call skips this tier: as if it were not there.
+                top = None;
+                continue;
             }
             let answers: Vec<cache_core::Result<Option<Entry>>> = match top.take() {
                 Some(answer) => match answer {
@@ -298,7 +324,7 @@ impl<S: Serializer> TieredCache<S> {
             shared.counters.misses.add(misses as u64);
         }
         if !found_below.is_empty() {
-            self.fill(keys, &found_below, &tickets).await;
+            self.fill(keys, &found_below, &tickets, excluded).await;
         }
         Found {
             values,
@@ -344,12 +370,16 @@ impl<S: Serializer> TieredCache<S> {
         keys: &[&str],
         found_below: &[(usize, usize, Entry)],
         tickets: &[Option<Ticket>],
+        excluded: TierSet,
     ) {
         let shared = &*self.shared;
         let now = shared.clock.now();
         // Keys a shared tier held something newer for: filled no further up.
         let mut superseded: Vec<usize> = Vec::new();
         for (depth, tier) in shared.tiers.iter().enumerate().rev() {
+            if excluded & (1 << depth) != 0 {
+                continue;
+            }
             let mut fills: Vec<(usize, Entry)> = Vec::new();
             for (i, found_at, entry) in found_below {
                 if *found_at <= depth || superseded.contains(i) {

@@ -164,7 +164,7 @@ impl<S: Serializer> TieredCache<S> {
                         &LoadOptions::default(),
                     )?;
                     for written in
-                        Box::pin(self.write_through(&[(key, entry)], Some(ticket), 0)).await
+                        Box::pin(self.write_through(&[(key, entry)], Some(ticket), 0, 0)).await
                     {
                         written?;
                     }

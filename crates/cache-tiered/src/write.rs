@@ -81,11 +81,21 @@ impl<S: Serializer> TieredCache<S> {
     /// Writes new data (not a fill) through every tier, marking the keys
     /// as mutated meanwhile so that no racing fill puts an older value back.
     pub(crate) async fn write_mutating(&self, entries: &[(&str, Entry)]) -> Vec<Result<()>> {
+        self.write_mutating_except(entries, 0).await
+    }
+
+    /// [`write_mutating`](Self::write_mutating), leaving the tiers in
+    /// `excluded` alone (a call that skips them).
+    pub(crate) async fn write_mutating_except(
+        &self,
+        entries: &[(&str, Entry)],
+        excluded: TierSet,
+    ) -> Vec<Result<()>> {
         let _mutations: Vec<_> = entries
             .iter()
             .map(|(key, _)| self.shared.guard.mutate(key))
             .collect();
-        self.write_through(entries, None, 0).await
+        self.write_through(entries, None, 0, excluded).await
     }
 
     /// Writes entries through every tier, lowest first. When a tier fails
@@ -93,13 +103,16 @@ impl<S: Serializer> TieredCache<S> {
     /// the lower tier lacks (or, with a degraded TTL and a failure the
     /// policy ignores, take it for that long). With a ticket (loader
     /// results), a write that a concurrent mutation overtook is undone and
-    /// goes no further up. Tiers in `skip` (their read failed open earlier
-    /// in the same call) count as failed open without being called.
+    /// goes no further up. Tiers in `failed` (their read failed open
+    /// earlier in the same call) count as failed open without being called;
+    /// tiers in `excluded` (the call skips them) are left alone, as if
+    /// absent.
     pub(crate) async fn write_through(
         &self,
         entries: &[(&str, Entry)],
         ticket: Option<&Ticket>,
-        skip: TierSet,
+        failed: TierSet,
+        excluded: TierSet,
     ) -> Vec<Result<()>> {
         let shared = &*self.shared;
         let clock = &*shared.clock;
@@ -114,6 +127,9 @@ impl<S: Serializer> TieredCache<S> {
         // it only leaves it uncached there.
         let mut stored = vec![false; entries.len()];
         for (depth, tier) in shared.tiers.iter().enumerate().rev() {
+            if excluded & (1 << depth) != 0 {
+                continue;
+            }
             let mut batch: Vec<(usize, (&str, Entry))> = Vec::with_capacity(entries.len());
             let mut dead: Vec<&str> = Vec::new();
             for (i, (key, entry)) in entries.iter().enumerate() {
@@ -132,7 +148,7 @@ impl<S: Serializer> TieredCache<S> {
             if batch.is_empty() {
                 continue;
             }
-            if skip & (1 << depth) != 0 {
+            if failed & (1 << depth) != 0 {
                 // Failed open earlier in this call: a failed write, not retried.
                 for (i, _) in &batch {
                     state[*i] = failed_open;

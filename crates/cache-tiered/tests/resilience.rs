@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use cache_core::{CallContext, ManualClock, Operation};
+use cache_core::{CacheLayer, CallContext, ManualClock, Operation};
 use cache_memory::MemoryLayer;
 use cache_tiered::{Error, Fetched, Stale, Tier, TieredCache, TieredCacheBuilder};
 use tokio::sync::Semaphore;
@@ -467,4 +467,59 @@ async fn bad_resilience_options_are_config_errors() {
         .fetch(|| async { Ok::<_, std::io::Error>(1u32) })
         .await;
     assert!(matches!(per_call, Err(Error::Cache(_))), "{per_call:?}");
+}
+
+#[tokio::test]
+async fn a_call_can_skip_the_local_or_the_shared_tiers() {
+    let clock = ManualClock::shared();
+    let (l1, l2) = (memory(&clock), memory(&clock));
+    let cache = TieredCache::builder()
+        .layer(l1.clone())
+        .layer(cache_test_support::layers::SharedLayer(Arc::new(
+            l2.clone(),
+        )))
+        .clock(clock.clone())
+        .default_ttl(TTL)
+        .build()
+        .unwrap();
+    let ctx = CallContext::new(&*clock, Operation::Read);
+    let held = async |layer: &MemoryLayer, key: &str| layer.get(&ctx, key).await.unwrap().is_some();
+    let db = Db::default();
+
+    // This instance only: L1 takes it, Redis does not.
+    cache.entry("mine").skip_shared().set(&1u32).await.unwrap();
+    assert!(held(&l1, "mine").await && !held(&l2, "mine").await);
+    assert_eq!(
+        cache.entry("mine").skip_local().get::<u32>().await.unwrap(),
+        None
+    );
+
+    // Loaded into the shared tier only, and read from it without a fill.
+    let loaded = cache
+        .entry("big")
+        .skip_local()
+        .get_or_compute(db.ok(2))
+        .await
+        .unwrap();
+    assert_eq!(loaded, 2);
+    assert!(!held(&l1, "big").await && held(&l2, "big").await);
+    let again = cache
+        .entry("big")
+        .skip_local()
+        .get_or_compute(db.ok(3))
+        .await
+        .unwrap();
+    assert_eq!((again, db.calls()), (2, 1));
+    assert!(!held(&l1, "big").await, "no fill into a skipped tier");
+    // A plain read fills L1 as usual.
+    assert_eq!(cache.get::<u32>("big").await.unwrap(), Some(2));
+    assert!(held(&l1, "big").await);
+
+    let nothing = cache
+        .entry("k")
+        .skip_local()
+        .skip_shared()
+        .get::<u32>()
+        .await;
+    assert!(matches!(nothing, Err(Error::Cache(_))), "{nothing:?}");
 }
