@@ -2,7 +2,7 @@
 //! an in-memory L1 over the shared Redis L2 (guarded by a circuit breaker),
 //! a Redis pub/sub backplane that keeps the other pod's L1 in step with
 //! every write and invalidation, an invalidation queue for when Redis
-//! fails, and an `Invalidator` with the seed scenario's dependency rules.
+//! fails, and an `Invalidator` with the offers service's dependency rules.
 //!
 //! Run it with `cargo run -p examples --example offers`. It uses the Redis
 //! at `REDIS_URL` if set (its `offers-example:` namespace is flushed at the
@@ -47,7 +47,7 @@ impl OffersDb {
     }
 }
 
-/// When these keys change, so do those: the seed scenario's rules.
+/// When these keys change, so do those: the offers service's rules.
 fn rules() -> Result<Rules, cache_invalidation::Error> {
     Rules::builder()
         .rule(

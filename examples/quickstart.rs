@@ -1,6 +1,6 @@
 //! A memory-only tiered cache in front of a deliberately slow offers service.
 //!
-//! The seed scenario: GraphQL fields `offer`, `averageRating` and `reviews`
+//! The scenario: GraphQL fields `offer`, `averageRating` and `reviews`
 //! (paginated), each cached with `get_or_compute` for five minutes. A new
 //! review invalidates that offer's reviews and rating.
 //!

@@ -6,20 +6,33 @@
 //! cargo xtask lint               rustfmt --check, clippy and rustdoc with warnings denied
 //! cargo xtask bench              the criterion benchmarks; ratios to target/bench/summary.json
 //! cargo xtask deny               cargo-deny: bans, licenses, sources (installs cargo-deny)
-//! cargo xtask ci                 what CI runs: lint, test, proptest, the examples, deny
+//! cargo xtask msrv               `cargo check` with the workspace's rust-version (installs it with rustup if it can)
+//! cargo xtask ci                 what CI runs: lint, msrv, test, proptest, the examples, deny
 //! ```
+//!
+//! Every cargo build, test, clippy, doc and run step passes `--locked`, and
+//! the `cargo xtask` alias runs the xtask itself with `--locked`: a stale
+//! `Cargo.lock` fails the task instead of being rewritten.
 
 use std::env;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
-use std::time::Instant;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
 type Result<T = ()> = std::result::Result<T, String>;
 
-const USAGE: &str = "usage: cargo xtask <test | proptest [--cases N] | lint | bench | deny | ci>";
+const USAGE: &str =
+    "usage: cargo xtask <test | proptest [--cases N] | lint | bench | deny | msrv | ci>";
 
 /// Property-test cases per test in `cargo xtask ci`.
 const CI_PROPTEST_CASES: u32 = 5000;
+
+/// How long `cargo xtask msrv` lets `rustup toolchain install` run (about
+/// 15 s with a network) before it gives up and skips the check.
+const MSRV_INSTALL_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Cargo subcommands that take `--locked`; every call of them gets it.
+const LOCKED_SUBCOMMANDS: &[&str] = &["bench", "build", "check", "clippy", "doc", "run", "test"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -29,6 +42,7 @@ fn main() -> ExitCode {
         Some("lint") => lint(),
         Some("bench") => bench(),
         Some("deny") => deny(),
+        Some("msrv") => msrv(),
         Some("ci") => ci(),
         _ => Err(USAGE.to_owned()),
     };
@@ -166,9 +180,142 @@ fn deny() -> Result {
     cargo(&["deny", "check", "bans", "licenses", "sources"])
 }
 
+/// Checks the workspace with the oldest Rust it declares (`rust-version`
+/// in `[workspace.package]`), so that the README's "1.88 or newer" stays
+/// true. Skipped, with a warning, when rustup is missing or cannot install
+/// that toolchain (no network): a machine without it proves nothing either way.
+fn msrv() -> Result {
+    let started = Instant::now();
+    let root = root();
+    let msrv = rust_version(&root)?;
+    if !which("rustup") {
+        warn_msrv_skipped(&msrv, "rustup is not installed");
+        return Ok(());
+    }
+    let toolchain = match installed_toolchain(&msrv)? {
+        Some(toolchain) => toolchain,
+        None => {
+            eprintln!(
+                "xtask: installing Rust {msrv} (rust-version) with rustup, \
+                 at most {MSRV_INSTALL_TIMEOUT:?}"
+            );
+            let mut install = Command::new("rustup");
+            install.args(["toolchain", "install", &msrv, "--profile", "minimal"]);
+            if let Err(error) = run_with_timeout(&mut install, MSRV_INSTALL_TIMEOUT) {
+                warn_msrv_skipped(&msrv, &format!("rustup could not install it: {error}"));
+                return Ok(());
+            }
+            match installed_toolchain(&msrv)? {
+                Some(toolchain) => toolchain,
+                None => {
+                    warn_msrv_skipped(&msrv, "rustup installed it but does not list it");
+                    return Ok(());
+                }
+            }
+        }
+    };
+    // `rustup run` picks the toolchain itself; the variables that cargo
+    // set for this xtask would point the check at the current one.
+    let mut check = Command::new("rustup");
+    check
+        .args(["run", &toolchain, "cargo", "check"])
+        .args(["--workspace", "--all-targets", "--locked"])
+        .current_dir(&root)
+        .env_remove("CARGO")
+        .env_remove("RUSTC")
+        .env_remove("RUSTDOC")
+        .env_remove("RUSTUP_TOOLCHAIN");
+    run(&mut check).map_err(|error| {
+        format!(
+            "{error}\nthe workspace declares rust-version = \"{msrv}\" but does not build \
+             with it: raise rust-version (and the README's \"{msrv} or newer\") or avoid \
+             the newer feature"
+        )
+    })?;
+    eprintln!(
+        "xtask: the workspace builds with Rust {msrv} ({toolchain}); the MSRV check took {:.0?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+fn warn_msrv_skipped(msrv: &str, why: &str) {
+    eprintln!(
+        "xtask: WARNING: MSRV check SKIPPED: {why}. Nothing checked that the workspace \
+         builds with Rust {msrv} (its rust-version); run `rustup toolchain install {msrv} \
+         --profile minimal` and `cargo xtask msrv` where the network is available."
+    );
+}
+
+/// `rust-version` of `[workspace.package]` in the root Cargo.toml.
+fn rust_version(root: &Path) -> Result<String> {
+    let path = root.join("Cargo.toml");
+    let manifest = std::fs::read_to_string(&path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let mut section = "";
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line;
+        } else if section == "[workspace.package]"
+            && let Some((key, value)) = line.split_once('=')
+            && key.trim() == "rust-version"
+        {
+            return Ok(value.trim().trim_matches('"').to_owned());
+        }
+    }
+    Err(format!(
+        "{} has no rust-version in [workspace.package]",
+        path.display()
+    ))
+}
+
+/// The name rustup lists for an installed toolchain of Rust `version`
+/// (`1.88` matches `1.88-<host>` and `1.88.0-<host>`), if there is one.
+fn installed_toolchain(version: &str) -> Result<Option<String>> {
+    let output = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .map_err(|error| format!("cannot run rustup toolchain list: {error}"))?;
+    let list = String::from_utf8_lossy(&output.stdout);
+    let names = [format!("{version}-"), format!("{version}.0-")];
+    Ok(list
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .find(|name| {
+            *name == version || names.iter().any(|prefix| name.starts_with(prefix.as_str()))
+        })
+        .map(str::to_owned))
+}
+
+/// Runs `command`, killing it if it is still running after `timeout`.
+fn run_with_timeout(command: &mut Command, timeout: Duration) -> Result {
+    eprintln!("xtask: running {command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|error| format!("cannot start {command:?}: {error}"))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) => return Err(format!("{command:?} failed ({status})")),
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{command:?} still running after {timeout:?}"));
+            }
+            Err(error) => return Err(format!("waiting for {command:?}: {error}")),
+        }
+    }
+}
+
 fn ci() -> Result {
     let started = Instant::now();
     lint()?;
+    msrv()?;
     test()?;
     proptest(CI_PROPTEST_CASES)?;
     for example in ["quickstart", "offers"] {
@@ -213,7 +360,13 @@ fn cargo(args: &[&str]) -> Result {
 fn cargo_env(args: &[&str], vars: &[(&str, &str)]) -> Result {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut command = Command::new(cargo);
-    command.args(args).current_dir(root());
+    match args.split_first() {
+        Some((subcommand, rest)) if LOCKED_SUBCOMMANDS.contains(subcommand) => {
+            command.arg(subcommand).arg("--locked").args(rest)
+        }
+        _ => command.args(args),
+    };
+    command.current_dir(root());
     for (key, value) in vars {
         command.env(key, value);
     }

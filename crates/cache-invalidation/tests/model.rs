@@ -9,8 +9,9 @@
 //! The property: once the other instances have applied the backplane's
 //! messages, every read on every instance returns what the database holds
 //! now; during an outage too, and after it once the invalidation queues
-//! have drained. Keys are derived from database entities by the seed scenario's
-//! rules (a transitive one included) or by tags (one key carries two), and
+//! have drained. Keys are derived from database entities by the offers
+//! service's dependency rules (as in `examples/offers.rs`; a transitive one
+//! included) or by tags (one key carries two), and
 //! ids hold glob characters and the `:` separator.
 
 use std::collections::HashMap;

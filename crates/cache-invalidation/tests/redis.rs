@@ -1,6 +1,6 @@
 //! End to end over a real `redis-server`: instances, each an L1 memory tier
 //! over a shared `RedisLayer`, kept in step by the cache's `RedisBackplane`,
-//! invalidating by the seed scenario's rules.
+//! invalidating by the offers service's dependency rules.
 //!
 //! Needs `redis-server` and `redis-cli` on PATH (`apt-get install -y redis-server`).
 
@@ -16,7 +16,7 @@ use cache_tiered::{Tier, TieredCache};
 
 const TTL: Duration = Duration::from_secs(300);
 
-/// The seed scenario's rules.
+/// The offers service's dependency rules (as in `examples/offers.rs`).
 fn rules() -> Rules {
     Rules::builder()
         .rule(

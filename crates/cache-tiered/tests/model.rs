@@ -694,8 +694,8 @@ impl Harness {
                 .filter(|&store| !self.stores[store].shared)
                 .collect();
             if self.backplane {
-                // What a backplane receiver does (a write too, as issue 14
-                // asks): the sender has cleared the shared tier already.
+                // What a backplane receiver does (for a write as for a
+                // removal): the sender has cleared the shared tier already.
                 let other_cache = self.instances[other].cache.clone();
                 let removed = match *mutation {
                     Mutation::Set { key, .. } | Mutation::Delete { key } => {

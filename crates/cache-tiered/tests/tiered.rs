@@ -481,8 +481,9 @@ async fn an_l1_refusing_an_oversized_value_is_not_an_error() {
     );
 }
 
-/// The seed's fire-and-forget L1 population let an L2 read that raced with
-/// a delete write the deleted value back into L1. Here the read is held
+/// A fire-and-forget L1 population (filling L1 after an L2 hit with no
+/// check) would let an L2 read that raced with a delete write the deleted
+/// value back into L1. Here the read is held
 /// between reading L2 and filling L1 while the delete runs.
 #[tokio::test]
 async fn a_fill_racing_with_a_delete_does_not_resurrect_the_value() {
