@@ -395,7 +395,11 @@ impl<S: Serializer> TieredCache<S> {
                         tier.counters.fills_discarded.incr();
                         superseded.push(*i);
                     }
-                    Err(_) => {}
+                    // Refused (over the tier's limit) or failed: counted as
+                    // any write's would be; the key stays uncached here.
+                    Err(error) => {
+                        let _ = tier.failed::<()>(Operation::Write, error);
+                    }
                 }
             }
         }
