@@ -24,10 +24,16 @@ pub(crate) struct Found<T> {
 }
 
 /// How far a walk goes, and whether it counts as a read of its own.
+///
+/// Only [`Full`](Walk::Full) is a user's read: the others count no hit or
+/// miss, in any tier or overall (see `TierStats`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Walk {
     /// Every tier; counted in the stats as a read.
     Full,
+    /// Every tier, uncounted: the composer's own reads (tag versions,
+    /// `tags.rs`).
+    Internal,
     /// Only the top tier, uncounted: `get_or_compute` looking again after
     /// it joined a flight that may have just filled it.
     Recheck,
@@ -35,6 +41,13 @@ pub(crate) enum Walk {
     /// included: a fleet-lock waiter looking for another instance's value
     /// (`fleet.rs`), once per poll.
     Shared(usize),
+}
+
+impl Walk {
+    /// Whether the walk is a user's read, counted in hits and misses.
+    fn counted(self) -> bool {
+        self == Walk::Full
+    }
 }
 
 /// A value past its logical expiry, kept for fail-safe: the fallback of a
@@ -191,7 +204,7 @@ impl<S: Serializer> TieredCache<S> {
     {
         let shared = &*self.shared;
         let (start, tiers) = match walk {
-            Walk::Full => (0, &shared.tiers[..]),
+            Walk::Full | Walk::Internal => (0, &shared.tiers[..]),
             Walk::Recheck => (0, &shared.tiers[..1]),
             Walk::Shared(start) => (start, &shared.tiers[start..]),
         };
@@ -250,7 +263,7 @@ impl<S: Serializer> TieredCache<S> {
                 let entry = match answer {
                     Ok(Some(entry)) => entry,
                     Ok(None) => {
-                        if !matches!(walk, Walk::Shared(_)) {
+                        if walk.counted() {
                             tier.counters.misses.incr();
                         }
                         still_missing.push(i);
@@ -277,7 +290,7 @@ impl<S: Serializer> TieredCache<S> {
                             && !self.tags_current(&stamps).await
                         {
                             tier.counters.tag_stale.incr();
-                            self.discard(tier, keys[i]).await;
+                            self.discard(tier, keys[i], walk).await;
                             still_missing.push(i);
                             continue;
                         }
@@ -285,7 +298,7 @@ impl<S: Serializer> TieredCache<S> {
                         if fresh == Freshness::Stale {
                             // Past its TTL, kept for fail-safe: a miss here,
                             // and a fallback if no tier below has it live.
-                            if !matches!(walk, Walk::Shared(_)) {
+                            if walk.counted() {
                                 tier.counters.misses.incr();
                             }
                             if stale[i].is_none() {
@@ -295,7 +308,7 @@ impl<S: Serializer> TieredCache<S> {
                             continue;
                         }
                         freshness[i] = fresh;
-                        if walk == Walk::Full {
+                        if walk.counted() {
                             tier.counters.hits.incr();
                         }
                         values[i] = Ok(Some(value));
@@ -307,19 +320,21 @@ impl<S: Serializer> TieredCache<S> {
                         // Another type's or version's value: a miss, and not
                         // ours to remove.
                         tier.counters.foreign.incr();
-                        tier.counters.misses.incr();
+                        if walk.counted() {
+                            tier.counters.misses.incr();
+                        }
                         still_missing.push(i);
                     }
                     Opening::Undecodable => {
                         tier.counters.undecodable.incr();
-                        self.discard(tier, keys[i]).await;
+                        self.discard(tier, keys[i], walk).await;
                         still_missing.push(i);
                     }
                 }
             }
             missing = still_missing;
         }
-        if walk == Walk::Full {
+        if walk.counted() {
             let misses = values.iter().filter(|v| matches!(v, Ok(None))).count();
             shared.counters.misses.add(misses as u64);
         }
@@ -355,9 +370,12 @@ impl<S: Serializer> TieredCache<S> {
     }
 
     /// A value found in `tier` that must not be served again (undecodable,
-    /// or stamped with an invalidated tag): a miss, and removed from there.
-    async fn discard(&self, tier: &Tier, key: &str) {
-        tier.counters.misses.incr();
+    /// or stamped with an invalidated tag): a miss (in a counted walk), and
+    /// removed from there.
+    async fn discard(&self, tier: &Tier, key: &str, walk: Walk) {
+        if walk.counted() {
+            tier.counters.misses.incr();
+        }
         // Failures are already counted by the tier; the read is a miss either way.
         let _ = tier.delete_many(&*self.shared.clock, &[key]).await;
     }
@@ -418,7 +436,11 @@ impl<S: Serializer> TieredCache<S> {
                         tier.counters.fills_discarded.incr();
                         superseded.push(*i);
                     }
-                    Err(_) => {}
+                    // Refused (over the tier's limit) or failed: counted as
+                    // any write's would be; the key stays uncached here.
+                    Err(error) => {
+                        let _ = tier.failed::<()>(Operation::Write, error);
+                    }
                 }
             }
         }

@@ -1,37 +1,68 @@
 use cache_core::{Counter, LayerStats};
 
 /// Counters of one tier, as the composer saw it.
+///
+/// `hits` and `misses` count *user reads*: one per key read by `get`,
+/// `get_many`, or the lookup that starts a `get_or_compute` (any variant, or
+/// through `entry`). A user read walks the tiers top-down until one answers:
+/// it counts one hit in the tier that answered and one miss in each tier
+/// above it; a read no tier answers counts a miss in every tier. A tier
+/// whose call failed counts in `errors` (or `rejected`) instead, neither hit
+/// nor miss.
+///
+/// The composer's own reads are not user reads and count no hit or miss:
+/// the versions of a tagged value's tags, the top tier looked at again by a
+/// `get_or_compute` leader (or an eager refresh) before it loads, and a
+/// [fleet lock](crate::TieredCacheBuilder::fleet_lock) waiter's polls of the
+/// shared tiers. The layer's own counters (`layer`) see every call.
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct TierStats {
     /// The layer's name.
     pub name: String,
-    /// Reads this tier answered.
+    /// User reads this tier answered with a live value.
     pub hits: u64,
-    /// Reads this tier did not answer (missing, or undecodable).
+    /// User reads that reached this tier and found no live value here:
+    /// nothing, an expired or evicted value, a stale one (past its TTL,
+    /// kept for fail-safe), or one counted in `undecodable`, `foreign` or
+    /// `tag_stale`.
     pub misses: u64,
-    /// Values copied into this tier from a tier below it.
+    /// Values the composer wrote here on a read or a load, not a `set`, and
+    /// kept (not undone by a racing mutation): a value found in a tier
+    /// below copied up (by any read, the composer's own included), a
+    /// loader's value (written through every tier: one fill in each), a
+    /// newly created tag version, a fail-safe value given its throttle.
     pub fills: u64,
-    /// Fills skipped or undone because the key changed meanwhile.
+    /// Fills skipped, undone or refused by a shared tier because the key
+    /// changed meanwhile (here, or in another instance).
     pub fills_discarded: u64,
     /// Values found here whose bytes did not parse (garbage, a truncated
-    /// value); counted as misses and removed.
+    /// value), by any read; removed, so each counted once. In a user read,
+    /// also a miss.
     pub undecodable: u64,
     /// Values found here that were written for another type, schema version
     /// or serializer (another version of the service, during a rolling
-    /// deploy); counted as misses and left in place.
+    /// deploy), by any read; left in place, so counted by every read that
+    /// finds one. In a user read, also a miss.
     pub foreign: u64,
-    /// Tagged values found here after one of their tags was invalidated;
-    /// counted as misses and removed.
+    /// Tagged values found here after one of their tags was invalidated
+    /// (or its version lost), by any read; removed, so each counted once.
+    /// In a user read, also a miss.
     pub tag_stale: u64,
-    /// Calls that failed or timed out.
+    /// Calls to this tier that failed or timed out (a batch call failing
+    /// as a whole counts once), and keys a batch call answered with an
+    /// error. Refusals are in `refused`, rejections in `rejected`.
     pub errors: u64,
-    /// Values the layer refused (over its size limit); returned to the
-    /// caller as errors, not counted in `errors`.
+    /// Values this tier refused (over its size limit), one per value,
+    /// whether written by a `set`, a load or a fill. Returned to the caller
+    /// as an error, unless a lower tier took the value. Not in `errors`.
     pub refused: u64,
-    /// Calls the failure policy did not let through (an open breaker).
+    /// Calls the failure policy did not let through (an open breaker). Not
+    /// in `errors`.
     pub rejected: u64,
-    /// The layer's own counters.
+    /// The layer's own counters: every call the composer made to it,
+    /// its own reads included (so the layer's hits and misses may exceed
+    /// the tier's).
     pub layer: LayerStats,
 }
 
@@ -41,21 +72,35 @@ pub struct TierStats {
 pub struct TieredStats {
     /// Per tier, top first.
     pub tiers: Vec<TierStats>,
-    /// Reads answered by some tier.
+    /// User reads (keys, as in [`TierStats`]) answered by some tier: the
+    /// sum of the tiers' `hits`.
     pub hits: u64,
-    /// Reads no tier answered.
+    /// User reads no tier answered, one per key however many tiers were
+    /// asked. `hits + misses` is the number of keys read by user calls,
+    /// less those whose read returned an error (a tier failing closed).
     pub misses: u64,
-    /// Loader calls made by `get_or_compute`.
+    /// Loads started by `get_or_compute` (any variant) and eager
+    /// refreshes: each calls its loader once (unless reading its tags'
+    /// versions fails first). A caller answered without a load of its own
+    /// is in `coalesced` or [`FleetStats::waited_found`] instead: so after
+    /// `get_or_compute` calls alone, none cancelled, without eager refresh
+    /// or soft timeout, `misses == loads + coalesced + fleet.waited_found`.
     pub loads: u64,
-    /// Loader calls that failed or timed out.
+    /// Loads whose loader returned an error or ran past the hard timeout
+    /// (a panicking loader is not counted).
     pub load_errors: u64,
-    /// `get_or_compute` callers served by another caller's loader call.
+    /// `get_or_compute` callers that missed and were answered without a
+    /// load of their own: by another caller's load they waited for (its
+    /// value or its error), or by a value that such a load wrote to the top
+    /// tier before they took the lead.
     pub coalesced: u64,
-    /// `get_or_compute` callers served a stale value (fail-safe): their
-    /// loader failed or timed out, or a recent failure's throttle held.
+    /// `get_or_compute` callers (any variant) served a stale value
+    /// (fail-safe): their load (or the one they waited for) failed or timed
+    /// out, their soft timeout passed, or their read found a value a recent
+    /// failure's throttle keeps (that read is a hit too).
     pub stale_served: u64,
-    /// Eager refreshes started (background loads of a value in the last
-    /// part of its TTL).
+    /// Eager refreshes started (background loads of a value read in the
+    /// last part of its TTL; also in `loads`).
     pub eager_refreshes: u64,
     /// The backplane's counters (all zero without one).
     pub backplane: BackplaneStats,

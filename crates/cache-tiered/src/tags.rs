@@ -35,6 +35,7 @@ use serde::Serialize;
 
 use crate::cache::LoadOptions;
 use crate::envelope::Stamps;
+use crate::read::Walk;
 use crate::{Removed, Result, TieredCache};
 
 /// Where and for how long tag versions are kept.
@@ -147,9 +148,7 @@ impl<S: Serializer> TieredCache<S> {
             .iter()
             .map(|key| self.shared.guard.ticket(key, now))
             .collect();
-        // Boxed: reading versions goes through the read path, which checks
-        // tags in turn (versions themselves are never tagged).
-        let versions = Box::pin(self.get_many::<u64>(&keys)).await;
+        let versions = self.versions(&keys).await;
         let mut stamps = Stamps::with_capacity(tags.len());
         for (((tag, key), ticket), version) in tags.iter().zip(&keys).zip(&tickets).zip(versions) {
             let version = match version? {
@@ -181,11 +180,24 @@ impl<S: Serializer> TieredCache<S> {
     pub(crate) async fn tags_current(&self, stamps: &[(String, u64)]) -> bool {
         let keys: Vec<String> = stamps.iter().map(|(tag, _)| self.tag_key(tag)).collect();
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let versions = Box::pin(self.get_many::<u64>(&keys)).await;
+        let versions = self.versions(&keys).await;
         stamps
             .iter()
             .zip(versions)
             .all(|((_, stamped), now)| matches!(now, Ok(Some(version)) if version == *stamped))
+    }
+
+    /// The versions stored under `keys`: a read of every tier, as
+    /// [`get_many`](Self::get_many) does, but not a user's read, so not
+    /// counted in any tier's hits or misses.
+    async fn versions(&self, keys: &[&str]) -> Vec<Result<Option<u64>>> {
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        // Boxed: reading versions goes through the read path, which checks
+        // tags in turn (versions themselves are never tagged).
+        let walk = self.walk::<u64>(keys, self.envelope::<u64>(), Walk::Internal, None);
+        Box::pin(walk).await.values
     }
 }
 
