@@ -108,6 +108,11 @@ impl Flights {
 }
 
 impl Leader {
+    /// The key this leader loads.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
     /// Hands the outcome to every follower and ends the flight.
     pub(crate) fn finish(self, outcome: Outcome) {
         if let Some(slot) = self.flights.remove(&self.key, self.id) {

@@ -181,22 +181,20 @@ impl<S: Serializer> TieredCache<S> {
                         // Another type was loaded under this key: load ours alone.
                         None => {
                             let loader = loader.take().expect("a follower never used its loader");
-                            let ticket = shared.guard.ticket(key, shared.clock.now());
-                            let loaded = self
-                                .load(key, tags, ttl, options, envelope, loader, ticket, failed)
+                            return self
+                                .load_alone(key, tags, ttl, options, loader, failed, fallback)
                                 .await;
-                            return self.settle(loaded, fallback);
                         }
                     },
                 },
             };
-            if let Some(value) = self
-                .recheck::<T>(key, envelope, &mut failed, excluded)
+            let leader = match self
+                .recheck::<T>(leader, envelope, &mut failed, excluded)
                 .await
             {
-                leader.finish(Ok(Arc::new(value.clone())));
-                return Ok(Fetched::fresh(value));
-            }
+                Ok(value) => return Ok(Fetched::fresh(value)),
+                Err(leader) => leader,
+            };
             let loader = loader.take().expect("a caller leads at most once");
             let outcome = self
                 .lead(
@@ -278,26 +276,23 @@ impl<S: Serializer> TieredCache<S> {
                             None => {
                                 let loader =
                                     loader.take().expect("a follower never used its loader");
-                                let ticket = shared.guard.ticket(key, shared.clock.now());
-                                let loaded = self
-                                    .load(
-                                        key, tags, &*ttl, &options, envelope, loader, ticket,
-                                        failed,
+                                return self
+                                    .load_alone(
+                                        key, tags, &*ttl, &options, loader, failed, fallback,
                                     )
                                     .await;
-                                return self.settle(loaded, fallback);
                             }
                         },
                     }
                 }
             };
-            if let Some(value) = self
-                .recheck::<T>(key, envelope, &mut failed, excluded)
+            let leader = match self
+                .recheck::<T>(leader, envelope, &mut failed, excluded)
                 .await
             {
-                leader.finish(Ok(Arc::new(value.clone())));
-                return Ok(Fetched::fresh(value));
-            }
+                Ok(value) => return Ok(Fetched::fresh(value)),
+                Err(leader) => leader,
+            };
             let loader = loader.take().expect("a caller leads at most once");
             let mut task = self.spawn_lead(
                 leader,
@@ -493,28 +488,57 @@ impl<S: Serializer> TieredCache<S> {
     }
 
     /// Looks at the top tier again after winning a flight: a flight that
-    /// ended between our miss and our joining has filled it.
+    /// ended between our miss and our joining has filled it. A value found
+    /// there ends the flight with it; otherwise the caller leads on.
     async fn recheck<T>(
         &self,
-        key: &str,
+        leader: Leader,
         envelope: Envelope,
         failed: &mut TierSet,
         excluded: TierSet,
-    ) -> Option<T>
+    ) -> Result<T, Leader>
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
         let mut recheck = self
-            .walk::<T>(&[key], envelope, Walk::Recheck, None, excluded)
+            .walk::<T>(&[leader.key()], envelope, Walk::Recheck, None, excluded)
             .await;
         *failed |= recheck.failed_open;
         match recheck.values.pop() {
             Some(Ok(Some(value))) => {
                 self.shared.counters.coalesced.incr();
-                Some(value)
+                leader.finish(Ok(Arc::new(value.clone())));
+                Ok(value)
             }
-            _ => None,
+            _ => Err(leader),
         }
+    }
+
+    /// Loads outside any flight: a waiter whose leader loaded another type
+    /// under the key.
+    #[allow(clippy::too_many_arguments)]
+    async fn load_alone<T, F, Fut, E>(
+        &self,
+        key: &str,
+        tags: &[&str],
+        ttl: &(dyn Fn(&T) -> Duration + Send + Sync),
+        options: &LoadOptions,
+        loader: F,
+        failed: TierSet,
+        fallback: Option<Fallback<T>>,
+    ) -> Result<Fetched<T>>
+    where
+        T: Serialize + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let ticket = self.shared.guard.ticket(key, self.shared.clock.now());
+        let envelope = self.envelope::<T>();
+        let loaded = self
+            .load(key, tags, ttl, options, envelope, loader, ticket, failed)
+            .await;
+        self.settle(loaded, fallback)
     }
 
     /// What a caller gets for a live value it found.
