@@ -20,7 +20,7 @@ use crate::error::{LoadError, Typed};
 use crate::fleet::FleetTurn;
 use crate::flight::{Leader, Outcome, Role};
 use crate::guard::Ticket;
-use crate::read::{StaleCopy, Walk};
+use crate::read::{StaleCopy, Top, Walk};
 use crate::tier::Call;
 use crate::{Error, Result, TieredCache};
 
@@ -63,8 +63,15 @@ impl<S: Serializer> TieredCache<S> {
         Fut: Future<Output = Result<T, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // The hit first, as `compute` does, but returning the value itself:
+        // this is the second-hottest path there is.
+        let top = match self.read_top::<T>(key, 0) {
+            Top::Live(value, freshness) => return Ok(self.hit(value, freshness).value),
+            Top::Below(top) => top,
+        };
         let options = &self.shared.defaults.load;
-        self.compute(key, &[], &|_: &T| ttl, options, loader)
+        let ttl = &|_: &T| ttl;
+        Box::pin(self.compute_below(key, &[], ttl, options, loader, 0, top))
             .await
             .map(Fetched::into_value)
     }
@@ -157,10 +164,37 @@ impl<S: Serializer> TieredCache<S> {
         Fut: Future<Output = Result<T, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let shared = &*self.shared;
         let excluded = self.excluded(options)?;
+        let top = match self.read_top::<T>(key, excluded) {
+            Top::Live(value, freshness) => return Ok(self.hit(value, freshness)),
+            Top::Below(top) => top,
+        };
+        // The rest boxed: a hit's future stays small, and it is moved into
+        // every caller's.
+        Box::pin(self.compute_below(key, tags, ttl, options, loader, excluded, top)).await
+    }
+
+    /// [`compute`](Self::compute) once the top tier had no live value.
+    #[allow(clippy::too_many_arguments)]
+    async fn compute_below<T, F, Fut, E>(
+        &self,
+        key: &str,
+        tags: &[&str],
+        ttl: &(dyn Fn(&T) -> Duration + Send + Sync),
+        options: &LoadOptions,
+        loader: F,
+        excluded: TierSet,
+        top: Option<Call<Option<Entry>>>,
+    ) -> Result<Fetched<T>>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let shared = &*self.shared;
         let found = self
-            .lookup::<T>(key, options.fail_safe.is_some(), excluded)
+            .lookup_below::<T>(key, top, options.fail_safe.is_some(), excluded)
             .await?;
         if let Some((value, freshness)) = found.value {
             return Ok(self.hit(value, freshness));
@@ -242,20 +276,27 @@ impl<S: Serializer> TieredCache<S> {
         }
         let shared = &*self.shared;
         let excluded = self.excluded(&options)?;
-        let found = self
-            .lookup::<T>(key, options.fail_safe.is_some(), excluded)
-            .await?;
-        if let Some((value, freshness)) = found.value {
+        let (mut fallback, mut failed) = (None, 0);
+        let found = match self.read_top::<T>(key, excluded) {
+            Top::Live(value, freshness) => Some((value, freshness)),
+            Top::Below(top) => {
+                let found = self
+                    .lookup_below::<T>(key, top, options.fail_safe.is_some(), excluded)
+                    .await?;
+                fallback = Fallback::new(found.stale, found.ticket);
+                failed = found.failed;
+                found.value
+            }
+        };
+        if let Some((value, freshness)) = found {
             if freshness == Freshness::RefreshDue {
                 self.refresh(key, tags, ttl, options, loader);
             }
             return Ok(self.hit(value, freshness));
         }
-        let mut fallback = Fallback::new(found.stale, found.ticket);
         // A soft timeout only ever hands out a stale value: without one, a
         // caller waits for the load (up to the hard timeout).
         let soft = options.soft_timeout.filter(|_| fallback.is_some());
-        let mut failed = found.failed;
         let envelope = self.envelope::<T>();
         let mut loader = Some(loader);
         loop {

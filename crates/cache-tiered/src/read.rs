@@ -58,7 +58,15 @@ pub(crate) struct StaleCopy<T> {
     pub(crate) entry: Entry,
 }
 
-/// What one key's read found.
+/// What the top tier answered a one-key read.
+pub(crate) enum Top<T> {
+    /// A live value, and how fresh it is: the read is over.
+    Live(T, Freshness),
+    /// No live value there: the walk goes on, from this answer if any.
+    Below(Option<Call<Option<Entry>>>),
+}
+
+/// What one key's read found below a top tier without a live value.
 pub(crate) struct Lookup<T> {
     /// A live value, and how fresh it is.
     pub(crate) value: Option<(T, Freshness)>,
@@ -90,44 +98,39 @@ impl<S: Serializer> TieredCache<S> {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        let found = self.lookup(key, false, excluded).await?.value;
         // A throttled value is stale, only served to loads that fall back.
-        Ok(found
-            .and_then(|(value, freshness)| (freshness != Freshness::Throttled).then_some(value)))
+        let live = |(value, freshness): (T, Freshness)| {
+            (freshness != Freshness::Throttled).then_some(value)
+        };
+        let top = match self.read_top::<T>(key, excluded) {
+            Top::Live(value, freshness) => return Ok(live((value, freshness))),
+            Top::Below(top) => top,
+        };
+        let found = self.lookup_below(key, top, false, excluded).await?;
+        Ok(found.value.and_then(live))
     }
 
-    /// [`get`](Self::get), also returning how fresh the value is, a stale
-    /// one if there is no live one, and the tiers whose read failed open.
-    ///
-    /// With `fallback`, a value that is not live is read under a ticket
-    /// (in [`Lookup::ticket`]), so that a stale one can serve as a fallback
-    /// only while no mutation of the key intervened since it was read. A
-    /// live hit in the top tier, the common case, takes none.
-    ///
-    /// Tiers in `excluded` are not read (a call that skips them).
-    pub(crate) async fn lookup<T>(
-        &self,
-        key: &str,
-        fallback: bool,
-        excluded: TierSet,
-    ) -> Result<Lookup<T>>
+    /// The hottest path there is: a live value in the top tier, answered
+    /// without entering the general walk (and its futures and vectors).
+    /// Otherwise what the top tier answered, for the walk to go on from.
+    #[inline]
+    pub(crate) fn read_top<T>(&self, key: &str, excluded: TierSet) -> Top<T>
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
         let shared = &*self.shared;
-        let envelope = self.envelope::<T>();
-        // The hottest path there is, an L1 hit, answered without entering
-        // the general walk (and its futures and vectors).
-        let top = match excluded & 1 {
-            0 => shared.tiers[0].read_now(&*shared.clock, key),
-            _ => None,
-        };
+        if excluded & 1 != 0 {
+            return Top::Below(None);
+        }
+        let top = shared.tiers[0].read_now(&*shared.clock, key);
         if let Some(Call::Done(Some(entry))) = &top
             && let Opening::Value(Opened {
                 value,
                 stamps: None,
                 life,
-            }) = envelope.decode::<S, T>(&shared.serializer, entry)
+            }) = self
+                .envelope::<T>()
+                .decode::<S, T>(&shared.serializer, entry)
         {
             let freshness = match life {
                 None => Freshness::Fresh,
@@ -135,16 +138,34 @@ impl<S: Serializer> TieredCache<S> {
             };
             if freshness != Freshness::Stale {
                 shared.tiers[0].counters.hits.incr();
-                return Ok(Lookup {
-                    value: Some((value, freshness)),
-                    stale: None,
-                    failed: 0,
-                    ticket: None,
-                });
+                return Top::Live(value, freshness);
             }
         }
+        Top::Below(top)
+    }
+
+    /// The rest of a one-key read after [`read_top`](Self::read_top) found
+    /// no live value: how fresh a value below is, a stale one if there is
+    /// no live one, and the tiers whose read failed open.
+    ///
+    /// With `fallback`, the read is made under a ticket (in
+    /// [`Lookup::ticket`]), so that a stale value can serve as a fallback
+    /// only while no mutation of the key intervened since it was read. A
+    /// live hit in the top tier, the common case, takes none.
+    ///
+    /// Tiers in `excluded` are not read (a call that skips them).
+    pub(crate) async fn lookup_below<T>(
+        &self,
+        key: &str,
+        mut top: Option<Call<Option<Entry>>>,
+        fallback: bool,
+        excluded: TierSet,
+    ) -> Result<Lookup<T>>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let shared = &*self.shared;
         let mut ticket = None;
-        let mut top = top;
         if fallback {
             ticket = Some(shared.guard.ticket(key, shared.clock.now()));
             // What the top tier held was read before the ticket: read it again.
@@ -152,6 +173,7 @@ impl<S: Serializer> TieredCache<S> {
                 top = None;
             }
         }
+        let envelope = self.envelope::<T>();
         let mut found = self
             .walk::<T>(&[key], envelope, Walk::Full, top, excluded)
             .await;
