@@ -1,6 +1,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cache_core::{
@@ -45,6 +46,9 @@ pub struct Tier {
     pub(crate) ttl_cap: Option<Duration>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) counters: TierCounters,
+    /// Whether the tier's last call failed: its first failure and its
+    /// recovery are logged at WARN, not every failure in between.
+    failing: AtomicBool,
 }
 
 impl Tier {
@@ -62,6 +66,7 @@ impl Tier {
             ttl_cap: None,
             timeout: None,
             counters: TierCounters::default(),
+            failing: AtomicBool::new(false),
         }
     }
 
@@ -112,7 +117,10 @@ impl Tier {
         }
         let ctx = CallContext::new(clock, Operation::Read);
         Some(match self.layer.get_now(&ctx, key)? {
-            Ok(found) => Call::Done(found),
+            Ok(found) => {
+                self.succeeded();
+                Call::Done(found)
+            }
             Err(error) => self.failed(Operation::Read, error),
         })
     }
@@ -245,7 +253,10 @@ impl Tier {
         if !self.observed {
             // FailOpen / FailClosed: no admission, no timing, on the hot path.
             return match self.timed(call).await {
-                Ok(value) => Call::Done(value),
+                Ok(value) => {
+                    self.succeeded();
+                    Call::Done(value)
+                }
                 Err(error) => self.failed(ctx.operation(), error),
             };
         }
@@ -265,7 +276,10 @@ impl Tier {
         };
         self.policy.record(ctx.operation(), ctx.ticket(), outcome);
         match result {
-            Ok(value) => Call::Done(value),
+            Ok(value) => {
+                self.succeeded();
+                Call::Done(value)
+            }
             Err(error) => self.failed(ctx.operation(), error),
         }
     }
@@ -295,12 +309,29 @@ impl Tier {
             return Call::Failed(error);
         }
         self.counters.errors.incr();
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                tier = self.name(),
+                %operation,
+                class = %error.class(),
+                %error,
+                "tier failing (logged once until it recovers; its errors are counted in the stats)"
+            );
+        }
         match self.policy.on_failure(operation, &error) {
             FailureAction::Ignore => {
                 tracing::debug!(tier = self.name(), %operation, %error, "tier call failed; failing open");
                 Call::FailedOpen
             }
             FailureAction::Propagate => Call::Failed(error),
+        }
+    }
+
+    /// After a call that succeeded: logs the recovery of a failing tier.
+    #[inline]
+    fn succeeded(&self) {
+        if self.failing.load(Ordering::Relaxed) && self.failing.swap(false, Ordering::Relaxed) {
+            tracing::warn!(tier = self.name(), "tier recovered: a call succeeded again");
         }
     }
 
