@@ -4,3 +4,5 @@
 //! The workspace README is included below, so that its code sample is
 //! compiled by `cargo test`.
 #![doc = include_str!("../../README.md")]
+
+pub mod metrics;

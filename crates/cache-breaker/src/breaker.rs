@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use cache_core::{
-    Admission, CallOutcome, Clock, Error, FailureAction, FailurePolicy, Operation, Ticket,
+    Admission, CallOutcome, CircuitState, CircuitStatus, Clock, Error, FailureAction,
+    FailurePolicy, LastErrorCell, Operation, Ticket,
 };
 
 use crate::builder::{Callback, Settings};
@@ -57,6 +58,9 @@ pub struct CircuitBreaker {
     /// Half-open bookkeeping; the lock also serialises every state change.
     half_open: Mutex<HalfOpen>,
     counters: Counters,
+    /// The last failure counted: logged when the breaker opens, reported
+    /// in its status.
+    last_error: LastErrorCell,
 }
 
 #[derive(Debug, Default)]
@@ -115,6 +119,7 @@ impl CircuitBreaker {
             opened_at: AtomicU64::new(0),
             half_open: Mutex::new(HalfOpen::default()),
             counters: Counters::default(),
+            last_error: LastErrorCell::default(),
         }
     }
 
@@ -156,6 +161,22 @@ impl CircuitBreaker {
     pub fn stats(&self) -> BreakerStats {
         self.counters
             .snapshot(kind_of(self.word.load(Ordering::Acquire)))
+    }
+
+    /// The breaker's state, how often it opened and its last failure (an
+    /// error recorded through [`FailurePolicy::record`] or
+    /// [`Permit::record`]), as stats and health checks report it.
+    pub fn status(&self) -> CircuitStatus {
+        let state = match kind_of(self.word.load(Ordering::Acquire)) {
+            StateKind::Closed => CircuitState::Closed,
+            StateKind::Open => CircuitState::Open,
+            StateKind::HalfOpen => CircuitState::HalfOpen,
+        };
+        let mut status = CircuitStatus::new(self.name(), state);
+        status.opened = self.counters.opens.get();
+        status.rejections = self.counters.rejections.get();
+        status.last_error = self.last_error.get();
+        status
     }
 
     /// Asks to make a call. `None` means the breaker rejects it (open, or
@@ -430,6 +451,7 @@ impl CircuitBreaker {
             StateKind::Open => {
                 self.opened_at
                     .store(self.nanos_since_base(at), Ordering::Release);
+                self.counters.opens.incr();
             }
             StateKind::HalfOpen => {}
         }
@@ -449,13 +471,20 @@ impl CircuitBreaker {
     fn announce(&self, change: StateChange, reason: &'static str) {
         let name = &*self.settings.name;
         match change.to {
-            StateKind::Open => tracing::warn!(
-                breaker = name,
-                from = change.from.as_str(),
-                to = change.to.as_str(),
-                reason,
-                "circuit breaker opened: calls are rejected until the recovery timeout"
-            ),
+            StateKind::Open => {
+                // The cause an operator needs: what the backend said.
+                let last = self.last_error.get();
+                tracing::warn!(
+                    breaker = name,
+                    from = change.from.as_str(),
+                    to = change.to.as_str(),
+                    reason,
+                    class = last.as_ref().map(|last| last.class.as_str()),
+                    cause = last.as_ref().map(|last| last.message.as_str()),
+                    recovery_timeout = ?self.settings.recovery_timeout,
+                    "circuit breaker opened: calls are rejected until the recovery timeout"
+                )
+            }
             StateKind::HalfOpen => tracing::info!(
                 breaker = name,
                 from = change.from.as_str(),
@@ -492,7 +521,14 @@ impl CircuitBreaker {
         self.base + Duration::from_nanos(self.opened_at.load(Ordering::Acquire))
     }
 
-    fn verdict(&self, outcome: CallOutcome<'_>) -> Verdict {
+    /// What an outcome means for the breaker; a failure that counts is kept
+    /// as the last error first, so the log of the opening it causes names it.
+    fn verdict(&self, operation: Option<Operation>, outcome: CallOutcome<'_>) -> Verdict {
+        if let CallOutcome::Failure { error, .. } = outcome
+            && error.class().affects_health()
+        {
+            self.last_error.set(operation, error);
+        }
         match outcome {
             CallOutcome::Success { elapsed } => self.judge_success(elapsed),
             // A refused input, a full or read-only server: the backend
@@ -536,8 +572,8 @@ impl FailurePolicy for CircuitBreaker {
     /// breaker opened or went half-open meanwhile) says nothing about the
     /// current one and is only counted.
     #[inline]
-    fn record(&self, _operation: Operation, ticket: Ticket, outcome: CallOutcome<'_>) {
-        let verdict = self.verdict(outcome);
+    fn record(&self, operation: Operation, ticket: Ticket, outcome: CallOutcome<'_>) {
+        let verdict = self.verdict(Some(operation), outcome);
         self.complete(Some(ticket.get()), verdict);
     }
 
@@ -545,6 +581,10 @@ impl FailurePolicy for CircuitBreaker {
     /// [`FailureAction::Ignore`]: fail open).
     fn on_failure(&self, _operation: Operation, _error: &Error) -> FailureAction {
         self.settings.on_failure
+    }
+
+    fn circuits(&self) -> Vec<CircuitStatus> {
+        vec![self.status()]
     }
 }
 
@@ -578,7 +618,7 @@ impl Permit<'_> {
     /// duration), a failure (a refusal if [`Error::is_refusal`]), or
     /// abandoned.
     pub fn record(self, outcome: CallOutcome<'_>) {
-        let verdict = self.breaker.verdict(outcome);
+        let verdict = self.breaker.verdict(None, outcome);
         self.finish(verdict);
     }
 

@@ -29,3 +29,14 @@ impl<E> BreakerError<E> {
         }
     }
 }
+
+impl BreakerError<cache_core::Error> {
+    /// What kind of failure this is: [`Unavailable`](cache_core::ErrorClass::Unavailable)
+    /// for a rejected call, else the call's error's class.
+    pub fn class(&self) -> cache_core::ErrorClass {
+        match self {
+            BreakerError::Rejected => cache_core::ErrorClass::Unavailable,
+            BreakerError::Inner(error) => error.class(),
+        }
+    }
+}

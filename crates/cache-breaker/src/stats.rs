@@ -47,6 +47,7 @@ pub(crate) struct Counters {
     pub(crate) abandoned: Counter,
     pub(crate) rejections: Counter,
     pub(crate) state_changes: Counter,
+    pub(crate) opens: Counter,
 }
 
 impl Counters {

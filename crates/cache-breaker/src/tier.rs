@@ -3,7 +3,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use cache_core::{Admission, CallOutcome, Error, FailureAction, FailurePolicy, Operation, Ticket};
+use cache_core::{
+    Admission, CallOutcome, CircuitStatus, Error, FailureAction, FailurePolicy, Operation, Ticket,
+};
 
 use crate::CircuitBreaker;
 
@@ -96,6 +98,11 @@ impl FailurePolicy for TierBreaker {
 
     fn on_failure(&self, operation: Operation, error: &Error) -> FailureAction {
         self.for_operation(operation).on_failure(operation, error)
+    }
+
+    /// Two circuits: `<name>/reads` and `<name>/writes`.
+    fn circuits(&self) -> Vec<CircuitStatus> {
+        vec![self.reads.status(), self.writes.status()]
     }
 }
 

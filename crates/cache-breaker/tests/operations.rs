@@ -125,7 +125,7 @@ async fn a_refused_value_is_an_error_whatever_the_policy_and_trips_nothing() {
         let refused = cache.set("big", &vec![7u8; 10_000], TTL).await;
         let error = refused.expect_err("the shared tier refused it");
         assert!(error.is_refusal(), "{error}");
-        assert_eq!(error.class(), Some(ErrorClass::RefusedInput));
+        assert_eq!(error.class(), ErrorClass::RefusedInput);
     }
     // No tier kept the old value, and the breaker saw no failure.
     assert_eq!(cache.get::<u32>("big").await.unwrap(), None);

@@ -164,6 +164,24 @@ pub trait Backplane: Send + Sync + fmt::Debug {
     /// [`Subscription::next`]; it must then yield [`BackplaneEvent::Gap`]
     /// first, once subscribed, since what was published before was lost.
     async fn subscribe(&self) -> Result<Box<dyn Subscription>>;
+
+    /// What the backplane knows of its connection now, for stats and
+    /// health checks. Default: nothing known.
+    fn status(&self) -> BackplaneStatus {
+        BackplaneStatus::default()
+    }
+}
+
+/// A backplane's connection, as [`Backplane::status`] reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackplaneStatus {
+    /// Whether a subscription is subscribed now (`None`: the backplane
+    /// cannot tell). While it is not, messages from other instances are
+    /// lost, and a gap follows once it is again.
+    pub subscribed: Option<bool>,
+    /// Times a subscription reconnected after losing its connection.
+    pub reconnects: u64,
 }
 
 /// The receiving end of a [`Backplane`].

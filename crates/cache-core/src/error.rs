@@ -1,7 +1,9 @@
 //! The error every layer returns.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use crate::Operation;
 
 /// A convenient alias for results of layer calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -39,11 +41,34 @@ pub enum ErrorClass {
     /// removed after the value was read or loaded ([`Error::Superseded`]).
     /// Not a failure.
     Superseded,
+    /// The caller's loader failed or panicked (a `get_or_compute` whose
+    /// source of truth failed): not a cache failure at all.
+    Loader,
     /// Any other backend failure (an unexpected server error, I/O).
     Other,
 }
 
 impl ErrorClass {
+    /// Every class, in declaration order.
+    pub const ALL: [ErrorClass; 11] = [
+        ErrorClass::Timeout,
+        ErrorClass::Unavailable,
+        ErrorClass::RefusedInput,
+        ErrorClass::OutOfMemory,
+        ErrorClass::ReadOnly,
+        ErrorClass::Auth,
+        ErrorClass::Corrupt,
+        ErrorClass::Config,
+        ErrorClass::Superseded,
+        ErrorClass::Loader,
+        ErrorClass::Other,
+    ];
+
+    /// The class's position in [`ALL`](Self::ALL).
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+
     /// Whether an error of this class says the backend is unhealthy, so a
     /// circuit breaker should count it. Refused input, a full or read-only
     /// server and corrupt bytes do not: the same backend answers other
@@ -67,6 +92,7 @@ impl ErrorClass {
             ErrorClass::Corrupt => "corrupt",
             ErrorClass::Config => "config",
             ErrorClass::Superseded => "superseded",
+            ErrorClass::Loader => "loader",
             ErrorClass::Other => "other",
         }
     }
@@ -248,5 +274,68 @@ impl Error {
     /// newer is under the key ([`Error::Superseded`]).
     pub fn is_superseded(&self) -> bool {
         matches!(self, Error::Superseded { .. })
+    }
+}
+
+/// The last failure a tier or a circuit breaker saw: for stats, health
+/// checks and the operator reading them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LastError {
+    /// What kind of failure it was.
+    pub class: ErrorClass,
+    /// The error as displayed (the backend's words and the node, never a
+    /// password).
+    pub message: String,
+    /// The kind of call that failed, where the recorder knew it.
+    pub operation: Option<Operation>,
+    /// When it failed, by the system clock.
+    pub at: SystemTime,
+}
+
+impl LastError {
+    /// `error`, from a call of kind `operation` if known, failing now.
+    pub fn new(operation: Option<Operation>, error: &Error) -> Self {
+        Self::at(operation, error, SystemTime::now())
+    }
+
+    fn at(operation: Option<Operation>, error: &Error, at: SystemTime) -> Self {
+        LastError {
+            class: error.class(),
+            message: error.to_string(),
+            operation,
+            at,
+        }
+    }
+}
+
+impl std::fmt::Display for LastError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.operation {
+            Some(operation) => write!(f, "{} ({}, {operation})", self.message, self.class),
+            None => write!(f, "{} ({})", self.message, self.class),
+        }
+    }
+}
+
+/// Keeps the last error seen, for [`LastError`] snapshots. Setting it takes
+/// a lock and clones an `Arc`: for failure paths, not for every call.
+#[derive(Debug, Default)]
+pub struct LastErrorCell(Mutex<Option<(Error, Option<Operation>, SystemTime)>>);
+
+impl LastErrorCell {
+    /// Keeps `error`, from a call of kind `operation` if known, as the
+    /// last one.
+    pub fn set(&self, operation: Option<Operation>, error: &Error) {
+        let entry = (error.clone(), operation, SystemTime::now());
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(entry);
+    }
+
+    /// The last error kept, if any.
+    pub fn get(&self) -> Option<LastError> {
+        let guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        guard
+            .as_ref()
+            .map(|(error, operation, at)| LastError::at(*operation, error, *at))
     }
 }

@@ -334,6 +334,15 @@ pub trait CacheLayer: Send + Sync + fmt::Debug {
         false
     }
 
+    /// Checks that the backend answers, for health checks: a remote layer
+    /// makes its cheapest round trip (Redis: `PING`), bounded by the
+    /// context's deadline. Default: `Ok(())`, right for an in-process
+    /// layer; a remote backend should override it.
+    async fn ping(&self, ctx: &CallContext<'_>) -> Result<()> {
+        let _ = ctx;
+        Ok(())
+    }
+
     /// A snapshot of the layer's counters. Default: all zero.
     fn stats(&self) -> LayerStats {
         LayerStats::default()

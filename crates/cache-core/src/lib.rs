@@ -37,6 +37,7 @@ mod backplane;
 mod clock;
 mod entry;
 mod error;
+mod latency;
 mod layer;
 mod lock;
 mod pattern;
@@ -50,18 +51,21 @@ pub use async_trait::async_trait;
 pub use bytes::Bytes;
 
 pub use backplane::{
-    Backplane, BackplaneEvent, BackplaneMessage, Invalidation, Subscription, UndecodableMessage,
+    Backplane, BackplaneEvent, BackplaneMessage, BackplaneStatus, Invalidation, Subscription,
+    UndecodableMessage,
 };
 pub use clock::{Clock, ManualClock, SystemClock, system_clock};
 pub use entry::Entry;
-pub use error::{Error, ErrorClass, Result};
+pub use error::{Error, ErrorClass, LastError, LastErrorCell, Result};
+pub use latency::{Latency, LatencyRecorder};
 pub use layer::{CacheLayer, CallContext, Lookups, Operation, Writes};
 pub use lock::{LoadLock, LockToken};
 pub use pattern::{Pattern, escape};
 pub use policy::{
-    Admission, CallOutcome, FailClosed, FailOpen, FailureAction, FailurePolicy, Ticket,
+    Admission, CallOutcome, CircuitState, CircuitStatus, FailClosed, FailOpen, FailureAction,
+    FailurePolicy, Ticket,
 };
 #[cfg(feature = "json")]
 pub use serializer::Json;
 pub use serializer::{DecodeError, Postcard, Serializer};
-pub use stats::{Counter, LayerStats};
+pub use stats::{Counter, ErrorCounter, ErrorCounts, LayerStats, NodeStats, PoolStats};

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::{Error, Operation};
+use crate::{Error, LastError, Operation};
 
 /// The policy's mark on an admitted call, handed back to it with the
 /// call's outcome.
@@ -111,6 +111,73 @@ pub trait FailurePolicy: Send + Sync + fmt::Debug {
     /// Default: `true`.
     fn observes_calls(&self) -> bool {
         true
+    }
+
+    /// The state of the policy's circuits, for stats and health checks: a
+    /// circuit breaker reports itself, a tier's breaker pair reports two.
+    /// Default: none (a policy without state).
+    fn circuits(&self) -> Vec<CircuitStatus> {
+        Vec::new()
+    }
+}
+
+/// Where a circuit breaker is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CircuitState {
+    /// Calls go through.
+    Closed,
+    /// Calls are rejected without being tried.
+    Open,
+    /// A few trial calls go through.
+    HalfOpen,
+}
+
+impl CircuitState {
+    /// A lowercase name for logs and metrics: `closed`, `open`, `half_open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half_open",
+        }
+    }
+}
+
+impl fmt::Display for CircuitState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One circuit of a [`FailurePolicy`], as [`FailurePolicy::circuits`]
+/// reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CircuitStatus {
+    /// The circuit's name (a tier breaker's two are `<name>/reads` and
+    /// `<name>/writes`).
+    pub name: String,
+    /// Where it is now.
+    pub state: CircuitState,
+    /// Times it opened since it was made.
+    pub opened: u64,
+    /// Calls it rejected.
+    pub rejections: u64,
+    /// The last failure it counted, if any: why it opened, when it is open.
+    pub last_error: Option<LastError>,
+}
+
+impl CircuitStatus {
+    /// A circuit named `name` in `state`, with nothing counted yet.
+    pub fn new(name: impl Into<String>, state: CircuitState) -> Self {
+        CircuitStatus {
+            name: name.into(),
+            state,
+            opened: 0,
+            rejections: 0,
+            last_error: None,
+        }
     }
 }
 

@@ -3,6 +3,9 @@
 use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::{ErrorClass, Latency};
 
 /// A snapshot of one layer's counters.
 ///
@@ -37,6 +40,102 @@ pub struct LayerStats {
     /// read or load that produced them began (see
     /// [`CallContext::with_fill_since`](crate::CallContext::with_fill_since)).
     pub stale_fills: u64,
+    /// The connection pool, for a layer that has one (all of a
+    /// multi-node layer's pools summed).
+    pub pool: Option<PoolStats>,
+    /// Per node of a remote layer (a primary, each replica, a Cluster):
+    /// calls, errors by class, latency. Empty for an in-process layer.
+    pub nodes: Vec<NodeStats>,
+}
+
+/// A remote layer's connection pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// The most connections the pool opens.
+    pub max_open: u64,
+    /// Connections open and in use now.
+    pub open: u64,
+    /// Connections opened since the start (reconnections included).
+    pub connects: u64,
+    /// Connections dropped because they failed.
+    pub broken: u64,
+    /// Calls that waited for a connection to open.
+    pub waits: u64,
+    /// The time those calls spent waiting, summed.
+    pub wait_time: Duration,
+}
+
+/// One node of a remote layer, as its calls saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStats {
+    /// The node's address (never a password) or a name for it.
+    pub name: String,
+    /// What the node is to the layer: `"primary"`, `"replica"`, `"cluster"`.
+    pub role: &'static str,
+    /// Calls sent to the node (a pipeline or batch counts once).
+    pub calls: u64,
+    /// Calls that failed, by class.
+    pub errors: ErrorCounts,
+    /// How long calls took, failed ones included.
+    pub latency: Latency,
+    /// Whether reads avoid the node now, after a recent failure.
+    pub down: bool,
+}
+
+/// Errors counted by [`ErrorClass`], from an [`ErrorCounter`].
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErrorCounts([u64; ErrorClass::ALL.len()]);
+
+impl ErrorCounts {
+    /// Errors of `class`.
+    pub fn get(&self, class: ErrorClass) -> u64 {
+        self.0[class.index()]
+    }
+
+    /// Errors of every class.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// The classes with at least one error, and their counts.
+    pub fn iter(&self) -> impl Iterator<Item = (ErrorClass, u64)> + '_ {
+        ErrorClass::ALL
+            .iter()
+            .map(|&class| (class, self.get(class)))
+            .filter(|&(_, count)| count > 0)
+    }
+}
+
+impl fmt::Debug for ErrorCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.iter().map(|(class, count)| (class.as_str(), count)))
+            .finish()
+    }
+}
+
+/// Counts errors by class. For failure paths: one relaxed atomic add.
+#[derive(Default)]
+pub struct ErrorCounter([AtomicU64; ErrorClass::ALL.len()]);
+
+impl ErrorCounter {
+    /// Counts one error of `class`.
+    pub fn record(&self, class: ErrorClass) {
+        self.0[class.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts so far.
+    pub fn counts(&self) -> ErrorCounts {
+        ErrorCounts(std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed)))
+    }
+}
+
+impl fmt::Debug for ErrorCounter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.counts(), f)
+    }
 }
 
 impl LayerStats {
@@ -67,8 +166,11 @@ const SHARED: usize = 16;
 /// a read is a snapshot that may miss increments still in flight, never
 /// loses them. Use it for hot-path statistics, where a single shared atomic
 /// would bounce between cores on every increment.
+/// A counter made with [`Counter::off`] counts nothing and reads zero, for
+/// statistics a user turned off: the hot path then pays a branch instead
+/// of an increment.
 pub struct Counter {
-    slots: Box<[Slot; OWNED + SHARED]>,
+    slots: Option<Box<[Slot; OWNED + SHARED]>>,
 }
 
 #[repr(align(64))]
@@ -79,8 +181,18 @@ impl Counter {
     /// A counter at zero.
     pub fn new() -> Self {
         Counter {
-            slots: Box::default(),
+            slots: Some(Box::default()),
         }
+    }
+
+    /// A counter that ignores increments and reads zero.
+    pub const fn off() -> Self {
+        Counter { slots: None }
+    }
+
+    /// [`new`](Self::new) if `on`, else [`off`](Self::off).
+    pub fn on_if(on: bool) -> Self {
+        if on { Self::new() } else { Self::off() }
     }
 
     /// Adds one.
@@ -92,8 +204,9 @@ impl Counter {
     /// Adds `n`.
     #[inline]
     pub fn add(&self, n: u64) {
+        let Some(slots) = &self.slots else { return };
         let (index, owned) = slot_of_this_thread();
-        let slot = &self.slots[index].0;
+        let slot = &slots[index].0;
         if owned {
             // Only this thread ever writes this slot.
             slot.store(
@@ -107,7 +220,8 @@ impl Counter {
 
     /// The current total.
     pub fn get(&self) -> u64 {
-        self.slots
+        let Some(slots) = &self.slots else { return 0 };
+        slots
             .iter()
             .map(|slot| slot.0.load(Ordering::Relaxed))
             .fold(0, u64::wrapping_add)
@@ -180,6 +294,32 @@ mod tests {
         }
         counter.add(5);
         assert_eq!(counter.get(), 40_005);
+    }
+
+    #[test]
+    fn an_off_counter_reads_zero() {
+        let counter = Counter::off();
+        counter.add(5);
+        assert_eq!(counter.get(), 0);
+        assert_eq!(Counter::on_if(true).get(), 0);
+    }
+
+    #[test]
+    fn errors_count_by_class() {
+        let errors = ErrorCounter::default();
+        errors.record(ErrorClass::Timeout);
+        errors.record(ErrorClass::Timeout);
+        errors.record(ErrorClass::Auth);
+        let counts = errors.counts();
+        assert_eq!(counts.get(ErrorClass::Timeout), 2);
+        assert_eq!(counts.get(ErrorClass::OutOfMemory), 0);
+        assert_eq!(counts.total(), 3);
+        let listed: Vec<_> = counts.iter().collect();
+        assert_eq!(listed, [(ErrorClass::Timeout, 2), (ErrorClass::Auth, 1)]);
+        assert_eq!(format!("{counts:?}"), r#"{"timeout": 2, "auth": 1}"#);
+        for (i, class) in ErrorClass::ALL.into_iter().enumerate() {
+            assert_eq!(class.index(), i, "{class}");
+        }
     }
 
     #[test]

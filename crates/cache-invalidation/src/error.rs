@@ -29,5 +29,18 @@ pub enum Error {
     Cache(#[from] cache_tiered::Error),
 }
 
+impl Error {
+    /// What kind of failure this is: [`Config`](cache_core::ErrorClass::Config)
+    /// for a bad rule, [`RefusedInput`](cache_core::ErrorClass::RefusedInput)
+    /// for a key whose rules reach too far, else the cache's class.
+    pub fn class(&self) -> cache_core::ErrorClass {
+        match self {
+            Error::Template { .. } => cache_core::ErrorClass::Config,
+            Error::TooManyPatterns { .. } => cache_core::ErrorClass::RefusedInput,
+            Error::Cache(error) => error.class(),
+        }
+    }
+}
+
 /// A convenient alias for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

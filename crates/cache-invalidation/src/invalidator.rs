@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use cache_core::{Counter, Pattern, Postcard, Serializer};
 use cache_tiered::{Removal, Removed, TieredCache};
+use tracing::Instrument;
 
 use crate::{Result, Rules};
 
@@ -161,11 +162,19 @@ impl<S: Serializer> Invalidator<S> {
 
     async fn remove(&self, patterns: Vec<Pattern>) -> Result<Invalidated> {
         self.count(patterns.len());
+        // Patterns are not recorded: built from keys, they hold user data.
+        let span = tracing::debug_span!(
+            "cache.invalidate",
+            patterns = patterns.len(),
+            removed = tracing::field::Empty,
+        );
         let report = self
             .inner
             .cache
             .remove(Removal::patterns(&patterns))
+            .instrument(span.clone())
             .await?;
+        span.record("removed", report.removed);
         Ok(Invalidated { patterns, report })
     }
 

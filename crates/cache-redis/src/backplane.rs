@@ -10,13 +10,14 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use cache_core::{
-    Backplane, BackplaneEvent, BackplaneMessage, Error, ErrorClass, Result, Subscription,
+    Backplane, BackplaneEvent, BackplaneMessage, BackplaneStatus, Error, ErrorClass, Result,
+    Subscription,
 };
 use futures::StreamExt;
 use futures::future::{Either, select};
@@ -105,6 +106,17 @@ struct Inner {
     /// Never sent on: subscriptions watch it to learn that the last clone
     /// of the backplane was dropped (the sender goes with `Inner`).
     alive: watch::Sender<()>,
+    /// The subscriptions' connection state, for [`Backplane::status`].
+    link: Arc<Link>,
+}
+
+/// How the subscriptions of a backplane are connected.
+#[derive(Debug, Default)]
+struct Link {
+    /// Subscriptions subscribed now.
+    live: AtomicUsize,
+    /// Subscriptions made again after a lost (or never made) connection.
+    reconnects: AtomicU64,
 }
 
 impl fmt::Debug for RedisBackplane {
@@ -294,6 +306,7 @@ impl RedisBackplaneBuilder {
             connecting: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
             alive,
+            link: Arc::default(),
         };
         // Connect now, so that a bad URL, a wrong password or an unreachable
         // server fails here rather than on the first invalidation. The PING
@@ -485,17 +498,31 @@ impl Backplane for RedisBackplane {
             }
             Err(error) => return Err(error),
         };
-        Ok(Box::new(RedisSubscription {
-            name: inner.name.clone(),
-            label: inner.label.clone(),
-            client: inner.client.clone(),
-            channel: inner.channel.clone(),
-            timeout: inner.timeout,
-            health_check_interval: inner.health_check_interval,
-            alive: inner.alive.subscribe(),
-            state,
-            backoff: FIRST_BACKOFF,
-        }))
+        Ok(Box::new(
+            RedisSubscription {
+                name: inner.name.clone(),
+                label: inner.label.clone(),
+                client: inner.client.clone(),
+                channel: inner.channel.clone(),
+                timeout: inner.timeout,
+                health_check_interval: inner.health_check_interval,
+                alive: inner.alive.subscribe(),
+                state: State::Closed,
+                backoff: FIRST_BACKOFF,
+                link: inner.link.clone(),
+            }
+            .entering(state),
+        ))
+    }
+
+    /// Subscribed while some subscription of this backplane is subscribed
+    /// now; `reconnects` counts its resubscriptions.
+    fn status(&self) -> BackplaneStatus {
+        let link = &self.inner.link;
+        let mut status = BackplaneStatus::default();
+        status.subscribed = Some(link.live.load(Ordering::Relaxed) > 0);
+        status.reconnects = link.reconnects.load(Ordering::Relaxed);
+        status
     }
 }
 
@@ -521,6 +548,33 @@ struct RedisSubscription {
     state: State,
     /// The pause before the next attempt to resubscribe.
     backoff: Duration,
+    link: Arc<Link>,
+}
+
+impl RedisSubscription {
+    /// Moves to `state`, keeping the backplane's count of live
+    /// subscriptions right.
+    fn enter(&mut self, state: State) {
+        let was_live = matches!(self.state, State::Live { .. });
+        let is_live = matches!(state, State::Live { .. });
+        match (was_live, is_live) {
+            (false, true) => _ = self.link.live.fetch_add(1, Ordering::Relaxed),
+            (true, false) => _ = self.link.live.fetch_sub(1, Ordering::Relaxed),
+            _ => {}
+        }
+        self.state = state;
+    }
+
+    fn entering(mut self, state: State) -> Self {
+        self.enter(state);
+        self
+    }
+}
+
+impl Drop for RedisSubscription {
+    fn drop(&mut self) {
+        self.enter(State::Closed);
+    }
 }
 
 enum State {
@@ -625,7 +679,7 @@ impl RedisSubscription {
                     server = %self.label,
                     "subscription connection lost; resubscribing",
                 );
-                self.state = State::Lost;
+                self.enter(State::Lost);
                 Step::Again
             }
             Wake::Quiet => {
@@ -643,7 +697,7 @@ impl RedisSubscription {
                     server = %self.label,
                     "health check failed ({failure}); resubscribing",
                 );
-                self.state = State::Lost;
+                self.enter(State::Lost);
                 Step::Again
             }
         }
@@ -662,7 +716,8 @@ impl RedisSubscription {
                         server = %self.label,
                         "resubscribed; reporting a gap",
                     );
-                    self.state = State::Live { sink, stream };
+                    self.enter(State::Live { sink, stream });
+                    self.link.reconnects.fetch_add(1, Ordering::Relaxed);
                     self.backoff = FIRST_BACKOFF;
                     // Only now, not when the connection was lost: a receiver
                     // that cleared its L1 earlier could refill it, while we
@@ -727,7 +782,7 @@ impl Subscription for RedisSubscription {
                 Step::Closed => {
                     // Closes the connection (and the redis crate's reader
                     // task) now rather than when the subscription is dropped.
-                    self.state = State::Closed;
+                    self.enter(State::Closed);
                     return None;
                 }
             }

@@ -186,8 +186,20 @@ impl Inner {
             .map_or(self.timeout, |left| left.min(self.timeout))
     }
 
-    /// One attempt on one node, without a timeout.
+    /// One attempt on one node, without a timeout, counted in the node's
+    /// stats (a call cut by a timeout is counted by the caller).
     async fn attempt<'a, T, F, Fut>(&self, node: &'a Node, op: &F) -> Result<T>
+    where
+        F: Fn(Lent<'a>) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let started = Instant::now();
+        let result = self.attempt_unobserved(node, op).await;
+        node.observe(started.elapsed(), result.as_ref().err().map(Error::class));
+        result
+    }
+
+    async fn attempt_unobserved<'a, T, F, Fut>(&self, node: &'a Node, op: &F) -> Result<T>
     where
         F: Fn(Lent<'a>) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
@@ -220,7 +232,10 @@ impl Inner {
     {
         let result = match tokio::time::timeout(limit, self.attempt(&self.primary, &op)).await {
             Ok(result) => result,
-            Err(_) => Err(self.timed_out(limit)),
+            Err(_) => {
+                self.primary.observe(limit, Some(ErrorClass::Timeout));
+                Err(self.timed_out(limit))
+            }
         };
         if result.is_err() {
             self.stats.errors.incr();
@@ -254,6 +269,7 @@ impl Inner {
         order.sort_by_key(|node| node.is_down());
         let mut last_error = None;
         for node in order {
+            let started = Instant::now();
             match tokio::time::timeout_at(deadline, self.attempt(node, &op)).await {
                 Ok(Ok(value)) => {
                     node.mark_up();
@@ -265,6 +281,7 @@ impl Inner {
                     last_error = Some(err);
                 }
                 Err(_) => {
+                    node.observe(started.elapsed(), Some(ErrorClass::Timeout));
                     node.mark_down(self.node_retry_after);
                     last_error = Some(self.timed_out(limit));
                     break;
@@ -1000,7 +1017,38 @@ impl CacheLayer for RedisLayer {
         snapshot.corrupt = stats.corrupt.get();
         snapshot.errors = stats.errors.get();
         snapshot.stale_fills = stats.stale_fills.get();
+        let inner = &*self.inner;
+        let primary_role = if inner.standalone {
+            "primary"
+        } else {
+            "cluster"
+        };
+        snapshot.nodes = std::iter::once(inner.primary.stats(primary_role))
+            .chain(inner.replicas.iter().map(|node| node.stats("replica")))
+            .collect();
+        let mut pool = inner.primary.pool_stats();
+        for replica in &inner.replicas {
+            let more = replica.pool_stats();
+            pool.max_open += more.max_open;
+            pool.open += more.open;
+            pool.connects += more.connects;
+            pool.broken += more.broken;
+            pool.waits += more.waits;
+            pool.wait_time += more.wait_time;
+        }
+        snapshot.pool = Some(pool);
         snapshot
+    }
+
+    /// `PING` on the primary (a Cluster: on a node the client picks),
+    /// within the layer's timeout and the context's deadline.
+    async fn ping(&self, ctx: &CallContext<'_>) -> Result<()> {
+        let inner = &*self.inner;
+        inner
+            .on_primary(inner.limit(ctx), |mut conn| async move {
+                redis::cmd("PING").query_async::<()>(&mut conn).await
+            })
+            .await
     }
 }
 

@@ -31,8 +31,9 @@ use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use cache_core::{Counter, ErrorClass, ErrorCounter, LatencyRecorder, NodeStats, PoolStats};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
@@ -90,6 +91,8 @@ pub(crate) struct Pooled {
 /// The `mobc::Manager` over redis 1.x (`mobc-redis` pins redis 0.28).
 pub(crate) struct Manager {
     target: Target,
+    /// Connections opened, for the pool's stats.
+    connects: Arc<AtomicU64>,
 }
 
 #[async_trait::async_trait]
@@ -119,6 +122,7 @@ impl mobc::Manager for Manager {
             ),
             Target::Cluster(client) => Conn::Cluster(client.get_async_connection().await?),
         };
+        self.connects.fetch_add(1, Ordering::Relaxed);
         Ok(Pooled {
             conn,
             broken: AtomicBool::new(false),
@@ -325,6 +329,15 @@ pub(crate) struct Node {
     /// Reads skip this node (when another is available) until this many
     /// milliseconds after `epoch`; set after a failure.
     down_until_ms: AtomicU64,
+    /// What the node's calls came to, for [`NodeStats`].
+    calls: Counter,
+    errors: ErrorCounter,
+    latency: LatencyRecorder,
+    /// The pool's counters, for [`PoolStats`].
+    connects: Arc<AtomicU64>,
+    broken: AtomicU64,
+    waits: AtomicU64,
+    wait_nanos: AtomicU64,
 }
 
 impl fmt::Debug for Node {
@@ -338,13 +351,17 @@ impl fmt::Debug for Node {
 
 impl Node {
     pub(crate) fn new(label: String, target: Target, settings: &PoolSettings) -> Self {
+        let connects = Arc::new(AtomicU64::new(0));
         let pool = mobc::Pool::builder()
             .max_open(settings.max_open as u64)
             .max_idle(settings.max_open.max(settings.min_idle).max(1) as u64)
             .max_idle_lifetime(settings.idle_timeout)
             .get_timeout(Some(settings.connect_timeout))
             .test_on_check_out(true)
-            .build(Manager { target });
+            .build(Manager {
+                target,
+                connects: connects.clone(),
+            });
         Node {
             label,
             pool,
@@ -355,7 +372,51 @@ impl Node {
                 .map(|d| d.as_millis().min(u64::MAX as u128) as u64),
             epoch: coarse_now(),
             down_until_ms: AtomicU64::new(0),
+            calls: Counter::new(),
+            errors: ErrorCounter::default(),
+            latency: LatencyRecorder::new(),
+            connects,
+            broken: AtomicU64::new(0),
+            waits: AtomicU64::new(0),
+            wait_nanos: AtomicU64::new(0),
         }
+    }
+
+    /// Counts one call to the node that took `elapsed` and failed with an
+    /// error of class `failed`, if it failed.
+    pub(crate) fn observe(&self, elapsed: Duration, failed: Option<ErrorClass>) {
+        self.calls.incr();
+        self.latency.record(elapsed);
+        if let Some(class) = failed {
+            self.errors.record(class);
+        }
+    }
+
+    /// The node's calls, errors and latency; `role` says what it is to the layer.
+    pub(crate) fn stats(&self, role: &'static str) -> NodeStats {
+        let mut stats = NodeStats::default();
+        stats.name = self.label.clone();
+        stats.role = role;
+        stats.calls = self.calls.get();
+        stats.errors = self.errors.counts();
+        stats.latency = self.latency.summary();
+        stats.down = self.is_down();
+        stats
+    }
+
+    /// The node's connections: `open` counts the leased slots (each a
+    /// multiplexed connection shared by many requests).
+    pub(crate) fn pool_stats(&self) -> PoolStats {
+        let mut stats = PoolStats::default();
+        stats.max_open = self.slots.len() as u64;
+        stats.open = (self.slots.iter())
+            .filter(|slot| slot.lease_id.load(Ordering::Relaxed) != 0)
+            .count() as u64;
+        stats.connects = self.connects.load(Ordering::Relaxed);
+        stats.broken = self.broken.load(Ordering::Relaxed);
+        stats.waits = self.waits.load(Ordering::Relaxed);
+        stats.wait_time = Duration::from_nanos(self.wait_nanos.load(Ordering::Relaxed));
+        stats
     }
 
     /// The node's address, for errors and logs.
@@ -422,7 +483,14 @@ impl Node {
             // Boxed: opening a connection (mobc's checkout, the slot's
             // async mutex) is rare, and inline its state would make every
             // request's future kilobytes larger.
-            None => Box::pin(self.lease(index)).await?,
+            None => {
+                let started = Instant::now();
+                let lease = Box::pin(self.lease(index)).await;
+                let waited = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                self.waits.fetch_add(1, Ordering::Relaxed);
+                self.wait_nanos.fetch_add(waited, Ordering::Relaxed);
+                lease?
+            }
         };
         Ok(self.lend(index, lease.id, lease.pooled.conn.clone()))
     }
@@ -467,6 +535,7 @@ impl Node {
             && broken
         {
             lease.pooled.broken.store(true, Ordering::Relaxed);
+            self.broken.fetch_add(1, Ordering::Relaxed);
         }
         drop(guard);
         // The spare clones would keep the connection's socket open after

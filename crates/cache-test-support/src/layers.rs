@@ -207,6 +207,12 @@ impl CacheLayer for FaultyLayer {
         self.inner.invalidate(ctx, pattern).await
     }
 
+    /// Fails (or hangs) as reads do.
+    async fn ping(&self, ctx: &CallContext<'_>) -> Result<()> {
+        self.enter(Operation::Read).await?;
+        self.inner.ping(ctx).await
+    }
+
     fn stats(&self) -> LayerStats {
         self.inner.stats()
     }
@@ -242,6 +248,10 @@ impl CacheLayer for SharedLayer {
 
     async fn invalidate(&self, ctx: &CallContext<'_>, pattern: &Pattern) -> Result<u64> {
         self.0.invalidate(ctx, pattern).await
+    }
+
+    async fn ping(&self, ctx: &CallContext<'_>) -> Result<()> {
+        self.0.ping(ctx).await
     }
 
     fn is_shared(&self) -> bool {

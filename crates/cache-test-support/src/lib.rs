@@ -4,12 +4,14 @@
 //! - [`layers`]: layers whose timing a test controls;
 //! - [`redis`]: throwaway `redis-server` processes on free ports;
 //! - [`ctx`]: call contexts for calling a layer directly;
-//! - [`policy`]: driving a failure policy by hand.
+//! - [`policy`]: driving a failure policy by hand;
+//! - [`trace`]: a `tracing` subscriber that keeps spans and warnings.
 
 pub mod layers;
 pub mod model;
 pub mod policy;
 pub mod redis;
+pub mod trace;
 
 /// Contexts for calling a layer directly in a test, on the system clock.
 pub mod ctx {

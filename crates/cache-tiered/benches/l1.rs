@@ -121,14 +121,20 @@ fn l1_get(c: &mut Criterion) {
         .build()
         .unwrap();
 
-    let l1 = || {
-        let layer = MemoryLayer::builder().max_entries(2 * KEYS as u64).build();
+    let l1 = |stats: bool| {
+        let layer = MemoryLayer::builder()
+            .max_entries(2 * KEYS as u64)
+            .stats(stats)
+            .build();
         TieredCache::builder()
             .layer(layer.unwrap())
+            .stats(stats)
             .build()
             .unwrap()
     };
-    let (tiered, tiered_arc) = (l1(), l1());
+    let (tiered, tiered_arc) = (l1(true), l1(true));
+    // The same with every counter off, for what stats cost a hit.
+    let tiered_arc_nostats = l1(false);
     let raw_owned = Arc::new(quick_cache::sync::Cache::<String, Offer>::new(2 * KEYS));
     let raw_arc = Arc::new(quick_cache::sync::Cache::<String, Arc<Offer>>::new(
         2 * KEYS,
@@ -143,6 +149,10 @@ fn l1_get(c: &mut Criterion) {
                 .set(key, &Arc::new(value.clone()), TTL)
                 .await
                 .unwrap();
+            tiered_arc_nostats
+                .set(key, &Arc::new(value.clone()), TTL)
+                .await
+                .unwrap();
             raw_owned.insert(key.clone(), value.clone());
             raw_arc.insert(key.clone(), Arc::new(value.clone()));
             moka_owned.insert(key.clone(), value.clone());
@@ -152,6 +162,11 @@ fn l1_get(c: &mut Criterion) {
         for key in keys.iter() {
             tiered.get::<Offer>(key).await.unwrap().unwrap();
             tiered_arc.get::<Arc<Offer>>(key).await.unwrap().unwrap();
+            tiered_arc_nostats
+                .get::<Arc<Offer>>(key)
+                .await
+                .unwrap()
+                .unwrap();
         }
     });
 
@@ -163,6 +178,11 @@ fn l1_get(c: &mut Criterion) {
     for threads in [1usize, 2] {
         group.bench_function(format!("tiered_arc_{threads}t"), |b| {
             b.iter_custom(|iters| typed_get::<Arc<Offer>>(threads, iters, &keys, &tiered_arc))
+        });
+        group.bench_function(format!("tiered_arc_nostats_{threads}t"), |b| {
+            b.iter_custom(|iters| {
+                typed_get::<Arc<Offer>>(threads, iters, &keys, &tiered_arc_nostats)
+            })
         });
         let raw = raw_arc.clone();
         bench_sync(&mut group, "quick_cache_arc", threads, &keys, move |key| {
@@ -256,6 +276,22 @@ fn write_ratios() -> Result<(), String> {
                 }),
             );
         }
+    }
+    // What the counters cost an L1 hit: the same cache with every counter
+    // off (the composer's and the memory layer's), Arc values.
+    for threads in [1, 2] {
+        let on = mean_ns(&format!("tiered_arc_{threads}t"))?;
+        let off = mean_ns(&format!("tiered_arc_nostats_{threads}t"))?;
+        report.insert(
+            format!("stats_cost_{threads}t"),
+            serde_json::json!({
+                "stats_on_ns": on,
+                "stats_off_ns": off,
+                "on_over_off": on / off,
+                "target": "on_over_off <= 1.05",
+                "met": on / off <= 1.05,
+            }),
+        );
     }
     let dir = target_dir().join("bench");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use cache_core::{BackplaneEvent, BackplaneMessage, Invalidation, Serializer, Subscription};
+use tracing::Instrument;
 
 use crate::TieredCache;
 use crate::cache::Shared;
@@ -37,11 +38,24 @@ pub(crate) async fn listen<S: Serializer>(
             return;
         };
         let cache = TieredCache { shared };
+        let span = tracing::debug_span!(
+            "cache.backplane.receive",
+            cache = &*cache.shared.observe.name,
+            event = tracing::field::Empty,
+            invalidations = tracing::field::Empty,
+        );
         match event {
             // Already done here, before it was sent.
             BackplaneEvent::Message(message) if message.origin == origin => {}
-            BackplaneEvent::Message(message) => cache.apply(&message.invalidations).await,
-            BackplaneEvent::Gap => cache.clear_local().await,
+            BackplaneEvent::Message(message) => {
+                span.record("event", "message");
+                span.record("invalidations", message.invalidations.len());
+                cache.apply(&message.invalidations).instrument(span).await;
+            }
+            BackplaneEvent::Gap => {
+                span.record("event", "gap");
+                cache.clear_local().instrument(span).await;
+            }
         }
     }
     tracing::debug!("backplane closed; the cache's listener stops");
@@ -90,18 +104,26 @@ impl<S: Serializer> TieredCache<S> {
         let Some(backplane) = &shared.backplane else {
             return Ok(Broadcast::Off);
         };
+        let span = tracing::debug_span!(
+            "cache.backplane.publish",
+            cache = &*shared.observe.name,
+            invalidations = invalidations.len(),
+            outcome = tracing::field::Empty,
+        );
         let message = BackplaneMessage {
             origin: shared.origin,
             invalidations,
         };
-        match backplane.publish(&message).await {
+        match backplane.publish(&message).instrument(span.clone()).await {
             Ok(()) => {
                 shared.counters.published.incr();
+                span.record("outcome", "sent");
                 Ok(Broadcast::Sent)
             }
             Err(error) => {
                 shared.counters.publish_errors.incr();
-                tracing::warn!(%error, "backplane publish failed");
+                span.record("outcome", "failed");
+                tracing::warn!(%error, class = %error.class(), "backplane publish failed");
                 Err(message.invalidations)
             }
         }

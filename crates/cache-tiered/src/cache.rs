@@ -4,7 +4,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use cache_core::{
-    Backplane, CacheLayer, Clock, Entry, Postcard, Serializer, Subscription, system_clock,
+    Backplane, CacheLayer, Clock, Entry, LatencyRecorder, Postcard, Serializer, Subscription,
+    system_clock,
 };
 use serde::Serialize;
 use tokio::task::AbortHandle;
@@ -14,6 +15,7 @@ use crate::envelope::{Envelope, Life};
 use crate::fleet::{FleetCounters, FleetLock};
 use crate::flight::Flights;
 use crate::guard::FillGuard;
+use crate::observe::Observe;
 use crate::queue::{self, Queue};
 use crate::stats::{BackplaneStats, CacheCounters, FleetStats, QueueStats, TieredStats};
 use crate::tags::TagSettings;
@@ -102,6 +104,11 @@ pub(crate) struct Shared<S> {
     /// The id this instance's backplane messages carry.
     pub(crate) origin: u64,
     pub(crate) queue: Option<Arc<Queue>>,
+    pub(crate) observe: Observe,
+    /// How long loaders take; `None` with stats off.
+    pub(crate) load_latency: Option<LatencyRecorder>,
+    #[cfg(feature = "metrics")]
+    pub(crate) load_histogram: Option<::metrics::Histogram>,
     background: Background,
 }
 
@@ -136,6 +143,9 @@ impl TieredCache<Postcard> {
             backplane: None,
             queue_limit: None,
             fleet: None,
+            observe: Observe::default(),
+            #[cfg(feature = "metrics")]
+            metrics_every: None,
         }
     }
 }
@@ -154,6 +164,9 @@ impl<S: Serializer> TieredCache<S> {
         stats.coalesced = c.coalesced.get();
         stats.stale_served = c.stale_served.get();
         stats.eager_refreshes = c.eager_refreshes.get();
+        if let Some(latency) = &shared.load_latency {
+            stats.load_latency = latency.summary();
+        }
         let fleet = &shared.fleet_counters;
         stats.fleet = FleetStats {
             acquired: fleet.acquired.get(),
@@ -167,7 +180,14 @@ impl<S: Serializer> TieredCache<S> {
             received: c.received.get(),
             gaps: c.gaps.get(),
             local_errors: c.local_errors.get(),
+            subscribed: None,
+            reconnects: 0,
         };
+        if let Some(backplane) = &shared.backplane {
+            let status = backplane.status();
+            stats.backplane.subscribed = status.subscribed;
+            stats.backplane.reconnects = status.reconnects;
+        }
         if let Some(queue) = &shared.queue {
             stats.queue = QueueStats {
                 deferred: queue.deferred.get(),
@@ -430,6 +450,9 @@ pub struct TieredCacheBuilder<S = Postcard> {
     backplane: Option<Arc<dyn Backplane>>,
     queue_limit: Option<usize>,
     fleet: Option<FleetLock>,
+    observe: Observe,
+    #[cfg(feature = "metrics")]
+    metrics_every: Option<Duration>,
 }
 
 impl<S: Serializer> TieredCacheBuilder<S> {
@@ -458,6 +481,9 @@ impl<S: Serializer> TieredCacheBuilder<S> {
             backplane: self.backplane,
             queue_limit: self.queue_limit,
             fleet: self.fleet,
+            observe: self.observe,
+            #[cfg(feature = "metrics")]
+            metrics_every: self.metrics_every,
         }
     }
 
@@ -736,6 +762,50 @@ impl<S: Serializer> TieredCacheBuilder<S> {
         self
     }
 
+    /// The cache's name in spans, logs and metrics (the `cache` label), to
+    /// tell several caches of one process apart. Default: `"cache"`.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.observe.name = name.into();
+        self
+    }
+
+    /// Whether the cache keeps its read and load counters and its
+    /// latencies ([`TieredCache::stats`]). Default: on. Off, those read
+    /// zero and an L1 hit skips its counter increments (the L1 benchmark
+    /// measures the difference, `stats_cost` in its JSON); errors, the
+    /// last error, breakers and the backplane's counters are kept either
+    /// way (they cost nothing until something fails).
+    pub fn stats(mut self, on: bool) -> Self {
+        self.observe.stats = on;
+        self
+    }
+
+    /// Whether spans show keys as given. Default: off: keys often hold user
+    /// data (an email, a user id), so spans show a keyed hash of the key
+    /// instead (`#` and 16 hex digits, the same for one key throughout a
+    /// process's life), enough to follow a key through the logs.
+    pub fn trace_keys(mut self, raw: bool) -> Self {
+        self.observe.trace_keys = raw;
+        self
+    }
+
+    /// Calls [`TieredCache::export_metrics`] every `interval` in a task of
+    /// the cache's (stopped when the last clone of the cache is dropped),
+    /// so that the `metrics` recorder always has figures at most that old.
+    /// Build the cache inside a tokio runtime. Feature `metrics`.
+    #[cfg(feature = "metrics")]
+    pub fn export_metrics_every(mut self, interval: Duration) -> Self {
+        self.metrics_every = Some(interval);
+        self
+    }
+
+    /// The longest [`TieredCache::health`] waits for one tier's ping
+    /// (less if the tier's own timeout is shorter). Default: 1 s.
+    pub fn health_timeout(mut self, timeout: Duration) -> Self {
+        self.observe.health_timeout = timeout;
+        self
+    }
+
     /// Builds the cache.
     ///
     /// Fails on an invalid configuration, and with a
@@ -808,6 +878,20 @@ impl<S: Serializer> TieredCacheBuilder<S> {
                 ));
             }
         }
+        #[cfg(feature = "metrics")]
+        if self
+            .metrics_every
+            .is_some_and(|interval| interval.is_zero())
+        {
+            return Err(cache_core::Error::config(
+                "export_metrics_every needs an interval above zero",
+            ));
+        }
+        if self.observe.health_timeout.is_zero() {
+            return Err(cache_core::Error::config(
+                "health_timeout must be above zero",
+            ));
+        }
         if self.queue_limit == Some(0) {
             return Err(cache_core::Error::config(
                 "invalidation_queue must hold at least one call",
@@ -818,13 +902,21 @@ impl<S: Serializer> TieredCacheBuilder<S> {
 
     /// The cache, and its tasks on the current runtime.
     fn finish(
-        self,
+        mut self,
         subscription: Option<Box<dyn Subscription>>,
     ) -> Result<TieredCache<S>, cache_core::Error> {
-        let runtime = match (&subscription, self.queue_limit) {
-            (None, None) => None,
-            (Some(_), _) => Some(runtime("a backplane")?),
-            (None, Some(_)) => Some(runtime("an invalidation queue")?),
+        for tier in &mut self.tiers {
+            tier.configure(&self.observe);
+        }
+        #[cfg(feature = "metrics")]
+        let metrics_every = self.metrics_every;
+        #[cfg(not(feature = "metrics"))]
+        let metrics_every: Option<Duration> = None;
+        let runtime = match (&subscription, self.queue_limit, metrics_every) {
+            (None, None, None) => None,
+            (Some(_), _, _) => Some(runtime("a backplane")?),
+            (None, Some(_), _) => Some(runtime("an invalidation queue")?),
+            (None, None, Some(_)) => Some(runtime("a metrics export")?),
         };
         let queue = self.queue_limit.map(|limit| Arc::new(Queue::new(limit)));
         let origin = new_origin();
@@ -839,11 +931,16 @@ impl<S: Serializer> TieredCacheBuilder<S> {
             fleet_counters: Arc::default(),
             degraded_ttl: self.degraded_ttl,
             defaults: self.defaults,
-            counters: CacheCounters::default(),
+            counters: CacheCounters::new(self.observe.stats),
+            load_latency: self.observe.stats.then(LatencyRecorder::new),
+            #[cfg(feature = "metrics")]
+            load_histogram: (self.observe.stats)
+                .then(|| crate::metrics::load_histogram(&self.observe.name)),
             tags: self.tags,
             backplane: self.backplane,
             origin,
             queue: queue.clone(),
+            observe: self.observe,
             background: Background::default(),
         });
         if let Some(runtime) = runtime {
@@ -855,6 +952,11 @@ impl<S: Serializer> TieredCacheBuilder<S> {
             if let Some(queue) = queue {
                 let retrier = queue::run(Arc::downgrade(&shared), queue);
                 tasks.push(runtime.spawn(retrier).abort_handle());
+            }
+            #[cfg(feature = "metrics")]
+            if let Some(interval) = metrics_every {
+                let exporter = crate::metrics::run(Arc::downgrade(&shared), interval);
+                tasks.push(runtime.spawn(exporter).abort_handle());
             }
             // Set once, here: nothing else can have set it.
             let _ = shared.background.0.set(tasks.into_boxed_slice());
@@ -883,6 +985,7 @@ impl<S: fmt::Debug> fmt::Debug for TieredCacheBuilder<S> {
             .field("backplane", &self.backplane)
             .field("invalidation_queue", &self.queue_limit)
             .field("fleet_lock", &self.fleet)
+            .field("observe", &self.observe)
             .finish()
     }
 }

@@ -2,6 +2,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cache_core::ErrorClass;
+
 /// What a [`TieredCache`](crate::TieredCache) call can fail with.
 ///
 /// Cheap to clone, so a loader failure reaches every caller that waited on it.
@@ -38,12 +40,15 @@ impl Error {
         )
     }
 
-    /// The class of a tier's failure (timeout, unavailable, refused input,
-    /// ...); `None` for a loader's failure.
-    pub fn class(&self) -> Option<cache_core::ErrorClass> {
+    /// What kind of failure this is: a tier's class (timeout, unavailable,
+    /// out of memory, auth, ...), [`Timeout`](ErrorClass::Timeout) for a
+    /// loader that ran out of time, [`Loader`](ErrorClass::Loader) for one
+    /// that failed or panicked.
+    pub fn class(&self) -> ErrorClass {
         match self {
-            Error::Cache(error) => Some(error.class()),
-            _ => None,
+            Error::Cache(error) => error.class(),
+            Error::LoaderTimeout(_) => ErrorClass::Timeout,
+            Error::Loader(_) | Error::LoaderPanicked => ErrorClass::Loader,
         }
     }
 
@@ -71,6 +76,17 @@ pub enum LoadError<E> {
     /// error type (its error then arrives as [`Error::Loader`]).
     #[error(transparent)]
     Cache(Error),
+}
+
+impl<E> LoadError<E> {
+    /// What kind of failure this is: [`Loader`](ErrorClass::Loader) for
+    /// the loader's own error, else the cache error's class.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            LoadError::Loader(_) => ErrorClass::Loader,
+            LoadError::Cache(error) => error.class(),
+        }
+    }
 }
 
 impl<E> Clone for LoadError<E> {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use cache_core::{Entry, Serializer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::{Instrument, Span};
 
 use crate::cache::{LoadOptions, TierSet};
 use crate::entry::{Fetched, Stale};
@@ -20,6 +21,7 @@ use crate::error::{LoadError, Typed};
 use crate::fleet::FleetTurn;
 use crate::flight::{Leader, Outcome, Role};
 use crate::guard::Ticket;
+use crate::observe::{note, op_span};
 use crate::read::{StaleCopy, Top, Walk};
 use crate::tier::Call;
 use crate::{Error, Result, TieredCache};
@@ -65,15 +67,21 @@ impl<S: Serializer> TieredCache<S> {
     {
         // The hit first, as `compute` does, but returning the value itself:
         // this is the second-hottest path there is.
+        let span = op_span!(&self.shared.observe, "cache.get_or_compute", key);
         let top = match self.read_top::<T>(key, 0) {
-            Top::Live(value, freshness) => return Ok(self.hit(value, freshness).value),
+            Top::Live(value, freshness) => {
+                self.top_hit(&span);
+                return Ok(self.hit(value, freshness).value);
+            }
             Top::Below(top) => top,
         };
         let options = &self.shared.defaults.load;
         let ttl = &|_: &T| ttl;
-        Box::pin(self.compute_below(key, &[], ttl, options, loader, 0, top))
-            .await
-            .map(Fetched::into_value)
+        let fetched = Box::pin(self.compute_below(key, &[], ttl, options, loader, 0, top))
+            .instrument(span.clone())
+            .await;
+        finish(&span, &fetched);
+        fetched.map(Fetched::into_value)
     }
 
     /// [`get_or_compute`](Self::get_or_compute) with the loader's error
@@ -165,13 +173,43 @@ impl<S: Serializer> TieredCache<S> {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let excluded = self.excluded(options)?;
+        let span = op_span!(&self.shared.observe, "cache.get_or_compute", key);
         let top = match self.read_top::<T>(key, excluded) {
-            Top::Live(value, freshness) => return Ok(self.hit(value, freshness)),
+            Top::Live(value, freshness) => {
+                self.top_hit(&span);
+                return Ok(self.hit(value, freshness));
+            }
             Top::Below(top) => top,
         };
         // The rest boxed: a hit's future stays small, and it is moved into
         // every caller's.
-        Box::pin(self.compute_below(key, tags, ttl, options, loader, excluded, top)).await
+        let fetched = Box::pin(self.compute_below(key, tags, ttl, options, loader, excluded, top))
+            .instrument(span.clone())
+            .await;
+        finish(&span, &fetched);
+        fetched
+    }
+
+    /// A loader ended after running since `started`, with `outcome`.
+    fn loaded(&self, started: tokio::time::Instant, span: &Span, outcome: &'static str) {
+        let elapsed = started.elapsed();
+        if let Some(latency) = &self.shared.load_latency {
+            latency.record(elapsed);
+        }
+        #[cfg(feature = "metrics")]
+        if let Some(histogram) = &self.shared.load_histogram {
+            histogram.record(elapsed.as_secs_f64());
+        }
+        span.record("outcome", outcome);
+    }
+
+    /// Records a hit in the top tier in a load's span.
+    #[inline]
+    fn top_hit(&self, span: &Span) {
+        if !span.is_disabled() {
+            span.record("tier", self.shared.tiers[0].name());
+            span.record("outcome", "hit");
+        }
     }
 
     /// [`compute`](Self::compute) once the top tier had no live value.
@@ -197,6 +235,7 @@ impl<S: Serializer> TieredCache<S> {
             .lookup_below::<T>(key, top, options.fail_safe.is_some(), excluded)
             .await?;
         if let Some((value, freshness)) = found.value {
+            note("outcome", "hit");
             return Ok(self.hit(value, freshness));
         }
         let mut fallback = Fallback::new(found.stale, found.ticket);
@@ -274,11 +313,40 @@ impl<S: Serializer> TieredCache<S> {
         if options.soft_timeout.is_none() && options.eager_refresh.is_none() {
             return self.compute(key, tags, &*ttl, &options, loader).await;
         }
+        let span = op_span!(&self.shared.observe, "cache.get_or_compute", key);
+        let fetched = self
+            .compute_detached_in_span(key, tags, ttl, options, loader)
+            .instrument(span.clone())
+            .await;
+        finish(&span, &fetched);
+        fetched
+    }
+
+    /// [`compute_detached`](Self::compute_detached) with a soft timeout or
+    /// eager refresh, in the call's span.
+    async fn compute_detached_in_span<T, F, Fut, E>(
+        &self,
+        key: &str,
+        tags: &[&str],
+        ttl: Arc<dyn Fn(&T) -> Duration + Send + Sync>,
+        options: LoadOptions,
+        loader: F,
+    ) -> Result<Fetched<T>>
+    where
+        S: 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
         let shared = &*self.shared;
         let excluded = self.excluded(&options)?;
         let (mut fallback, mut failed) = (None, 0);
         let found = match self.read_top::<T>(key, excluded) {
-            Top::Live(value, freshness) => Some((value, freshness)),
+            Top::Live(value, freshness) => {
+                note("tier", shared.tiers[0].name());
+                Some((value, freshness))
+            }
             Top::Below(top) => {
                 let found = self
                     .lookup_below::<T>(key, top, options.fail_safe.is_some(), excluded)
@@ -289,6 +357,7 @@ impl<S: Serializer> TieredCache<S> {
             }
         };
         if let Some((value, freshness)) = found {
+            note("outcome", "hit");
             if freshness == Freshness::RefreshDue {
                 self.refresh(key, tags, ttl, options, loader);
             }
@@ -358,6 +427,7 @@ impl<S: Serializer> TieredCache<S> {
                 Ok(Err(panic)) => std::panic::resume_unwind(panic),
                 Err(cancelled) => Err(Error::Loader(Arc::new(cancelled))),
             };
+            note("outcome", "loaded");
             return self.settle(loaded, fallback);
         }
     }
@@ -384,9 +454,12 @@ impl<S: Serializer> TieredCache<S> {
             return;
         };
         let cache = self.clone();
+        // A span of its own: the read that started it has returned.
+        let span = op_span!(&shared.observe, "cache.refresh", key);
+        span.follows_from(Span::current());
         let key = key.to_owned();
         let tags: Vec<String> = tags.iter().map(|tag| (*tag).to_owned()).collect();
-        tokio::spawn(async move {
+        let refresh = async move {
             let envelope = cache.envelope::<T>();
             // Checked by the caller already.
             let excluded = cache.excluded(&options).unwrap_or(0);
@@ -419,7 +492,8 @@ impl<S: Serializer> TieredCache<S> {
             if outcome.is_err() {
                 tracing::error!("an eager refresh's loader panicked");
             }
-        });
+        };
+        tokio::spawn(refresh.instrument(span));
     }
 
     /// Runs [`lead`](Self::lead) in a task of its own, so that the load
@@ -446,7 +520,10 @@ impl<S: Serializer> TieredCache<S> {
         let cache = self.clone();
         let key = key.to_owned();
         let tags: Vec<String> = tags.iter().map(|tag| (*tag).to_owned()).collect();
-        tokio::spawn(async move {
+        // The load's span is a child of the call's, even after the caller
+        // left at its soft timeout.
+        let parent = Span::current();
+        let lead = async move {
             let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
             let envelope = cache.envelope::<T>();
             cache
@@ -463,7 +540,8 @@ impl<S: Serializer> TieredCache<S> {
                     true,
                 )
                 .await
-        })
+        };
+        tokio::spawn(lead.instrument(parent))
     }
 
     /// The leader's part: runs the load, throttles the stale fallback if
@@ -512,7 +590,10 @@ impl<S: Serializer> TieredCache<S> {
         ))
         .await;
         match &outcome {
-            Ok(Ok(value)) => leader.finish(Ok(value.clone() as Arc<dyn Any + Send + Sync>)),
+            Ok(Ok(value)) => {
+                note("outcome", "loaded");
+                leader.finish(Ok(value.clone() as Arc<dyn Any + Send + Sync>));
+            }
             Ok(Err(error)) => {
                 if error.is_loader()
                     && let Some(fallback) = fallback
@@ -548,6 +629,7 @@ impl<S: Serializer> TieredCache<S> {
         match recheck.values.pop() {
             Some(Ok(Some(value))) => {
                 self.shared.counters.coalesced.incr();
+                note("outcome", "coalesced");
                 leader.finish(Ok(Arc::new(value.clone())));
                 Ok(value)
             }
@@ -605,6 +687,7 @@ impl<S: Serializer> TieredCache<S> {
         T: Clone + Send + Sync + 'static,
     {
         let counters = &self.shared.counters;
+        note("outcome", "coalesced");
         match outcome {
             Err(error) => {
                 counters.coalesced.incr();
@@ -720,22 +803,33 @@ impl<S: Serializer> TieredCache<S> {
         shared.counters.loads.incr();
         // Before the loader: what it reads is at least as new as these.
         let stamps = self.stamp(tags).await?;
+        // The loader in a span of its own: what it logs, and the spans of
+        // the queries it makes, sit under it.
+        let span = op_span!(&shared.observe, "cache.load", key);
+        let started = tokio::time::Instant::now();
         // The loader's error boxed at once: a load may run in a task of its
         // own, where only what is `Send` may live across an await.
         let loaded: Result<T, Box<dyn std::error::Error + Send + Sync>> = match options.hard_timeout
         {
-            None => loader().await.map_err(Into::into),
-            Some(limit) => match tokio::time::timeout(limit, loader()).await {
-                Ok(loaded) => loaded.map_err(Into::into),
-                Err(_elapsed) => {
-                    shared.counters.load_errors.incr();
-                    return Err(Error::LoaderTimeout(limit));
+            None => loader().instrument(span.clone()).await.map_err(Into::into),
+            Some(limit) => {
+                match tokio::time::timeout(limit, loader().instrument(span.clone())).await {
+                    Ok(loaded) => loaded.map_err(Into::into),
+                    Err(_elapsed) => {
+                        self.loaded(started, &span, "timeout");
+                        shared.counters.load_errors.incr();
+                        return Err(Error::LoaderTimeout(limit));
+                    }
                 }
-            },
+            }
         };
         let value = match loaded {
-            Ok(value) => Arc::new(value),
+            Ok(value) => {
+                self.loaded(started, &span, "ok");
+                Arc::new(value)
+            }
             Err(error) => {
+                self.loaded(started, &span, "error");
                 shared.counters.load_errors.incr();
                 return Err(Error::Loader(Arc::from(error)));
             }
@@ -753,6 +847,16 @@ impl<S: Serializer> TieredCache<S> {
             }
         }
         Ok(value)
+    }
+}
+
+/// Records a finished `get_or_compute`'s outcome where the call itself
+/// knows it best: a stale value served, or an error.
+fn finish<T>(span: &Span, fetched: &Result<Fetched<T>>) {
+    match fetched {
+        Err(_) => _ = span.record("outcome", "error"),
+        Ok(fetched) if fetched.stale.is_some() => _ = span.record("outcome", "stale"),
+        Ok(_) => {}
     }
 }
 

@@ -2,10 +2,12 @@
 
 use cache_core::{Entry, Operation, Serializer};
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::cache::TierSet;
 use crate::envelope::{Envelope, Freshness, Life, Opened, Opening};
 use crate::guard::Ticket;
+use crate::observe::{note, op_span};
 use crate::tier::Call;
 use crate::{Result, Tier, TieredCache};
 
@@ -102,12 +104,24 @@ impl<S: Serializer> TieredCache<S> {
         let live = |(value, freshness): (T, Freshness)| {
             (freshness != Freshness::Throttled).then_some(value)
         };
+        let span = op_span!(&self.shared.observe, "cache.get", key);
         let top = match self.read_top::<T>(key, excluded) {
-            Top::Live(value, freshness) => return Ok(live((value, freshness))),
+            Top::Live(value, freshness) => {
+                if !span.is_disabled() {
+                    span.record("tier", self.shared.tiers[0].name());
+                    span.record("outcome", "hit");
+                }
+                return Ok(live((value, freshness)));
+            }
             Top::Below(top) => top,
         };
-        let found = self.lookup_below(key, top, false, excluded).await?;
-        Ok(found.value.and_then(live))
+        let found = self
+            .lookup_below(key, top, false, excluded)
+            .instrument(span.clone())
+            .await;
+        let value = found.map(|found| found.value.and_then(live));
+        span.record("outcome", outcome_of(&value));
+        value
     }
 
     /// The hottest path there is: a live value in the top tier, answered
@@ -197,9 +211,18 @@ impl<S: Serializer> TieredCache<S> {
         if keys.is_empty() {
             return Vec::new();
         }
+        let span = tracing::debug_span!(
+            "cache.get_many",
+            cache = &*self.shared.observe.name,
+            keys = keys.len(),
+            hits = tracing::field::Empty,
+        );
         let envelope = self.envelope::<T>();
-        let found = self.walk::<T>(keys, envelope, Walk::Full, None, 0).await;
-        found
+        let found = self
+            .walk::<T>(keys, envelope, Walk::Full, None, 0)
+            .instrument(span.clone())
+            .await;
+        let values: Vec<_> = found
             .values
             .into_iter()
             .zip(found.freshness)
@@ -207,7 +230,12 @@ impl<S: Serializer> TieredCache<S> {
                 Freshness::Throttled => value.map(|_| None),
                 _ => value,
             })
-            .collect()
+            .collect();
+        span.record(
+            "hits",
+            values.iter().filter(|v| matches!(v, Ok(Some(_)))).count(),
+        );
+        values
     }
 
     /// The walk: asks each tier, top-down, for the keys still missing, then
@@ -332,6 +360,9 @@ impl<S: Serializer> TieredCache<S> {
                         freshness[i] = fresh;
                         if walk.counted() {
                             tier.counters.hits.incr();
+                            if keys.len() == 1 {
+                                note("tier", tier.name());
+                            }
                         }
                         values[i] = Ok(Some(value));
                         if depth > 0 {
@@ -478,5 +509,14 @@ impl<S: Serializer> TieredCache<S> {
         tier.counters.fills_discarded.incr();
         let _ = tier.delete_many(&*self.shared.clock, &[key]).await;
         false
+    }
+}
+
+/// A read's `outcome` field.
+pub(crate) fn outcome_of<T>(read: &Result<Option<T>>) -> &'static str {
+    match read {
+        Ok(Some(_)) => "hit",
+        Ok(None) => "miss",
+        Err(_) => "error",
     }
 }

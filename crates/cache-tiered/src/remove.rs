@@ -4,9 +4,12 @@
 
 use std::fmt;
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use cache_core::{Invalidation, Pattern, Serializer};
+use tracing::Instrument;
 
+use crate::observe::key_field;
 use crate::queue::Retry;
 use crate::tier::Call;
 use crate::{Result, Tier, TieredCache};
@@ -91,6 +94,17 @@ impl<'a> Removal<'a> {
         }
     }
 
+    /// What the removal names, for its span: keys hashed unless `raw`
+    /// (patterns too: they hold the same user data).
+    fn describe(&self, raw: bool) -> String {
+        match self.target {
+            Target::Key(key) => format!("key {}", key_field(key, raw)),
+            Target::Keys(keys) => format!("{} keys", keys.len()),
+            Target::Pattern(pattern) => format!("pattern {}", key_field(pattern.as_str(), raw)),
+            Target::Patterns(patterns) => format!("{} patterns", patterns.len()),
+        }
+    }
+
     /// Only from the tiers this process alone sees: those whose layer is
     /// not [shared](cache_core::CacheLayer::is_shared), and without telling
     /// the other instances. For an instance that learns of another
@@ -117,12 +131,25 @@ impl<'a> Removal<'a> {
 pub struct Removed {
     /// The most keys one tier removed (for one key: 1 if any tier held it).
     pub removed: u64,
-    /// Per tier reached, top first: its name and how many keys it removed,
-    /// `None` if it was skipped.
-    pub tiers: Vec<(String, Option<u64>)>,
+    /// Per tier reached, top first: what it removed and how long it took.
+    pub tiers: Vec<TierRemoved>,
     /// Whether the other instances were told.
     pub broadcast: Broadcast,
+    /// How long the whole removal took: the tiers, then the publish.
+    pub elapsed: Duration,
     deferred: bool,
+}
+
+/// What one tier did in a removal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TierRemoved {
+    /// The layer's name.
+    pub name: String,
+    /// How many keys it removed; `None` if it was skipped (it failed).
+    pub removed: Option<u64>,
+    /// How long its calls took (a scan of a large Redis, for a pattern).
+    pub elapsed: Duration,
 }
 
 /// Whether a call's message reached the [backplane](crate::TieredCacheBuilder::backplane).
@@ -150,8 +177,7 @@ impl Removed {
     /// Whether every tier reached did the removal (none was skipped), and
     /// the other instances were told if there is a backplane.
     pub fn is_complete(&self) -> bool {
-        self.tiers.iter().all(|(_, removed)| removed.is_some())
-            && self.broadcast != Broadcast::Failed
+        self.tiers.iter().all(|tier| tier.removed.is_some()) && self.broadcast != Broadcast::Failed
     }
 
     /// Whether what did not land (a skipped tier, a failed publish) was
@@ -166,18 +192,18 @@ impl Removed {
     pub fn skipped(&self) -> impl Iterator<Item = &str> {
         self.tiers
             .iter()
-            .filter(|(_, removed)| removed.is_none())
-            .map(|(name, _)| name.as_str())
+            .filter(|tier| tier.removed.is_none())
+            .map(|tier| tier.name.as_str())
     }
 }
 
 impl fmt::Display for Removed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "removed {}", self.removed)?;
-        for (name, removed) in &self.tiers {
-            match removed {
-                Some(count) => write!(f, "; {name}: {count}")?,
-                None => write!(f, "; {name}: skipped")?,
+        write!(f, "removed {} in {:?}", self.removed, self.elapsed)?;
+        for tier in &self.tiers {
+            match tier.removed {
+                Some(count) => write!(f, "; {}: {count} in {:?}", tier.name, tier.elapsed)?,
+                None => write!(f, "; {}: skipped after {:?}", tier.name, tier.elapsed)?,
             }
         }
         match self.broadcast {
@@ -286,6 +312,37 @@ impl<S: Serializer> TieredCache<S> {
     /// [`Removed::is_deferred`]; an error (a tier that fails closed) is
     /// returned to the caller, not queued.
     pub async fn remove(&self, removal: Removal<'_>) -> Result<Removed> {
+        let span = tracing::debug_span!(
+            "cache.remove",
+            cache = &*self.shared.observe.name,
+            target = %removal.describe(self.shared.observe.trace_keys),
+            local = removal.local,
+            removed = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let started = tokio::time::Instant::now();
+        let removed = self.remove_in_span(removal).instrument(span.clone()).await;
+        match &removed {
+            Ok(report) => {
+                span.record("removed", report.removed);
+                span.record(
+                    "outcome",
+                    match (report.is_complete(), report.is_deferred()) {
+                        (true, _) => "complete",
+                        (false, true) => "deferred",
+                        (false, false) => "incomplete",
+                    },
+                );
+            }
+            Err(_) => _ = span.record("outcome", "error"),
+        }
+        removed.map(|mut report| {
+            report.elapsed = started.elapsed();
+            report
+        })
+    }
+
+    async fn remove_in_span(&self, removal: Removal<'_>) -> Result<Removed> {
         let shared = &*self.shared;
         let targets = Targets::of(&removal);
         let (mut report, error) = self.remove_from_tiers(&targets, removal.local).await;
@@ -342,6 +399,7 @@ impl<S: Serializer> TieredCache<S> {
             .rev()
             .filter(|tier: &&Tier| !local || !tier.layer.is_shared());
         for tier in tiers {
+            let started = tokio::time::Instant::now();
             let mut removed = Some(0);
             if !targets.keys.is_empty() {
                 let outcome = tier.delete_many(clock, &targets.keys).await;
@@ -357,7 +415,11 @@ impl<S: Serializer> TieredCache<S> {
                 removed = tally(removed, outcome, &mut first_error);
             }
             report.removed = report.removed.max(removed.unwrap_or(0));
-            report.tiers.push((tier.name().to_owned(), removed));
+            report.tiers.push(TierRemoved {
+                name: tier.name().to_owned(),
+                removed,
+                elapsed: started.elapsed(),
+            });
         }
         report.tiers.reverse();
         // Before any publishing: fills here need not wait for a round trip.

@@ -1,4 +1,4 @@
-use cache_core::{Counter, LayerStats};
+use cache_core::{CircuitStatus, Counter, ErrorCounts, LastError, Latency, LayerStats};
 
 /// Counters of one tier, as the composer saw it.
 ///
@@ -60,10 +60,36 @@ pub struct TierStats {
     /// Calls the failure policy did not let through (an open breaker). Not
     /// in `errors`.
     pub rejected: u64,
+    /// The calls in `errors`, by class: timeouts, an unreachable server, a
+    /// full one (`out_of_memory`), refused credentials (`auth`)...
+    pub error_classes: ErrorCounts,
+    /// The last call counted in `errors`: its class, its message (the
+    /// backend's words, never a password), the operation and when.
+    pub last_error: Option<LastError>,
+    /// How long the composer's calls to this tier took, per operation
+    /// (all zero with stats off). Reads an in-process tier answers at once
+    /// (an L1 hit or miss, through `CacheLayer::get_now`) are not timed:
+    /// two clock reads would cost more than the read itself.
+    pub latency: TierLatency,
+    /// The tier's failure policy's circuits (a breaker's state, openings
+    /// and last error); empty for a policy without state.
+    pub circuits: Vec<CircuitStatus>,
     /// The layer's own counters: every call the composer made to it,
     /// its own reads included (so the layer's hits and misses may exceed
     /// the tier's).
     pub layer: LayerStats,
+}
+
+/// How long one tier's calls took, per operation. A batch call counts once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TierLatency {
+    /// Reads (`get`, `get_many`).
+    pub get: Latency,
+    /// Writes (`set`, `set_many`; fills included).
+    pub set: Latency,
+    /// Removals (`delete`, `delete_many`, `invalidate`).
+    pub remove: Latency,
 }
 
 /// Counters of a whole [`TieredCache`](crate::TieredCache).
@@ -102,6 +128,9 @@ pub struct TieredStats {
     /// Eager refreshes started (background loads of a value read in the
     /// last part of its TTL; also in `loads`).
     pub eager_refreshes: u64,
+    /// How long loaders took (on the tokio clock, so paused time in tests
+    /// shows), failed and timed-out loads included.
+    pub load_latency: Latency,
     /// The backplane's counters (all zero without one).
     pub backplane: BackplaneStats,
     /// The invalidation queue's counters (all zero without one).
@@ -151,6 +180,12 @@ pub struct BackplaneStats {
     pub gaps: u64,
     /// Messages or gaps a local tier failed to apply (also logged).
     pub local_errors: u64,
+    /// Whether the backplane's subscription is connected now (`None`: no
+    /// backplane, or it cannot tell). While it is not, other instances'
+    /// invalidations do not reach this one; a gap follows once it is.
+    pub subscribed: Option<bool>,
+    /// Times the subscription connected again after losing its connection.
+    pub reconnects: u64,
 }
 
 /// Counters of a cache's
@@ -181,7 +216,7 @@ impl TieredStats {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct TierCounters {
     pub(crate) hits: Counter,
     pub(crate) misses: Counter,
@@ -195,7 +230,26 @@ pub(crate) struct TierCounters {
     pub(crate) rejected: Counter,
 }
 
-#[derive(Debug, Default)]
+impl TierCounters {
+    /// Counters that count, or (`on == false`) read zero and cost a branch.
+    pub(crate) fn new(on: bool) -> Self {
+        TierCounters {
+            hits: Counter::on_if(on),
+            misses: Counter::on_if(on),
+            fills: Counter::on_if(on),
+            fills_discarded: Counter::on_if(on),
+            undecodable: Counter::on_if(on),
+            foreign: Counter::on_if(on),
+            tag_stale: Counter::on_if(on),
+            // Failure paths, counted whatever the setting.
+            errors: Counter::new(),
+            refused: Counter::new(),
+            rejected: Counter::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
 pub(crate) struct CacheCounters {
     pub(crate) misses: Counter,
     pub(crate) loads: Counter,
@@ -208,4 +262,24 @@ pub(crate) struct CacheCounters {
     pub(crate) received: Counter,
     pub(crate) gaps: Counter,
     pub(crate) local_errors: Counter,
+}
+
+impl CacheCounters {
+    /// Counters that count, or (`on == false`) read zero: the read and load
+    /// counters; the backplane's, on its slow paths, always count.
+    pub(crate) fn new(on: bool) -> Self {
+        CacheCounters {
+            misses: Counter::on_if(on),
+            loads: Counter::on_if(on),
+            load_errors: Counter::new(),
+            coalesced: Counter::on_if(on),
+            stale_served: Counter::on_if(on),
+            eager_refreshes: Counter::on_if(on),
+            published: Counter::new(),
+            publish_errors: Counter::new(),
+            received: Counter::new(),
+            gaps: Counter::new(),
+            local_errors: Counter::new(),
+        }
+    }
 }

@@ -4,12 +4,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use cache_core::{
-    Admission, CacheLayer, CallContext, CallOutcome, Clock, Entry, Error, FailOpen, FailureAction,
-    FailurePolicy, Lookups, Operation, Pattern, Ticket, Writes,
+    Admission, CacheLayer, CallContext, CallOutcome, Clock, Entry, Error, ErrorCounter, FailOpen,
+    FailureAction, FailurePolicy, LastErrorCell, LatencyRecorder, Lookups, Operation, Pattern,
+    Ticket, Writes,
 };
 
-use crate::stats::{TierCounters, TierStats};
+use crate::stats::{TierCounters, TierLatency, TierStats};
 
 /// How one call to a tier ended, after its failure policy had its say.
 #[derive(Debug)]
@@ -46,9 +49,46 @@ pub struct Tier {
     pub(crate) ttl_cap: Option<Duration>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) counters: TierCounters,
-    /// Whether the tier's last call failed: its first failure and its
-    /// recovery are logged at WARN, not every failure in between.
-    failing: AtomicBool,
+    /// How long calls take, per operation; `None` with stats off.
+    latency: Option<Box<Latencies>>,
+    /// The same, through the `metrics` facade; set when the cache is built.
+    #[cfg(feature = "metrics")]
+    histograms: Option<crate::metrics::TierHistograms>,
+    /// Failed calls by class, and the last one: what an operator asks first.
+    error_classes: ErrorCounter,
+    last_error: LastErrorCell,
+    /// Whether the tier's last read, and its last write or removal,
+    /// failed: the first failure and the recovery of each are logged at
+    /// WARN, not every failure in between. Apart, because a full or
+    /// read-only server fails only writes, and its reads say nothing of
+    /// that.
+    failing: [AtomicBool; 2],
+}
+
+/// The index in `Tier::failing` of an operation's side.
+fn side(operation: Operation) -> usize {
+    match operation {
+        Operation::Read => 0,
+        Operation::Write | Operation::Remove => 1,
+    }
+}
+
+/// The latency recorders of a tier, one per operation.
+#[derive(Debug, Default)]
+struct Latencies {
+    get: LatencyRecorder,
+    set: LatencyRecorder,
+    remove: LatencyRecorder,
+}
+
+impl Latencies {
+    fn of(&self, operation: Operation) -> &LatencyRecorder {
+        match operation {
+            Operation::Read => &self.get,
+            Operation::Write => &self.set,
+            Operation::Remove => &self.remove,
+        }
+    }
 }
 
 impl Tier {
@@ -65,8 +105,42 @@ impl Tier {
             observed: false,
             ttl_cap: None,
             timeout: None,
-            counters: TierCounters::default(),
-            failing: AtomicBool::new(false),
+            counters: TierCounters::new(true),
+            latency: Some(Box::default()),
+            #[cfg(feature = "metrics")]
+            histograms: None,
+            error_classes: ErrorCounter::default(),
+            last_error: LastErrorCell::default(),
+            failing: [AtomicBool::new(false), AtomicBool::new(false)],
+        }
+    }
+
+    /// Applies the cache's observability settings: without stats, the tier
+    /// keeps no counters and no latencies (the builder's
+    /// [`stats`](crate::TieredCacheBuilder::stats)).
+    pub(crate) fn configure(&mut self, observe: &crate::observe::Observe) {
+        if !observe.stats {
+            self.counters = TierCounters::new(false);
+            self.latency = None;
+        }
+        #[cfg(feature = "metrics")]
+        if observe.stats {
+            self.histograms = Some(crate::metrics::TierHistograms::new(
+                &observe.name,
+                self.name(),
+            ));
+        }
+    }
+
+    /// Records one call's latency.
+    #[inline]
+    fn took(&self, operation: Operation, elapsed: Duration) {
+        if let Some(latency) = &self.latency {
+            latency.of(operation).record(elapsed);
+        }
+        #[cfg(feature = "metrics")]
+        if let Some(histograms) = &self.histograms {
+            histograms.record(operation, elapsed);
         }
     }
 
@@ -118,7 +192,7 @@ impl Tier {
         let ctx = CallContext::new(clock, Operation::Read);
         Some(match self.layer.get_now(&ctx, key)? {
             Ok(found) => {
-                self.succeeded();
+                self.succeeded(Operation::Read);
                 Call::Done(found)
             }
             Err(error) => self.failed(Operation::Read, error),
@@ -250,11 +324,42 @@ impl Tier {
     where
         F: Future<Output = cache_core::Result<T>>,
     {
+        // At TRACE: one span per call to a remote tier is a lot of spans.
+        let span = tracing::trace_span!(
+            "cache.tier",
+            tier = self.name(),
+            operation = %ctx.operation(),
+            outcome = tracing::field::Empty,
+        );
+        let answer = self.run_unspanned(ctx, call).instrument(span.clone()).await;
+        if !span.is_disabled() {
+            span.record(
+                "outcome",
+                match &answer {
+                    Call::Done(_) => "ok",
+                    Call::FailedOpen => "failed_open",
+                    Call::Failed(_) => "failed",
+                },
+            );
+        }
+        answer
+    }
+
+    async fn run_unspanned<T, F>(&self, ctx: &CallContext<'_>, call: F) -> Call<T>
+    where
+        F: Future<Output = cache_core::Result<T>>,
+    {
         if !self.observed {
-            // FailOpen / FailClosed: no admission, no timing, on the hot path.
-            return match self.timed(call).await {
+            // FailOpen / FailClosed: no admission, and a clock read only
+            // for the latency stats.
+            let started = self.latency.is_some().then(Instant::now);
+            let result = self.timed(call).await;
+            if let Some(started) = started {
+                self.took(ctx.operation(), started.elapsed());
+            }
+            return match result {
                 Ok(value) => {
-                    self.succeeded();
+                    self.succeeded(ctx.operation());
                     Call::Done(value)
                 }
                 Err(error) => self.failed(ctx.operation(), error),
@@ -270,6 +375,7 @@ impl Tier {
         let result = self.timed(call).await;
         let elapsed = report.started.elapsed();
         report.done = true;
+        self.took(ctx.operation(), elapsed);
         let outcome = match &result {
             Ok(_) => CallOutcome::Success { elapsed },
             Err(error) => CallOutcome::Failure { elapsed, error },
@@ -277,7 +383,7 @@ impl Tier {
         self.policy.record(ctx.operation(), ctx.ticket(), outcome);
         match result {
             Ok(value) => {
-                self.succeeded();
+                self.succeeded(ctx.operation());
                 Call::Done(value)
             }
             Err(error) => self.failed(ctx.operation(), error),
@@ -309,7 +415,9 @@ impl Tier {
             return Call::Failed(error);
         }
         self.counters.errors.incr();
-        if !self.failing.swap(true, Ordering::Relaxed) {
+        self.error_classes.record(error.class());
+        self.last_error.set(Some(operation), &error);
+        if !self.failing[side(operation)].swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 tier = self.name(),
                 %operation,
@@ -327,12 +435,24 @@ impl Tier {
         }
     }
 
-    /// After a call that succeeded: logs the recovery of a failing tier.
+    /// After a call of kind `operation` that succeeded: logs the recovery
+    /// of a failing tier.
     #[inline]
-    fn succeeded(&self) {
-        if self.failing.load(Ordering::Relaxed) && self.failing.swap(false, Ordering::Relaxed) {
-            tracing::warn!(tier = self.name(), "tier recovered: a call succeeded again");
+    fn succeeded(&self, operation: Operation) {
+        let failing = &self.failing[side(operation)];
+        if failing.load(Ordering::Relaxed) && failing.swap(false, Ordering::Relaxed) {
+            tracing::warn!(tier = self.name(), %operation, "tier recovered: a call succeeded again");
         }
+    }
+
+    /// Whether the tier's last read or last write failed.
+    pub(crate) fn is_failing(&self) -> bool {
+        self.failing.iter().any(|f| f.load(Ordering::Relaxed))
+    }
+
+    /// The last failure counted in `errors`.
+    pub(crate) fn last_error(&self) -> Option<cache_core::LastError> {
+        self.last_error.get()
     }
 
     /// `entry` as this tier stores it: its expiry (or, for a value with a
@@ -346,20 +466,32 @@ impl Tier {
 
     pub(crate) fn stats(&self) -> TierStats {
         let c = &self.counters;
-        let mut stats = TierStats::default();
-        stats.name = self.name().to_owned();
-        stats.hits = c.hits.get();
-        stats.misses = c.misses.get();
-        stats.fills = c.fills.get();
-        stats.fills_discarded = c.fills_discarded.get();
-        stats.undecodable = c.undecodable.get();
-        stats.foreign = c.foreign.get();
-        stats.tag_stale = c.tag_stale.get();
-        stats.errors = c.errors.get();
-        stats.refused = c.refused.get();
-        stats.rejected = c.rejected.get();
-        stats.layer = self.layer.stats();
-        stats
+        let latency = self
+            .latency
+            .as_ref()
+            .map_or_else(TierLatency::default, |latency| TierLatency {
+                get: latency.get.summary(),
+                set: latency.set.summary(),
+                remove: latency.remove.summary(),
+            });
+        TierStats {
+            name: self.name().to_owned(),
+            hits: c.hits.get(),
+            misses: c.misses.get(),
+            fills: c.fills.get(),
+            fills_discarded: c.fills_discarded.get(),
+            undecodable: c.undecodable.get(),
+            foreign: c.foreign.get(),
+            tag_stale: c.tag_stale.get(),
+            errors: c.errors.get(),
+            refused: c.refused.get(),
+            rejected: c.rejected.get(),
+            error_classes: self.error_classes.counts(),
+            last_error: self.last_error.get(),
+            latency,
+            circuits: self.policy.circuits(),
+            layer: self.layer.stats(),
+        }
     }
 }
 

@@ -4,9 +4,11 @@ use std::time::Duration;
 
 use cache_core::{Entry, Serializer};
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::cache::TierSet;
 use crate::guard::Ticket;
+use crate::observe::op_span;
 use crate::tier::Call;
 use crate::{Result, TieredCache};
 
@@ -95,7 +97,22 @@ impl<S: Serializer> TieredCache<S> {
             .iter()
             .map(|(key, _)| self.shared.guard.mutate(key))
             .collect();
-        self.write_through(entries, None, 0, excluded).await
+        let span = match entries {
+            [(key, _)] => op_span!(&self.shared.observe, "cache.set", key),
+            _ => tracing::debug_span!(
+                "cache.set_many",
+                cache = &*self.shared.observe.name,
+                keys = entries.len(),
+                outcome = tracing::field::Empty,
+            ),
+        };
+        let written = self
+            .write_through(entries, None, 0, excluded)
+            .instrument(span.clone())
+            .await;
+        let failed = written.iter().any(Result::is_err);
+        span.record("outcome", if failed { "error" } else { "ok" });
+        written
     }
 
     /// Writes entries through every tier, lowest first. When a tier fails

@@ -690,7 +690,10 @@ async fn removals_report_a_tier_that_failed_open() {
     ] {
         assert!(!removed.is_complete(), "{removed}");
         assert_eq!(removed.skipped().collect::<Vec<_>>(), ["l2"]);
-        assert!(removed.tiers[0].1.is_some(), "L1 did its part: {removed}");
+        assert!(
+            removed.tiers[0].removed.is_some(),
+            "L1 did its part: {removed}"
+        );
     }
     faulty.set_fault(Fault::None);
     let removed = cache.delete("k").await.unwrap();
