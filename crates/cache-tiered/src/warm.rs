@@ -509,13 +509,15 @@ impl<S: Serializer> CacheWarmer<S> {
 
     /// A receiver of the progress of this warmer's runs: the latest figures,
     /// updated after each key (or batch). Take it before starting the run.
+    /// (Runs of one warmer share it: run them one at a time.)
     pub fn progress(&self) -> watch::Receiver<WarmProgress> {
         self.plan.progress.subscribe()
     }
 
     /// Cancels the warm-up when `token` is cancelled (a service shutting
     /// down): no loader is called after that, loaders in flight are
-    /// dropped (values they were writing are written), and
+    /// dropped (a value already loaded is still written, and a batch being
+    /// copied from the shared tiers finishes), and
     /// [`run`](Self::run) returns a summary that says
     /// [`cancelled`](WarmSummary::cancelled). A token cancelled before the
     /// run starts stops it at once. Default: a token nobody else holds
@@ -666,12 +668,12 @@ impl WarmHandle {
     /// is called any more. A panic in the [progress
     /// callback](CacheWarmer::on_progress) resumes here.
     pub async fn join(mut self) -> Result<WarmSummary> {
-        let Some(task) = self.task.as_mut() else {
+        // Taken, so that `Drop` finds nothing to wait for; if this future
+        // is dropped mid-wait, `Drop` still cancels the run.
+        let Some(task) = self.task.take() else {
             return Err(cache_core::Error::config("the warm-up was already joined").into());
         };
-        let joined = task.await;
-        self.task = None;
-        match joined {
+        match task.await {
             Ok(summary) => summary,
             Err(error) => match error.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),
@@ -899,7 +901,7 @@ async fn run_plan<S: Serializer>(
         },
         errors: Vec::new(),
     };
-    tracing::info!(
+    tracing::debug!(
         keys = total,
         jobs = plan.jobs.len(),
         concurrency = plan.concurrency,
@@ -1357,5 +1359,9 @@ async fn copy_from_shared<S: Serializer>(
 /// The error of a key whose tier failed open (its own error was counted
 /// and logged by the tier).
 fn unavailable(tier: &str) -> Error {
-    cache_core::Error::unavailable(tier.to_owned(), "failed (open) while warming").into()
+    cache_core::Error::unavailable(
+        tier.to_owned(),
+        "its call failed while warming (the tier fails open; see its stats)",
+    )
+    .into()
 }
