@@ -321,7 +321,7 @@ fn ci() -> Result {
     msrv()?;
     test()?;
     proptest(CI_PROPTEST_CASES)?;
-    for example in ["quickstart", "offers"] {
+    for example in ["quickstart", "offers", "warming"] {
         cargo(&["run", "-p", "examples", "--example", example])?;
     }
     deny()?;
