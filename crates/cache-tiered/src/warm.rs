@@ -531,7 +531,9 @@ impl<S: Serializer> CacheWarmer<S> {
     /// own, on the current tokio runtime) and returns what it did once
     /// every key is done, or once it is cancelled and its tasks are over.
     ///
-    /// Dropping the returned future aborts the tasks in flight. Fails only
+    /// Dropping the returned future cancels the run, as a cancelled
+    /// [token](Self::cancel_on) does (the tasks in flight end by
+    /// themselves, promptly, and no loader is called after). Fails only
     /// on a configuration error: a concurrency of 0, a job that would
     /// write no tier, a copy from the shared tiers in a cache without a
     /// shared tier or a local one, no tokio runtime. Failures of keys are
@@ -873,6 +875,9 @@ async fn run_plan<S: Serializer>(
 ) -> Result<WarmSummary> {
     let runtime = runtime()?;
     let settings = plan.validate(cache)?;
+    // The run's own token: cancelled with `cancel`, and by this run alone
+    // if its future is dropped (see `Running`), never the caller's token.
+    let cancel = &cancel.child_token();
     let started = Instant::now();
     let mut units: Vec<Unit> = Vec::new();
     for (index, job) in plan.jobs.iter().enumerate() {
@@ -909,7 +914,11 @@ async fn run_plan<S: Serializer>(
     );
     plan.publish(&tally.progress);
 
-    let mut running: JoinSet<Outcomes> = JoinSet::new();
+    let mut running = Running {
+        tasks: JoinSet::new(),
+        cancel: cancel.clone(),
+    };
+    let running = &mut running.tasks;
     let mut in_flight: HashMap<tokio::task::Id, Unit> = HashMap::new();
     let mut queue = units.into_iter();
     loop {
@@ -982,6 +991,24 @@ async fn run_plan<S: Serializer>(
         "warm-up over"
     );
     Ok(summary)
+}
+
+/// The tasks of a run in flight. If the run's future is dropped before
+/// they end, they are cancelled and left to end by themselves (each within
+/// its current tier write) rather than aborted: a task aborted mid-write
+/// would skip the re-check that undoes a fill a racing delete overtook.
+struct Running {
+    tasks: JoinSet<Outcomes>,
+    cancel: CancellationToken,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.tasks.is_empty() {
+            self.cancel.cancel();
+            self.tasks.detach_all();
+        }
+    }
 }
 
 struct Tally {

@@ -392,7 +392,7 @@ async fn cancelling_drops_loaders_that_hang_instead_of_waiting_for_them() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_token_cancels_a_run_and_dropping_the_handle_cancels_too() {
+async fn a_token_cancels_a_run_and_so_does_dropping_it_or_its_handle() {
     let TwoTiers { cache, .. } = two_tiers(None);
     let source = Arc::new(Source::default());
 
@@ -426,6 +426,30 @@ async fn a_token_cancels_a_run_and_dropping_the_handle_cancels_too() {
     assert!(summary.cancelled && summary.done() >= 100 && summary.done() < 1000);
     assert_eq!(source.in_flight(), 0);
     drop(warmer);
+
+    // A dropped `run` future: its tasks stop by themselves.
+    let before = source.calls();
+    let warmer = cache
+        .warmer()
+        .keys(keys("d", 1000), slow(&source, Duration::from_millis(10)));
+    let mut progress = warmer.progress();
+    tokio::select! {
+        _ = warmer.run() => panic!("the run ended before it was dropped"),
+        _ = progress.wait_for(|p| p.done() >= 50) => {}
+    }
+    drop(warmer);
+    for _ in 0..100 {
+        if source.in_flight() == 0 && Arc::strong_count(&source) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(source.in_flight(), 0, "its loaders were dropped");
+    assert_eq!(Arc::strong_count(&source), 1, "its tasks ended");
+    let after = source.calls();
+    assert!(after - before < 1000);
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(source.calls(), after);
 
     // Dropped handle: the task stops by itself.
     let before = source.calls();
