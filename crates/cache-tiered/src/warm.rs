@@ -515,7 +515,8 @@ impl<S: Serializer> CacheWarmer<S> {
     }
 
     /// Cancels the warm-up when `token` is cancelled (a service shutting
-    /// down): no loader is called after that, loaders in flight are
+    /// down): no loader is called after that (as
+    /// [`WarmHandle::cancel`] says), loaders in flight are
     /// dropped (a value already loaded is still written, and a batch being
     /// copied from the shared tiers finishes), and
     /// [`run`](Self::run) returns a summary that says
@@ -648,9 +649,11 @@ pub struct WarmHandle {
 
 impl WarmHandle {
     /// Asks the warm-up to stop: no loader is called after this returns
-    /// (the loaders in flight are dropped); [`join`](Self::join) then
-    /// returns once the tasks in flight are over, with a summary that
-    /// says [`cancelled`](WarmSummary::cancelled).
+    /// (on a multi-thread runtime, but for a task that was calling its
+    /// loader at that very instant: that call is dropped at its first
+    /// await, as are the loaders in flight). [`join`](Self::join) then
+    /// returns once the tasks in flight are over, with a summary that says
+    /// [`cancelled`](WarmSummary::cancelled).
     pub fn cancel(&self) {
         self.cancel.cancel();
     }
@@ -1157,8 +1160,9 @@ where
                 },
             }
         };
-        // Checked again just before the call: a cancel that returned
-        // before this point is seen, so no loader is called after it.
+        // Checked again just before the call (the follower's wait may have
+        // been long): a cancel seen here calls no loader, and one that
+        // comes later drops the call at its first await.
         if cancel.is_cancelled() {
             return KeyOutcome::Cancelled;
         }
