@@ -321,7 +321,7 @@ fn ci() -> Result {
     msrv()?;
     test()?;
     proptest(CI_PROPTEST_CASES)?;
-    for example in ["quickstart", "offers", "metrics"] {
+    for example in ["quickstart", "offers", "metrics", "warming"] {
         cargo(&["run", "-p", "examples", "--example", example])?;
     }
     deny()?;

@@ -79,6 +79,13 @@
 //! instances that miss the same key at once elect one loader through the
 //! lock; the others wait, a bounded time, for its value in the shared tier.
 //!
+//! # Warming
+//! [`TieredCache::warmer`] preloads keys before requests ask for them:
+//! from your loaders (bounded concurrency, priorities, progress, a
+//! [`WarmSummary`], cancellation, periodic re-warming), or, for an instance
+//! starting up, from the shared tier into its L1
+//! ([`WarmJob::from_shared`]). See [`CacheWarmer`].
+//!
 //! # Depends on no concrete layer
 //! This crate knows tiers only as `Arc<dyn CacheLayer>`; `cache-memory`,
 //! `cache-redis` or your own backend plug in the same way.
@@ -104,6 +111,7 @@ mod remove;
 mod stats;
 mod tags;
 mod tier;
+mod warm;
 mod write;
 
 pub use cache::{TieredCache, TieredCacheBuilder};
@@ -116,3 +124,9 @@ pub use observe::{Health, Status, TierHealth};
 pub use remove::{Broadcast, Removal, Removed, TierRemoved};
 pub use stats::{BackplaneStats, FleetStats, QueueStats, TierLatency, TierStats, TieredStats};
 pub use tier::Tier;
+/// The token that cancels a warm-up ([`CacheWarmer::cancel_on`]),
+/// re-exported from `tokio-util`.
+pub use tokio_util::sync::CancellationToken;
+pub use warm::{
+    CacheWarmer, WarmHandle, WarmJob, WarmProgress, WarmSchedule, WarmSummary, WarmTiers,
+};

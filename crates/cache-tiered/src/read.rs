@@ -34,7 +34,7 @@ pub(crate) enum Walk {
     /// Every tier; counted in the stats as a read.
     Full,
     /// Every tier, uncounted: the composer's own reads (tag versions,
-    /// `tags.rs`).
+    /// `tags.rs`; a warm-up's look at what is cached, `warm.rs`).
     Internal,
     /// Only the top tier, uncounted: `get_or_compute` looking again after
     /// it joined a flight that may have just filled it.

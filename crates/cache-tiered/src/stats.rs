@@ -12,9 +12,11 @@ use cache_core::{CircuitStatus, Counter, ErrorCounts, LastError, Latency, LayerS
 ///
 /// The composer's own reads are not user reads and count no hit or miss:
 /// the versions of a tagged value's tags, the top tier looked at again by a
-/// `get_or_compute` leader (or an eager refresh) before it loads, and a
+/// `get_or_compute` leader (or an eager refresh) before it loads, a
 /// [fleet lock](crate::TieredCacheBuilder::fleet_lock) waiter's polls of the
-/// shared tiers. The layer's own counters (`layer`) see every call.
+/// shared tiers, and a [warm-up](crate::CacheWarmer)'s look at what is
+/// already cached (its writes count as fills; its loads are counted in its
+/// [`WarmSummary`](crate::WarmSummary), not in `loads`). The layer's own counters (`layer`) see every call.
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct TierStats {
