@@ -891,7 +891,7 @@ impl<T: Clone> Clone for Fallback<T> {
 
 /// Runs a future, catching a panic in it as a value (what `futures`'
 /// `catch_unwind` does, without the dependency).
-struct CatchUnwind<F>(Pin<Box<F>>);
+pub(crate) struct CatchUnwind<F>(pub(crate) Pin<Box<F>>);
 
 impl<F: Future> Future for CatchUnwind<F> {
     type Output = std::thread::Result<F::Output>;
