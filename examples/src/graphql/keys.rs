@@ -137,7 +137,7 @@ mod tests {
         keys.sort();
         let before = keys.len();
         keys.dedup();
-        // Only `None` and `""` share a key (the same page); `""` is listed once.
+        // (`None` and `Some("")` do share one: they are the same page.)
         assert_eq!(keys.len(), before);
     }
 

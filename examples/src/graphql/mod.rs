@@ -220,8 +220,8 @@ impl Service {
         &self.store
     }
 
-    /// What the cache is made of, for humans: `"L1 only"` or
-    /// `"L1 over Redis at <url>"`.
+    /// What the cache is made of, for humans: `"an in-process L1 only"`
+    /// or `"an in-process L1 over Redis at <url>"`.
     pub fn describe(&self) -> String {
         match &self.redis_url {
             None => "an in-process L1 only".to_owned(),
