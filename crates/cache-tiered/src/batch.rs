@@ -18,6 +18,7 @@ use std::time::Duration;
 use cache_core::{Entry, Serializer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::cache::TierSet;
 use crate::envelope::{Envelope, Freshness};
@@ -85,7 +86,9 @@ impl<S: Serializer> TieredCache<S> {
     /// `get_or_compute` calls, one per distinct key: a hit or a miss each;
     /// each missed key is then a load (one per key the loader was asked
     /// for, in `loads`, and in `load_errors` if it failed) or answered
-    /// without one (`coalesced`).
+    /// without one (`coalesced`). The loader call is one sample of
+    /// `load_latency`. Traced (at DEBUG) as a `cache.get_or_compute_many`
+    /// span, the loader's call under it as `cache.load_many`.
     ///
     /// # Example
     /// ```
@@ -133,6 +136,35 @@ impl<S: Serializer> TieredCache<S> {
         if keys.is_empty() {
             return Vec::new();
         }
+        let span = tracing::debug_span!(
+            "cache.get_or_compute_many",
+            cache = &*self.shared.observe.name,
+            keys = keys.len(),
+            outcome = tracing::field::Empty,
+        );
+        let results = self
+            .compute_many(keys, ttl, loader)
+            .instrument(span.clone())
+            .await;
+        let failed = results.iter().any(Result::is_err);
+        span.record("outcome", if failed { "error" } else { "ok" });
+        results
+    }
+
+    /// [`get_or_compute_many`](Self::get_or_compute_many) of at least one key.
+    async fn compute_many<T, F, Fut, I, E>(
+        &self,
+        keys: &[&str],
+        ttl: Duration,
+        loader: F,
+    ) -> Vec<Result<Option<T>>>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce(Vec<String>) -> Fut,
+        Fut: Future<Output = Result<I, E>>,
+        I: IntoIterator<Item = (String, T)>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let shared = &*self.shared;
         let counters = &shared.counters;
         let (distinct, slots) = dedup(keys);
@@ -273,19 +305,39 @@ impl<S: Serializer> TieredCache<S> {
             .map(|(_, leader)| leader.key().to_owned())
             .collect();
         counters.loads.add(asked.len() as u64);
+        // The loader in a span of its own, as a single load's: what it logs,
+        // and the spans of its queries, sit under it.
+        let span = tracing::debug_span!(
+            "cache.load_many",
+            cache = &*shared.observe.name,
+            keys = asked.len(),
+            outcome = tracing::field::Empty,
+        );
+        let started = tokio::time::Instant::now();
         // A panic while creating or polling the loader's future is caught,
         // so that the waiters hear of it before it goes on here.
-        let call = CatchUnwind(Box::pin(async move {
-            loader(asked)
-                .await
-                .map_err(Into::<Box<dyn std::error::Error + Send + Sync>>::into)
-        }));
+        let call = CatchUnwind(Box::pin(
+            async move {
+                loader(asked)
+                    .await
+                    .map_err(Into::<Box<dyn std::error::Error + Send + Sync>>::into)
+            }
+            .instrument(span.clone()),
+        ));
         let loaded = match options.hard_timeout {
             None => Ok(call.await),
             Some(limit) => tokio::time::timeout(limit, call)
                 .await
                 .map_err(|_elapsed| Error::LoaderTimeout(limit)),
         };
+        // One loader call, one sample of `load_latency` (however many keys
+        // it was asked for); a panic is no sample, as for a single load.
+        match &loaded {
+            Ok(Ok(Ok(_))) => self.loaded(started, &span, "ok"),
+            Ok(Ok(Err(_))) => self.loaded(started, &span, "error"),
+            Err(_) => self.loaded(started, &span, "timeout"),
+            Ok(Err(_)) => _ = span.record("outcome", "panic"),
+        }
         let loaded = match loaded {
             Ok(Ok(Ok(found))) => Ok(found),
             Ok(Ok(Err(error))) => Err(Error::Loader(Arc::from(error))),

@@ -191,7 +191,7 @@ impl<S: Serializer> TieredCache<S> {
     }
 
     /// A loader ended after running since `started`, with `outcome`.
-    fn loaded(&self, started: tokio::time::Instant, span: &Span, outcome: &'static str) {
+    pub(crate) fn loaded(&self, started: tokio::time::Instant, span: &Span, outcome: &'static str) {
         let elapsed = started.elapsed();
         if let Some(latency) = &self.shared.load_latency {
             latency.record(elapsed);

@@ -235,6 +235,7 @@ async fn one_loader_call_for_every_missing_key_one_read_and_one_write_per_tier()
     );
     assert_eq!((stats.tiers[0].misses, stats.tiers[1].misses), (4, 3));
     assert_eq!(loads(&stats), (3, 3, 0, 0));
+    assert_eq!(stats.load_latency.count, 1, "one loader call");
     assert_eq!((stats.tiers[0].fills, stats.tiers[1].fills), (3, 2));
     assert_eq!(
         stats.tiers[0].fills_discarded + stats.tiers[1].fills_discarded,
@@ -256,6 +257,7 @@ async fn one_loader_call_for_every_missing_key_one_read_and_one_write_per_tier()
     let stats = cache.stats();
     assert_eq!(stats.hits, 2 + 4);
     assert_eq!(loads(&stats), (4, 4, 0, 0));
+    assert_eq!(stats.load_latency.count, 2);
 }
 
 #[tokio::test]
