@@ -21,6 +21,10 @@ type Slot = watch::Sender<Option<Outcome>>;
 pub(crate) struct Flights {
     in_progress: Mutex<HashMap<String, Flight>>,
     next_id: AtomicU64,
+    /// Flights ended with an outcome so far: a batch call that saw it
+    /// unchanged between its read and its joining knows no load landed
+    /// in between, and skips the recheck of the top tier (`batch.rs`).
+    finished: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -30,6 +34,15 @@ struct Flight {
     /// Taken before the load began: a caller may join only while no
     /// mutation of the key has begun since.
     ticket: Ticket,
+}
+
+/// A batch caller's part in the loads of its keys (see [`Flights::join_all`]).
+pub(crate) enum Batch {
+    /// No key had a load in flight: the caller leads them all, in order.
+    Lead(Vec<Leader>),
+    /// These keys (by index) have a load in flight: wait for them. The
+    /// caller leads none of its keys meanwhile.
+    Follow(Vec<(usize, Follower)>),
 }
 
 /// The caller's part in a load.
@@ -91,6 +104,66 @@ impl Flights {
         })
     }
 
+    /// Joins the loads of several distinct keys at once, all or nothing:
+    /// if any key has a load in flight that may be joined (as in
+    /// [`join`](Self::join)), the caller follows those and leads none;
+    /// otherwise it leads every key.
+    ///
+    /// Why never both: a caller that held flights while waiting on others
+    /// could wait on a caller waiting on it. Leading nothing while it
+    /// waits, a batch caller only ever waits on loads that are running
+    /// (their leaders wait on nobody), so no wait can close a cycle. Done
+    /// under one lock, so two batches over the same keys do not each lead
+    /// half of them.
+    pub(crate) fn join_all(
+        self: &Arc<Self>,
+        keys: &[&str],
+        guard: &FillGuard,
+        now: Instant,
+    ) -> Batch {
+        let mut in_progress = self.lock();
+        let followers: Vec<(usize, Follower)> = keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, key)| {
+                let flight = in_progress.get(*key)?;
+                guard.unchanged_since(&flight.ticket).then(|| {
+                    let receiver = flight.slot.subscribe();
+                    (i, Follower { receiver })
+                })
+            })
+            .collect();
+        if !followers.is_empty() {
+            return Batch::Follow(followers);
+        }
+        let leaders = keys
+            .iter()
+            .map(|key| {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let ticket = guard.ticket(key, now);
+                let flight = Flight {
+                    id,
+                    slot: watch::channel(None).0,
+                    ticket,
+                };
+                // Replacing a stale flight wakes its followers, as in `join`.
+                in_progress.insert((*key).to_owned(), flight);
+                Leader {
+                    flights: self.clone(),
+                    key: (*key).to_owned(),
+                    id,
+                    ticket,
+                }
+            })
+            .collect();
+        Batch::Lead(leaders)
+    }
+
+    /// How many flights have ended with an outcome so far.
+    pub(crate) fn finished(&self) -> u64 {
+        self.finished.load(Ordering::SeqCst)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight>> {
         // Nothing panics while holding the lock; recover rather than cascade.
         self.in_progress
@@ -115,6 +188,10 @@ impl Leader {
 
     /// Hands the outcome to every follower and ends the flight.
     pub(crate) fn finish(self, outcome: Outcome) {
+        // Counted before the flight leaves the table (and after the
+        // loader's value was written to the tiers): a batch caller that
+        // finds the flight gone when it joins also finds the count moved.
+        self.flights.finished.fetch_add(1, Ordering::SeqCst);
         if let Some(slot) = self.flights.remove(&self.key, self.id) {
             slot.send_replace(Some(outcome));
         }

@@ -92,6 +92,7 @@
 #![forbid(unsafe_code)]
 
 mod backplane;
+mod batch;
 mod cache;
 mod entry;
 mod envelope;

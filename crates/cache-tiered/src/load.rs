@@ -191,7 +191,7 @@ impl<S: Serializer> TieredCache<S> {
     }
 
     /// A loader ended after running since `started`, with `outcome`.
-    fn loaded(&self, started: tokio::time::Instant, span: &Span, outcome: &'static str) {
+    pub(crate) fn loaded(&self, started: tokio::time::Instant, span: &Span, outcome: &'static str) {
         let elapsed = started.elapsed();
         if let Some(latency) = &self.shared.load_latency {
             latency.record(elapsed);
@@ -891,7 +891,7 @@ impl<T: Clone> Clone for Fallback<T> {
 
 /// Runs a future, catching a panic in it as a value (what `futures`'
 /// `catch_unwind` does, without the dependency).
-struct CatchUnwind<F>(Pin<Box<F>>);
+pub(crate) struct CatchUnwind<F>(pub(crate) Pin<Box<F>>);
 
 impl<F: Future> Future for CatchUnwind<F> {
     type Output = std::thread::Result<F::Output>;

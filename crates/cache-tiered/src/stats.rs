@@ -4,9 +4,9 @@ use cache_core::{CircuitStatus, Counter, ErrorCounts, LastError, Latency, LayerS
 ///
 /// `hits` and `misses` count *user reads*: one per key read by `get`,
 /// `get_many`, or the lookup that starts a `get_or_compute` (any variant, or
-/// through `entry`). A user read walks the tiers top-down until one answers:
-/// it counts one hit in the tier that answered and one miss in each tier
-/// above it; a read no tier answers counts a miss in every tier. A tier
+/// through `entry`) or a `get_or_compute_many` (one per distinct key). A
+/// user read walks the tiers top-down until one answers: it counts one hit
+/// in the tier that answered and one miss in each tier above it; a read no tier answers counts a miss in every tier. A tier
 /// whose call failed counts in `errors` (or `rejected`) instead, neither hit
 /// nor miss.
 ///
@@ -113,16 +113,21 @@ pub struct TieredStats {
     /// is in `coalesced` or [`FleetStats::waited_found`] instead: so after
     /// `get_or_compute` calls alone, none cancelled, without eager refresh
     /// or soft timeout, `misses == loads + coalesced + fleet.waited_found`.
+    /// A `get_or_compute_many` counts one load per key its loader was asked
+    /// for (and each such key in `load_errors` if it failed), so this holds
+    /// with batches too.
     pub loads: u64,
     /// Loads whose loader returned an error or ran past the hard timeout
     /// (a panicking loader is not counted).
     pub load_errors: u64,
-    /// `get_or_compute` callers that missed and were answered without a
-    /// load of their own: by another caller's load they waited for (its
-    /// value or its error), or by a value that such a load wrote to the top
-    /// tier before they took the lead.
+    /// `get_or_compute` callers (and `get_or_compute_many` keys) that
+    /// missed and were answered without a load of their own: by another
+    /// caller's load they waited for (its value or its error), or by a
+    /// value that such a load wrote to the top tier before they took the
+    /// lead.
     pub coalesced: u64,
-    /// `get_or_compute` callers (any variant) served a stale value
+    /// `get_or_compute` callers (any variant, and `get_or_compute_many`
+    /// keys) served a stale value
     /// (fail-safe): their load (or the one they waited for) failed or timed
     /// out, their soft timeout passed, or their read found a value a recent
     /// failure's throttle keeps (that read is a hit too).

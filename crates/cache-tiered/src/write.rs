@@ -131,6 +131,37 @@ impl<S: Serializer> TieredCache<S> {
         failed: TierSet,
         excluded: TierSet,
     ) -> Vec<Result<()>> {
+        let tickets = match ticket {
+            Some(ticket) => Tickets::Same(ticket),
+            None => Tickets::None,
+        };
+        self.write_through_with(entries, tickets, failed, excluded)
+            .await
+    }
+
+    /// [`write_through`](Self::write_through) of loader results each
+    /// loaded under its own ticket (`tickets[i]` for `entries[i]`): a batch
+    /// load (`batch.rs`). Each tier's batch is a fill since the earliest
+    /// of its tickets.
+    pub(crate) async fn write_loaded(
+        &self,
+        entries: &[(&str, Entry)],
+        tickets: &[Ticket],
+        failed: TierSet,
+        excluded: TierSet,
+    ) -> Vec<Result<()>> {
+        debug_assert_eq!(entries.len(), tickets.len());
+        self.write_through_with(entries, Tickets::Each(tickets), failed, excluded)
+            .await
+    }
+
+    async fn write_through_with(
+        &self,
+        entries: &[(&str, Entry)],
+        tickets: Tickets<'_>,
+        failed: TierSet,
+        excluded: TierSet,
+    ) -> Vec<Result<()>> {
         let shared = &*self.shared;
         let clock = &*shared.clock;
         let now = clock.now();
@@ -173,7 +204,10 @@ impl<S: Serializer> TieredCache<S> {
                 continue;
             }
             let pairs: Vec<(&str, Entry)> = batch.iter().map(|(_, pair)| pair.clone()).collect();
-            let fill_since = ticket.map(|ticket| ticket.taken_at);
+            let fill_since = batch
+                .iter()
+                .filter_map(|(i, _)| tickets.of(*i).map(|ticket| ticket.taken_at))
+                .min();
             let outcomes: Vec<Call<()>> = match tier.set_many(clock, &pairs, fill_since).await {
                 Call::Done(per_key) => per_key
                     .into_iter()
@@ -189,7 +223,7 @@ impl<S: Serializer> TieredCache<S> {
                 match outcome {
                     Call::Done(()) => {
                         stored[*i] = true;
-                        if let Some(ticket) = ticket
+                        if let Some(ticket) = tickets.of(*i)
                             && !self.keep_fill(tier, key, ticket).await
                         {
                             state[*i] = Written::Stopped;
@@ -218,5 +252,27 @@ impl<S: Serializer> TieredCache<S> {
             }
         }
         results
+    }
+}
+
+/// The tickets a write-through's entries were loaded under, if they are
+/// fills.
+#[derive(Clone, Copy)]
+enum Tickets<'a> {
+    /// New data, not fills.
+    None,
+    /// One ticket for every entry.
+    Same(&'a Ticket),
+    /// One ticket per entry, in order.
+    Each(&'a [Ticket]),
+}
+
+impl<'a> Tickets<'a> {
+    fn of(self, i: usize) -> Option<&'a Ticket> {
+        match self {
+            Tickets::None => None,
+            Tickets::Same(ticket) => Some(ticket),
+            Tickets::Each(tickets) => tickets.get(i),
+        }
     }
 }
