@@ -324,6 +324,40 @@ async fn jitter_applies_to_calls_with_their_own_ttl() {
 }
 
 #[tokio::test]
+async fn a_batch_load_takes_each_keys_cap_and_jitter() {
+    let clock = ManualClock::shared();
+    let (builder, l1, l2) = two_tiers(&clock);
+    let cache = builder
+        .ttl_policy(
+            "offer:*",
+            TtlPolicy::new().local_ttl_cap(2 * SECOND).jitter(0.5),
+        )
+        .build()
+        .unwrap();
+    let keys: Vec<String> = (0..100).map(|i| format!("offer:{i}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let loaded = cache
+        .get_or_compute_many(&refs, 100 * SECOND, |missing: Vec<String>| async move {
+            Ok::<_, std::io::Error>(
+                missing
+                    .into_iter()
+                    .map(|key| (key, 1u8))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .await;
+    assert!(loaded.iter().all(|value| matches!(value, Ok(Some(1)))));
+    clock.advance(2 * SECOND);
+    assert!(!holds(&l1, &clock, "offer:0").await, "capped in L1");
+    clock.advance(73 * SECOND);
+    let mut live = 0;
+    for key in &keys {
+        live += usize::from(holds(&l2, &clock, key).await);
+    }
+    assert!(0 < live && live < keys.len(), "jittered: {live}");
+}
+
+#[tokio::test]
 async fn a_warm_up_without_a_ttl_takes_each_keys_rule() {
     let clock = ManualClock::shared();
     let (builder, l1, _) = two_tiers(&clock);
