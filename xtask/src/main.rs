@@ -321,7 +321,7 @@ fn ci() -> Result {
     msrv()?;
     test()?;
     proptest(CI_PROPTEST_CASES)?;
-    for example in ["quickstart", "offers", "metrics", "warming"] {
+    for example in ["quickstart", "offers", "metrics", "warming", "config"] {
         cargo(&["run", "-p", "examples", "--example", example])?;
     }
     deny()?;

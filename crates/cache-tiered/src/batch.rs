@@ -393,7 +393,8 @@ impl<S: Serializer> TieredCache<S> {
                 continue;
             };
             let value = Arc::new(value);
-            let (expiry, life) = self.lifetime(ttl, options);
+            // The key's jitter (its TTL policy's, else the cache's).
+            let (expiry, life) = self.lifetime(ttl, &self.defaults_for(leader.key()).load);
             match envelope.encode(&shared.serializer, &*value, &[], life) {
                 Ok(bytes) => {
                     let entry = Entry::new(bytes).expires_at(expiry);

@@ -16,6 +16,7 @@ use crate::fleet::{FleetCounters, FleetLock};
 use crate::flight::Flights;
 use crate::guard::FillGuard;
 use crate::observe::Observe;
+use crate::policy::{self, TtlPolicies, TtlPolicy};
 use crate::queue::{self, Queue};
 use crate::stats::{BackplaneStats, CacheCounters, FleetStats, QueueStats, TieredStats};
 use crate::tags::TagSettings;
@@ -98,6 +99,8 @@ pub(crate) struct Shared<S> {
     pub(crate) fleet_counters: Arc<FleetCounters>,
     pub(crate) degraded_ttl: Option<Duration>,
     pub(crate) defaults: Defaults,
+    /// The TTL policy table (`policy.rs`).
+    pub(crate) ttl_policies: Arc<TtlPolicies>,
     pub(crate) counters: CacheCounters,
     pub(crate) tags: TagSettings,
     pub(crate) backplane: Option<Arc<dyn Backplane>>,
@@ -139,6 +142,7 @@ impl TieredCache<Postcard> {
             schemas: Vec::new(),
             degraded_ttl: Some(DEFAULT_DEGRADED_TTL),
             defaults: Defaults::default(),
+            ttl_policies: Vec::new(),
             tags: TagSettings::default(),
             backplane: None,
             queue_limit: None,
@@ -223,10 +227,11 @@ impl<S: Serializer> TieredCache<S> {
 
     pub(crate) fn encode<T: Serialize + ?Sized + 'static>(
         &self,
+        key: &str,
         value: &T,
         ttl: Duration,
     ) -> Result<Entry> {
-        self.encode_stamped(value, &[], ttl, &self.shared.defaults.load)
+        self.encode_stamped(value, &[], ttl, &self.defaults_for(key).load)
     }
 
     /// [`encode`](Self::encode) with tag stamps (plain without any) and the
@@ -446,6 +451,8 @@ pub struct TieredCacheBuilder<S = Postcard> {
     schemas: Vec<(TypeId, u32)>,
     degraded_ttl: Option<Duration>,
     defaults: Defaults,
+    /// The TTL policy rules, in order (`policy.rs`).
+    pub(crate) ttl_policies: Vec<(cache_core::Pattern, TtlPolicy)>,
     tags: TagSettings,
     backplane: Option<Arc<dyn Backplane>>,
     queue_limit: Option<usize>,
@@ -477,6 +484,7 @@ impl<S: Serializer> TieredCacheBuilder<S> {
             schemas: self.schemas,
             degraded_ttl: self.degraded_ttl,
             defaults: self.defaults,
+            ttl_policies: self.ttl_policies,
             tags: self.tags,
             backplane: self.backplane,
             queue_limit: self.queue_limit,
@@ -618,7 +626,8 @@ impl<S: Serializer> TieredCacheBuilder<S> {
     }
 
     /// The TTL of values written through [`TieredCache::entry`] without one
-    /// of their own. Default: 5 minutes.
+    /// of their own, for keys that no [`ttl_policy`](Self::ttl_policy)
+    /// rule matches. Default: 5 minutes.
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
         self.defaults.ttl = ttl;
         self
@@ -861,6 +870,7 @@ impl<S: Serializer> TieredCacheBuilder<S> {
             ));
         }
         self.defaults.load.validate()?;
+        TtlPolicies::new(self.ttl_policies.clone())?;
         if self.defaults.ttl.is_zero() || self.defaults.negative_ttl.is_zero() {
             return Err(cache_core::Error::config(
                 "default_ttl and negative_ttl must be above zero",
@@ -908,6 +918,8 @@ impl<S: Serializer> TieredCacheBuilder<S> {
         for tier in &mut self.tiers {
             tier.configure(&self.observe);
         }
+        let ttl_policies = Arc::new(TtlPolicies::new(self.ttl_policies)?);
+        policy::attach(&mut self.tiers, &ttl_policies);
         #[cfg(feature = "metrics")]
         let metrics_every = self.metrics_every;
         #[cfg(not(feature = "metrics"))]
@@ -931,6 +943,7 @@ impl<S: Serializer> TieredCacheBuilder<S> {
             fleet_counters: Arc::default(),
             degraded_ttl: self.degraded_ttl,
             defaults: self.defaults,
+            ttl_policies,
             counters: CacheCounters::new(self.observe.stats),
             load_latency: self.observe.stats.then(LatencyRecorder::new),
             #[cfg(feature = "metrics")]
@@ -981,6 +994,7 @@ impl<S: fmt::Debug> fmt::Debug for TieredCacheBuilder<S> {
             .field("serializer", &self.serializer)
             .field("degraded_ttl", &self.degraded_ttl)
             .field("defaults", &self.defaults)
+            .field("ttl_policies", &self.ttl_policies)
             .field("tags", &self.tags)
             .field("backplane", &self.backplane)
             .field("invalidation_queue", &self.queue_limit)

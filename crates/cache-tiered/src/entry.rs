@@ -20,7 +20,9 @@ use crate::{Error, LoadError, Result, TieredCache};
 /// Options left unset take the cache's defaults
 /// ([`default_ttl`](crate::TieredCacheBuilder::default_ttl),
 /// [`negative_ttl`](crate::TieredCacheBuilder::negative_ttl); every TTL is
-/// spread by the cache's [`ttl_jitter`](crate::TieredCacheBuilder::ttl_jitter)).
+/// spread by the cache's [`ttl_jitter`](crate::TieredCacheBuilder::ttl_jitter)),
+/// or, for a key that a [`ttl_policy`](crate::TieredCacheBuilder::ttl_policy)
+/// rule matches, the rule's.
 ///
 /// ```
 /// use std::time::Duration;
@@ -71,26 +73,35 @@ pub struct EntryCall<'a, S: Serializer> {
     negative_ttl: Option<Duration>,
     tags: &'a [&'a str],
     options: LoadOptions,
+    /// The key's default TTL and negative TTL (its TTL policy's, else the
+    /// cache's).
+    default_ttl: Duration,
+    default_negative_ttl: Duration,
 }
 
 impl<S: Serializer> TieredCache<S> {
     /// A call on `key` whose options (TTL, tags, negative TTL, fail-safe,
     /// timeouts, eager refresh) are set one by one, the others taking the
-    /// cache's defaults. See [`EntryCall`].
+    /// cache's defaults, or those of the key's
+    /// [`TtlPolicy`](crate::TtlPolicy). See [`EntryCall`].
     pub fn entry<'a>(&'a self, key: &'a str) -> EntryCall<'a, S> {
+        let defaults = self.defaults_for(key);
         EntryCall {
             cache: self,
             key,
             ttl: None,
             negative_ttl: None,
             tags: &[],
-            options: self.shared.defaults.load,
+            options: defaults.load,
+            default_ttl: defaults.ttl,
+            default_negative_ttl: defaults.negative_ttl,
         }
     }
 }
 
 impl<'a, S: Serializer + 'static> EntryCall<'a, S> {
-    /// How long the value lives. Default: the cache's
+    /// How long the value lives. Default: the TTL of the key's
+    /// [`ttl_policy`](crate::TieredCacheBuilder::ttl_policy), else the cache's
     /// [`default_ttl`](crate::TieredCacheBuilder::default_ttl).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
@@ -99,7 +110,8 @@ impl<'a, S: Serializer + 'static> EntryCall<'a, S> {
 
     /// How long a loader's "not found" is cached by
     /// [`get_or_compute_optional`](Self::get_or_compute_optional). Default:
-    /// the cache's [`negative_ttl`](crate::TieredCacheBuilder::negative_ttl).
+    /// the key's [`ttl_policy`](crate::TieredCacheBuilder::ttl_policy)'s,
+    /// else the cache's [`negative_ttl`](crate::TieredCacheBuilder::negative_ttl).
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.negative_ttl = Some(ttl);
         self
@@ -176,7 +188,7 @@ impl<'a, S: Serializer + 'static> EntryCall<'a, S> {
     }
 
     fn chosen_ttl(&self) -> Duration {
-        self.ttl.unwrap_or(self.cache.shared.defaults.ttl)
+        self.ttl.unwrap_or(self.default_ttl)
     }
 
     /// The value under the key, if any ([`TieredCache::get`]), from the
@@ -322,8 +334,7 @@ impl<'a, S: Serializer + 'static> EntryCall<'a, S> {
     {
         let (found, absent) = (
             self.chosen_ttl(),
-            self.negative_ttl
-                .unwrap_or(self.cache.shared.defaults.negative_ttl),
+            self.negative_ttl.unwrap_or(self.default_negative_ttl),
         );
         let ttl = move |value: &Option<T>| if value.is_some() { found } else { absent };
         self.cache

@@ -28,8 +28,10 @@
 //! ```
 //!
 //! See [`TieredCache`] for what reads, writes and loads guarantee, [`Tier`]
-//! for per-tier settings (failure policy, TTL cap, timeout), and
-//! [`TieredStats`] for what is counted.
+//! for per-tier settings (failure policy, TTL cap, timeout),
+//! [`TtlPolicy`] for TTLs set per key pattern in one place
+//! ([`TieredCacheBuilder::ttl_policy`]), and [`TieredStats`] for what is
+//! counted.
 //!
 //! # Several instances
 //! Processes sharing a Redis L2 each keep their own L1. Attach a
@@ -106,6 +108,7 @@ mod memory_lock;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod observe;
+mod policy;
 mod queue;
 mod read;
 mod remove;
@@ -122,6 +125,7 @@ pub use fleet::FleetLock;
 pub use memory_backplane::MemoryBackplane;
 pub use memory_lock::MemoryLoadLock;
 pub use observe::{Health, Status, TierHealth};
+pub use policy::TtlPolicy;
 pub use remove::{Broadcast, Removal, Removed, TierRemoved};
 pub use stats::{BackplaneStats, FleetStats, QueueStats, TierLatency, TierStats, TieredStats};
 pub use tier::Tier;

@@ -75,7 +75,7 @@ impl<S: Serializer> TieredCache<S> {
             }
             Top::Below(top) => top,
         };
-        let options = &self.shared.defaults.load;
+        let options = &self.defaults_for(key).load;
         let ttl = &|_: &T| ttl;
         let fetched = Box::pin(self.compute_below(key, &[], ttl, options, loader, 0, top))
             .instrument(span.clone())
@@ -125,7 +125,7 @@ impl<S: Serializer> TieredCache<S> {
         E: std::error::Error + Send + Sync + 'static,
     {
         let typed = || async move { loader().await.map_err(|error| Typed(Arc::new(error))) };
-        let options = &self.shared.defaults.load;
+        let options = &self.defaults_for(key).load;
         self.compute(key, &[], &|_: &T| ttl, options, typed)
             .await
             .map(Fetched::into_value)
@@ -149,7 +149,7 @@ impl<S: Serializer> TieredCache<S> {
         Fut: Future<Output = Result<T, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let options = &self.shared.defaults.load;
+        let options = &self.defaults_for(key).load;
         self.compute(key, tags, &|_: &T| ttl, options, loader)
             .await
             .map(Fetched::into_value)
@@ -768,7 +768,7 @@ impl<S: Serializer> TieredCache<S> {
             if !shared.guard.still_valid(&fallback.ticket) {
                 return;
             }
-            let entry = tier.cap(entry.clone(), now);
+            let entry = tier.cap(key, entry.clone(), now);
             let since = Some(fallback.ticket.taken_at);
             if let Call::Done(written) = tier.set_many(clock, &[(key, entry)], since).await
                 && written.iter().all(Result::is_ok)

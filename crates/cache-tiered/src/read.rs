@@ -458,7 +458,7 @@ impl<S: Serializer> TieredCache<S> {
                 }
                 match tickets[*i] {
                     Some(ticket) if shared.guard.still_valid(&ticket) => {
-                        fills.push((*i, tier.cap(entry.clone(), now)));
+                        fills.push((*i, tier.cap(keys[*i], entry.clone(), now)));
                     }
                     _ => tier.counters.fills_discarded.incr(),
                 }

@@ -104,7 +104,7 @@ impl<S: Serializer> TieredCache<S> {
         T: Serialize + ?Sized + 'static,
     {
         let stamps = self.stamp(tags).await?;
-        let entry = self.encode_stamped(value, &stamps, ttl, &self.shared.defaults.load)?;
+        let entry = self.encode_stamped(value, &stamps, ttl, &self.defaults_for(key).load)?;
         let written = self.write_mutating(&[(key, entry)]).await.pop();
         // The key, not the tag versions this may have created: a new
         // version makes no other instance's copy stale.

@@ -47,6 +47,9 @@ pub struct Tier {
     /// Whether the policy observes calls (see `FailurePolicy::observes_calls`).
     pub(crate) observed: bool,
     pub(crate) ttl_cap: Option<Duration>,
+    /// The cache's TTL policies, in a local tier when a rule caps local
+    /// copies (`policy.rs`): a per-key cap besides `ttl_cap`.
+    pub(crate) key_caps: Option<Arc<crate::policy::TtlPolicies>>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) counters: TierCounters,
     /// How long calls take, per operation; `None` with stats off.
@@ -104,6 +107,7 @@ impl Tier {
             policy: Arc::new(FailOpen),
             observed: false,
             ttl_cap: None,
+            key_caps: None,
             timeout: None,
             counters: TierCounters::new(true),
             latency: Some(Box::default()),
@@ -455,10 +459,19 @@ impl Tier {
         self.last_error.get()
     }
 
-    /// `entry` as this tier stores it: its expiry (or, for a value with a
-    /// life, its freshness) capped by the tier's cap.
-    pub(crate) fn cap(&self, entry: Entry, now: Instant) -> Entry {
-        match self.ttl_cap {
+    /// `entry` as this tier stores it under `key`: its expiry (or, for a
+    /// value with a life, its freshness) capped by the tier's cap and, in a
+    /// local tier, by the key's TTL policy, whichever is shorter.
+    pub(crate) fn cap(&self, key: &str, entry: Entry, now: Instant) -> Entry {
+        let key_cap = self
+            .key_caps
+            .as_ref()
+            .and_then(|table| table.local_cap(key));
+        let cap = match (self.ttl_cap, key_cap) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match cap {
             Some(cap) => crate::envelope::capped(entry, now, cap),
             None => entry,
         }

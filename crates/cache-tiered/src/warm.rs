@@ -481,8 +481,9 @@ impl<S: Serializer> CacheWarmer<S> {
     /// [`fail_safe`](crate::TieredCacheBuilder::fail_safe) and
     /// [`eager_refresh`](crate::TieredCacheBuilder::eager_refresh) apply,
     /// as to a load: with jitter, values warmed together do not all expire
-    /// together. Default: the cache's
-    /// [`default_ttl`](crate::TieredCacheBuilder::default_ttl).
+    /// together. Default: each key's: the TTL of its
+    /// [`ttl_policy`](crate::TieredCacheBuilder::ttl_policy), else the
+    /// cache's [`default_ttl`](crate::TieredCacheBuilder::default_ttl).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.plan.ttl = Some(ttl);
         self
@@ -780,7 +781,9 @@ fn runtime() -> Result<tokio::runtime::Handle> {
 /// What one job's keys are warmed with, worked out once per run.
 #[derive(Clone, Copy)]
 struct KeySettings {
-    ttl: Duration,
+    /// The warm-up's or job's TTL; `None`: each key's default (its TTL
+    /// policy's, else the cache's).
+    ttl: Option<Duration>,
     timeout: Option<Duration>,
     skip_cached: bool,
     /// The cache's load options, with the tiers the job skips.
@@ -806,8 +809,8 @@ impl<S: Serializer> Plan<S> {
         let mut options = cache.shared.defaults.load;
         options.skip_local = self.tiers == WarmTiers::Shared;
         options.skip_shared = self.tiers == WarmTiers::Local;
-        let ttl = job.ttl.or(self.ttl).unwrap_or(cache.default_ttl());
-        if ttl.is_zero() {
+        let ttl = job.ttl.or(self.ttl);
+        if ttl.is_some_and(|ttl| ttl.is_zero()) {
             return Err(cache_core::Error::config("a warm-up's TTL must be above zero").into());
         }
         let excluded = match job.source {
@@ -1191,7 +1194,8 @@ where
             }
         };
         let ticket = leader.ticket;
-        let entry = match cache.encode_stamped(&*value, &[], settings.ttl, &settings.options) {
+        let (ttl, options) = cache.settings_for(&key, settings.ttl, settings.options);
+        let entry = match cache.encode_stamped(&*value, &[], ttl, &options) {
             Ok(entry) => entry,
             Err(error) => {
                 leader.finish(Err(error.clone()));
@@ -1325,7 +1329,7 @@ async fn copy_from_shared<S: Serializer>(
                 continue;
             }
             if shared.guard.still_valid(&tickets[*i]) {
-                fills.push((*i, tier.cap(entry.clone(), now)));
+                fills.push((*i, tier.cap(&keys[*i], entry.clone(), now)));
             } else {
                 tier.counters.fills_discarded.incr();
                 outcomes[*i] = Some(KeyOutcome::Superseded);

@@ -45,7 +45,7 @@ impl<S: Serializer> TieredCache<S> {
     where
         T: Serialize + ?Sized + 'static,
     {
-        let entry = self.encode(value, ttl)?;
+        let entry = self.encode(key, value, ttl)?;
         let written = self.write_mutating(&[(key, entry)]).await.pop();
         self.announce_write([key]).await;
         written.unwrap_or(Ok(()))
@@ -62,7 +62,7 @@ impl<S: Serializer> TieredCache<S> {
         let mut entries = Vec::with_capacity(items.len());
         let mut slots = Vec::with_capacity(items.len());
         for (key, value) in items {
-            match self.encode(value, ttl) {
+            match self.encode(key, value, ttl) {
                 Ok(entry) => {
                     slots.push(results.len());
                     entries.push((*key, entry));
@@ -181,7 +181,7 @@ impl<S: Serializer> TieredCache<S> {
             let mut batch: Vec<(usize, (&str, Entry))> = Vec::with_capacity(entries.len());
             let mut dead: Vec<&str> = Vec::new();
             for (i, (key, entry)) in entries.iter().enumerate() {
-                let entry = tier.cap(entry.clone(), now);
+                let entry = tier.cap(key, entry.clone(), now);
                 match (state[i], shared.degraded_ttl) {
                     (Written::Fully, _) => batch.push((i, (*key, entry))),
                     (Written::Degraded, Some(ttl)) => {
