@@ -1,0 +1,264 @@
+//! Instructions per L1 hit, counted by valgrind's cachegrind: a figure a
+//! busy machine cannot move (wall time on 2 shared cores moves by 10%
+//! between runs; instruction counts by well under 1%).
+//!
+//! Run by `cargo xtask bench` (or `cargo bench -p cache-tiered --bench
+//! l1_instructions`); needs `valgrind`, and writes
+//! `target/bench/l1_instructions.json` (a `skipped` note without it).
+//!
+//! The binary runs itself under cachegrind twice per case, doing 100,000
+//! and then 200,000 hits after the same setup (10,000 keys of a ~200-byte
+//! value, read in one fixed random order), and reports the difference
+//! divided by 100,000: the cost of one hit, setup and process start
+//! cancelled out. Cases: typed `get` and `get_or_compute` hits of
+//! `Arc<Offer>` and `Offer` (with stats on and off), raw quick_cache and
+//! moka `get`, and a circuit breaker's closed path (admit and record).
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_breaker::CircuitBreaker;
+use cache_core::{Admission, CallOutcome, FailurePolicy, Operation};
+use cache_memory::MemoryLayer;
+use cache_tiered::TieredCache;
+use serde::{Deserialize, Serialize};
+
+const KEYS: usize = 10_000;
+const TTL: Duration = Duration::from_secs(3600);
+const SHORT: usize = 100_000;
+const LONG: usize = 200_000;
+
+/// Set in the environment of the runs under cachegrind: `case hits`.
+const WORKER: &str = "L1_INSTRUCTIONS_RUN";
+
+const CASES: &[&str] = &[
+    "quick_cache_arc",
+    "quick_cache_owned",
+    "moka_arc",
+    "get_arc",
+    "get_arc_nostats",
+    "get_owned",
+    "get_or_compute_arc",
+    "get_or_compute_arc_nostats",
+    "get_or_compute_owned",
+    "breaker_closed",
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Offer {
+    id: u64,
+    price_cents: u64,
+    rating: f32,
+    title: String,
+    description: String,
+    tags: Vec<u32>,
+}
+
+fn offer(id: u64) -> Offer {
+    Offer {
+        id,
+        price_cents: 1999 + id,
+        rating: 4.5,
+        title: format!("Offer number {id:06} - a fairly ordinary title"),
+        description: format!(
+            "A description of offer {id:06}, long enough to make the value about two hundred bytes \
+             once serialized."
+        ),
+        tags: vec![1, 2, 3, 4],
+    }
+}
+
+fn main() {
+    match std::env::var(WORKER) {
+        Ok(run) => {
+            let (case, hits) = run.split_once(' ').expect("`case hits`");
+            worker(case, hits.parse().expect("a number of hits"));
+        }
+        Err(_) => {
+            if let Err(error) = measure() {
+                eprintln!("l1_instructions: {error}");
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+/// Runs every case under cachegrind and writes the per-hit counts.
+fn measure() -> Result<(), String> {
+    let out = target_dir().join("bench");
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    let path = out.join("l1_instructions.json");
+    let valgrind = Command::new("valgrind").arg("--version").output();
+    if !valgrind.is_ok_and(|output| output.status.success()) {
+        let note = serde_json::json!({ "skipped": "valgrind is not installed" });
+        std::fs::write(&path, note.to_string()).map_err(|e| e.to_string())?;
+        eprintln!("l1_instructions: skipped, valgrind is not installed");
+        return Ok(());
+    }
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut per_hit = serde_json::Map::new();
+    for case in CASES {
+        let short = instructions(&me, case, SHORT)?;
+        let long = instructions(&me, case, LONG)?;
+        let count = (long.saturating_sub(short)) as f64 / (LONG - SHORT) as f64;
+        println!("{case:28} {count:8.1} instructions per hit");
+        per_hit.insert((*case).to_owned(), serde_json::json!(count));
+    }
+    let of = |case: &str| per_hit[case].as_f64().unwrap_or(f64::NAN);
+    let ratio = |a: &str, b: &str| of(a) / of(b);
+    let report = serde_json::json!({
+        "instructions_per_hit": per_hit,
+        "get_arc_over_quick_cache": ratio("get_arc", "quick_cache_arc"),
+        "get_owned_over_quick_cache": ratio("get_owned", "quick_cache_owned"),
+        "get_arc_over_moka": ratio("get_arc", "moka_arc"),
+        "get_or_compute_over_get": ratio("get_or_compute_arc", "get_arc"),
+        "stats_cost_get": ratio("get_arc", "get_arc_nostats"),
+        "stats_cost_get_or_compute": ratio("get_or_compute_arc", "get_or_compute_arc_nostats"),
+        "targets": {
+            "get_arc_over_quick_cache": "<= 1.5 (issue 13)",
+            "get_owned_over_quick_cache": "<= 1.3 (issue 13)",
+            "get_or_compute_over_get": "<= 1.1",
+            "stats_cost": "<= 1.05",
+        },
+        "method": "cachegrind, (I refs at 200,000 hits - at 100,000) / 100,000; 10,000 keys, random order",
+    });
+    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    std::fs::write(&path, &text).map_err(|e| e.to_string())?;
+    println!("{text}\nwritten to {}", path.display());
+    Ok(())
+}
+
+/// The instructions one run of `case` with `hits` hits executes.
+fn instructions(me: &std::path::Path, case: &str, hits: usize) -> Result<u64, String> {
+    let output = Command::new("valgrind")
+        .args(["--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"])
+        .arg(me)
+        .env(WORKER, format!("{case} {hits}"))
+        .output()
+        .map_err(|e| format!("valgrind: {e}"))?;
+    let log = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        return Err(format!("{case} {hits} failed under valgrind:\n{log}"));
+    }
+    // "==123== I   refs:      241,428,176"
+    log.lines()
+        .find_map(|line| {
+            let refs = line.split("I refs:").nth(1).or_else(|| line.split("I   refs:").nth(1))?;
+            refs.trim().replace(',', "").parse().ok()
+        })
+        .ok_or_else(|| format!("no instruction count in:\n{log}"))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
+        PathBuf::from,
+    )
+}
+
+/// One run: the setup every case shares, then `hits` hits.
+fn worker(case: &str, hits: usize) {
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("offer:{i}")).collect();
+    // A fixed pseudo-random order (xorshift64), the same for every run.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let order: Vec<&str> = (0..LONG)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            keys[(x % KEYS as u64) as usize].as_str()
+        })
+        .collect();
+    let order = &order[..hits];
+    match case {
+        "quick_cache_arc" => {
+            let raw = quick_cache::sync::Cache::<String, Arc<Offer>>::new(2 * KEYS);
+            for (i, key) in keys.iter().enumerate() {
+                raw.insert(key.clone(), Arc::new(offer(i as u64)));
+            }
+            for key in order {
+                black_box(raw.get(*key));
+            }
+        }
+        "quick_cache_owned" => {
+            let raw = quick_cache::sync::Cache::<String, Offer>::new(2 * KEYS);
+            for (i, key) in keys.iter().enumerate() {
+                raw.insert(key.clone(), offer(i as u64));
+            }
+            for key in order {
+                black_box(raw.get(*key));
+            }
+        }
+        "moka_arc" => {
+            let moka = moka::sync::Cache::<String, Arc<Offer>>::new(2 * KEYS as u64);
+            for (i, key) in keys.iter().enumerate() {
+                moka.insert(key.clone(), Arc::new(offer(i as u64)));
+            }
+            for key in order {
+                black_box(moka.get(*key));
+            }
+        }
+        "breaker_closed" => {
+            let breaker = CircuitBreaker::builder().build().expect("defaults");
+            for _ in order {
+                if let Admission::Allow(ticket) = breaker.admit(Operation::Read) {
+                    let outcome = CallOutcome::Success {
+                        elapsed: Duration::ZERO,
+                    };
+                    breaker.record(Operation::Read, black_box(ticket), outcome);
+                }
+            }
+        }
+        case => tiered(case, &keys, order),
+    }
+}
+
+fn tiered(case: &str, keys: &[String], order: &[&str]) {
+    let stats = !case.ends_with("_nostats");
+    let layer = MemoryLayer::builder()
+        .max_entries(2 * KEYS as u64)
+        .sweep_interval(None)
+        .stats(stats)
+        .build()
+        .expect("valid");
+    let cache = TieredCache::builder()
+        .layer(layer)
+        .stats(stats)
+        .build()
+        .expect("valid");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let arc = case.contains("_arc");
+    let miss = || std::future::ready(Err::<Arc<Offer>, _>(std::io::Error::other("a miss")));
+    let miss_owned = || std::future::ready(Err::<Offer, _>(std::io::Error::other("a miss")));
+    runtime.block_on(async {
+        for (i, key) in keys.iter().enumerate() {
+            let value = offer(i as u64);
+            let stored = match arc {
+                true => cache.set(key, &Arc::new(value), TTL).await,
+                false => cache.set(key, &value, TTL).await,
+            };
+            stored.expect("stored");
+        }
+        // The first hit of each key decodes and memoizes: measure the steady state.
+        for key in keys {
+            match arc {
+                true => black_box(cache.get::<Arc<Offer>>(key).await.expect("a hit")),
+                false => black_box(cache.get::<Offer>(key).await.expect("a hit").map(Arc::new)),
+            };
+        }
+        let get_or_compute = case.starts_with("get_or_compute");
+        for key in order {
+            match (get_or_compute, arc) {
+                (false, true) => _ = black_box(cache.get::<Arc<Offer>>(key).await),
+                (false, false) => _ = black_box(cache.get::<Offer>(key).await),
+                (true, true) => _ = black_box(cache.get_or_compute(key, TTL, miss).await),
+                (true, false) => _ = black_box(cache.get_or_compute(key, TTL, miss_owned).await),
+            }
+        }
+    });
+}
