@@ -23,6 +23,9 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// The invalidator cannot be built as configured (see the message).
+    #[error("invalid invalidator configuration: {0}")]
+    Config(Arc<str>),
     /// A tier that fails closed failed. Whatever the other tiers could do
     /// was done, and the other instances were told; calling again is safe.
     #[error(transparent)]
@@ -35,10 +38,16 @@ impl Error {
     /// for a key whose rules reach too far, else the cache's class.
     pub fn class(&self) -> cache_core::ErrorClass {
         match self {
-            Error::Template { .. } => cache_core::ErrorClass::Config,
+            Error::Template { .. } | Error::Config(_) => cache_core::ErrorClass::Config,
             Error::TooManyPatterns { .. } => cache_core::ErrorClass::RefusedInput,
             Error::Cache(error) => error.class(),
         }
+    }
+}
+
+impl Error {
+    pub(crate) fn config(reason: &str) -> Error {
+        Error::Config(reason.into())
     }
 }
 

@@ -1,13 +1,18 @@
 //! `Invalidator`: dependency rules applied across the tiers of a cache.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use cache_core::{Counter, Pattern, Postcard, Serializer};
 use cache_tiered::{Removal, Removed, TieredCache};
 use tracing::Instrument;
 
-use crate::{Result, Rules};
+use crate::queue::{Job, Queue};
+use crate::{Error, Priority, PriorityQueue, Result, Rules};
+
+/// The capacity of a priority queue that
+/// [`InvalidatorBuilder::defer_dependents`] asks for without a size.
+const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
 
 /// Invalidates keys with their dependents in every tier of a
 /// [`TieredCache`], and, through the cache's
@@ -71,6 +76,126 @@ struct Inner<S: Serializer> {
     rules: Rules,
     invalidations: Counter,
     patterns: Counter,
+    /// The priority queue, if built with one; its worker holds only a
+    /// `Weak` on this, so that dropping the last handle ends it.
+    queue: Option<PriorityQueue>,
+    /// Whether a key's dependents go to the queue rather than inline.
+    defer_dependents: bool,
+}
+
+impl<S: Serializer> Drop for Inner<S> {
+    fn drop(&mut self) {
+        if let Some(queue) = &self.queue {
+            queue.queue.close();
+        }
+    }
+}
+
+/// Builds an [`Invalidator`] with a [`PriorityQueue`]: see
+/// [`Invalidator::builder`].
+#[must_use]
+pub struct InvalidatorBuilder<S: Serializer = Postcard> {
+    cache: TieredCache<S>,
+    rules: Rules,
+    queue: Option<usize>,
+    defer_dependents: bool,
+}
+
+impl<S: Serializer> fmt::Debug for InvalidatorBuilder<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InvalidatorBuilder")
+            .field("rules", &self.rules)
+            .field("queue", &self.queue)
+            .field("defer_dependents", &self.defer_dependents)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Serializer> InvalidatorBuilder<S> {
+    /// Gives the invalidator a [`PriorityQueue`] holding up to `capacity`
+    /// invalidations (at least 1), and a worker task applying them.
+    /// Without this call, or [`defer_dependents`](Self::defer_dependents),
+    /// there is no queue and every invalidation is applied inline.
+    pub fn queue(mut self, capacity: usize) -> Self {
+        self.queue = Some(capacity.max(1));
+        self
+    }
+
+    /// Whether [`invalidate_key`](Invalidator::invalidate_key) removes only
+    /// the key inline and queues its dependents (by the rules) at
+    /// [`Priority::Low`], as the original design did: the call returns
+    /// after one removal however many dependents there are, and those go
+    /// when nothing more urgent waits. Default: `false` (dependents
+    /// removed inline, with the key, as one removal). Implies a queue
+    /// (of 10,000 unless [`queue`](Self::queue) says otherwise).
+    ///
+    /// Until the worker gets to them, the dependents stay readable on
+    /// every instance; and if the queue is full when they are queued, they
+    /// may be [dropped](crate::Enqueued::Dropped) (counted in
+    /// [`QueueStats::dropped`](crate::QueueStats::dropped)) and stay until
+    /// they expire. Choose it where a dependent a little stale is
+    /// harmless (a rating, a count), not where it would be wrong.
+    pub fn defer_dependents(mut self, defer: bool) -> Self {
+        self.defer_dependents = defer;
+        if defer && self.queue.is_none() {
+            self.queue = Some(DEFAULT_QUEUE_CAPACITY);
+        }
+        self
+    }
+
+    /// The invalidator. With a queue, its worker task is spawned on the
+    /// current Tokio runtime: call this within one (else an
+    /// [`Error::Config`]).
+    pub fn build(self) -> Result<Invalidator<S>> {
+        let runtime = match self.queue {
+            Some(_) => Some(tokio::runtime::Handle::try_current().map_err(|_| {
+                Error::config(
+                    "an invalidator with a queue spawns its worker on the current Tokio \
+                     runtime: build it within one",
+                )
+            })?),
+            None => None,
+        };
+        let queue = self.queue.map(|capacity| PriorityQueue {
+            queue: Arc::new(Queue::new(capacity)),
+        });
+        let inner = Arc::new(Inner {
+            cache: self.cache,
+            rules: self.rules,
+            invalidations: Counter::default(),
+            patterns: Counter::default(),
+            queue: queue.clone(),
+            defer_dependents: self.defer_dependents,
+        });
+        if let (Some(queue), Some(runtime)) = (queue, runtime) {
+            runtime.spawn(work(Arc::downgrade(&inner), queue.queue));
+        }
+        Ok(Invalidator { inner })
+    }
+}
+
+/// The queue's worker: applies what it takes off the queue, one at a time,
+/// until the invalidator is gone.
+async fn work<S: Serializer>(invalidator: Weak<Inner<S>>, queue: Arc<Queue>) {
+    while let Some(waiting) = queue.next().await {
+        // Held only while applying: an idle worker keeps nothing alive.
+        let Some(inner) = invalidator.upgrade() else {
+            break;
+        };
+        let invalidator = Invalidator { inner };
+        let applied = match &waiting.job {
+            Job::Key(key) => invalidator.invalidate_key(key).await.map(drop),
+            Job::Pattern(pattern) => invalidator.invalidate(pattern).await.map(drop),
+        };
+        if let Err(error) = &applied {
+            tracing::warn!(
+                class = ?error.class(),
+                error = %error,
+                "a queued invalidation failed; the values it would remove stay until they expire"
+            );
+        }
+        queue.settle(&waiting, applied.is_ok());
+    }
 }
 
 impl<S: Serializer> fmt::Debug for Invalidator<S> {
@@ -99,8 +224,12 @@ pub struct InvalidatorStats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Invalidated {
-    /// The key (or pattern) itself, then its dependents.
+    /// The key (or pattern) itself, then its dependents: what was removed.
     pub patterns: Vec<Pattern>,
+    /// Dependents handed to the [`PriorityQueue`] at [`Priority::Low`]
+    /// rather than removed ([`InvalidatorBuilder::defer_dependents`]);
+    /// those the queue dropped, full, are not here.
+    pub queued: Vec<Pattern>,
     /// What the cache did: per tier, whether the other instances were
     /// told, and whether what did not land was
     /// [deferred](Removed::is_deferred).
@@ -117,8 +246,49 @@ impl<S: Serializer> Invalidator<S> {
                 rules,
                 invalidations: Counter::default(),
                 patterns: Counter::default(),
+                queue: None,
+                defer_dependents: false,
             }),
         }
+    }
+
+    /// An invalidator of `cache` following `rules`, with options: a
+    /// [`PriorityQueue`] of invalidations applied in the background, and
+    /// whether a key's dependents go to it.
+    ///
+    /// ```
+    /// use cache_invalidation::{Invalidator, Rules};
+    /// use cache_memory::MemoryLayer;
+    /// use cache_tiered::TieredCache;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache = TieredCache::builder().layer(MemoryLayer::new()).build()?;
+    /// let rules = Rules::builder()
+    ///     .rule("reviews:offer:{id}", ["reviews:offer:{id}:*", "rating:offer:{id}"])
+    ///     .build()?;
+    /// let invalidator = Invalidator::builder(cache, rules)
+    ///     .defer_dependents(true) // the key now, its dependents in the background
+    ///     .build()?;
+    /// let invalidated = invalidator.invalidate_key("reviews:offer:7").await?;
+    /// assert_eq!(invalidated.patterns.len(), 1);
+    /// assert_eq!(invalidated.queued.len(), 2);
+    /// invalidator.queue().unwrap().flush().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder(cache: TieredCache<S>, rules: Rules) -> InvalidatorBuilder<S> {
+        InvalidatorBuilder {
+            cache,
+            rules,
+            queue: None,
+            defer_dependents: false,
+        }
+    }
+
+    /// The priority queue, if the invalidator was built with one.
+    pub fn queue(&self) -> Option<&PriorityQueue> {
+        self.inner.queue.as_ref()
     }
 
     /// Removes `key` and every key that depends on it (by the rules) from
@@ -128,9 +298,29 @@ impl<S: Serializer> Invalidator<S> {
     /// Fails, before removing anything, when the rules reach more than
     /// their limit of patterns; and as the cache's removal fails (a tier
     /// that fails closed).
+    ///
+    /// With [`InvalidatorBuilder::defer_dependents`], only the key goes
+    /// inline; its dependents are queued at [`Priority::Low`]
+    /// ([`Invalidated::queued`]).
     pub async fn invalidate_key(&self, key: &str) -> Result<Invalidated> {
-        let patterns = self.inner.rules.expand(key)?;
-        self.remove(patterns).await
+        let mut patterns = self.inner.rules.expand(key)?;
+        let queue = match &self.inner.queue {
+            Some(queue) if self.inner.defer_dependents && patterns.len() > 1 => queue,
+            _ => return self.remove(patterns).await,
+        };
+        // The key first (the expansion starts with it), then the rest.
+        let dependents = patterns.split_off(1);
+        let mut invalidated = self.remove(patterns).await?;
+        invalidated.queued = dependents
+            .into_iter()
+            .filter(|pattern| {
+                queue
+                    .queue
+                    .push(Job::Pattern(pattern.clone()), Priority::Low)
+                    != crate::Enqueued::Dropped
+            })
+            .collect();
+        Ok(invalidated)
     }
 
     /// Removes every key matching `pattern` from every tier, and tells the
@@ -175,7 +365,11 @@ impl<S: Serializer> Invalidator<S> {
             .instrument(span.clone())
             .await?;
         span.record("removed", report.removed);
-        Ok(Invalidated { patterns, report })
+        Ok(Invalidated {
+            patterns,
+            queued: Vec::new(),
+            report,
+        })
     }
 
     fn count(&self, patterns: usize) {

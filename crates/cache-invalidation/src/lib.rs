@@ -36,9 +36,11 @@
 
 mod error;
 mod invalidator;
+mod queue;
 mod rules;
 mod template;
 
 pub use error::{Error, Result};
-pub use invalidator::{Invalidated, Invalidator, InvalidatorStats};
+pub use invalidator::{Invalidated, Invalidator, InvalidatorBuilder, InvalidatorStats};
+pub use queue::{Enqueued, Priority, PriorityQueue, QueueStats};
 pub use rules::{Rules, RulesBuilder};
