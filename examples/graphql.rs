@@ -20,17 +20,20 @@ use examples::graphql::store::{DEFAULT_LATENCY, Store};
 use examples::graphql::{Config, Service, serve};
 
 const USAGE: &str = "\
-usage: graphql [--addr HOST:PORT] [--redis-url URL] [--latency-ms N]
+usage: graphql [--addr HOST:PORT] [--redis-url URL] [--latency-ms N] [--connections N] [--no-cache]
 
   --addr HOST:PORT   where to listen (default 127.0.0.1:8000; port 0 picks a free one)
   --redis-url URL    Redis for the shared L2 and the backplane (default: $REDIS_URL;
                      without either, the cache is an in-process L1 only)
-  --latency-ms N     how long each query of the in-process store takes (default 5)";
+  --latency-ms N     how long each query of the in-process store takes (default 5)
+  --connections N    at most N store queries at once, as a database pool (default: no limit)
+  --no-cache         resolvers query the store every time (to compare against)";
 
 struct Args {
     addr: SocketAddr,
     config: Config,
     latency: Duration,
+    connections: Option<usize>,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -38,6 +41,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
         config: Config::from_env(),
         latency: DEFAULT_LATENCY,
+        connections: None,
     };
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
@@ -62,6 +66,15 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                     .map_err(|_| format!("--latency-ms takes a whole number, not {ms:?}"))?;
                 parsed.latency = Duration::from_millis(ms);
             }
+            "--connections" => {
+                let n = value()?;
+                let n: usize =
+                    n.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                        format!("--connections takes a number above 0, not {n:?}")
+                    })?;
+                parsed.connections = Some(n);
+            }
+            "--no-cache" => parsed.config.caching = false,
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
@@ -81,7 +94,11 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), String> {
     let args = parse(std::env::args().skip(1))?;
-    let store = Arc::new(Store::seeded(args.latency));
+    let mut store = Store::seeded(args.latency);
+    if let Some(connections) = args.connections {
+        store = store.with_connections(connections);
+    }
+    let store = Arc::new(store);
     let service = Service::start(&args.config, store)
         .await
         .map_err(|error| error.to_string())?;

@@ -196,6 +196,27 @@ async fn a_second_identical_query_is_served_from_the_cache() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_caching_off_every_query_goes_to_the_store() {
+    // The load test's baseline: the same answers, none of them cached.
+    let config = Config {
+        caching: false,
+        ..Config::default()
+    };
+    let instance = Instance::start(&config, store()).await;
+    assert_eq!(instance.service.describe(), "nothing (caching off)");
+    let cached = Instance::l1_only(store()).await;
+    let (expected, _) = cached.counted(TWO_OFFERS).await;
+    for _ in 0..2 {
+        let (data, loaded) = instance.counted(TWO_OFFERS).await;
+        assert_eq!(data, expected);
+        // Two offers, two ratings, and their pages (one batch, or two if
+        // the offers came back apart), every time.
+        assert!((5..=6).contains(&loaded), "{loaded} queries: {data:#}");
+    }
+    assert_eq!(instance.service.cache().stats().loads, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reviews_of_many_offers_are_one_store_query() {
     let instance = Instance::l1_only(store()).await;
     // The offers themselves cached first: their `reviews` resolvers then

@@ -4,7 +4,8 @@
 //! cargo xtask test               every test of every crate (installs redis-server if it can)
 //! cargo xtask proptest [--cases N]  the property tests (tests/model.rs of each crate, Pattern's, rule templates')
 //! cargo xtask lint               rustfmt --check, clippy and rustdoc with warnings denied
-//! cargo xtask bench              the criterion benchmarks; ratios to target/bench/summary.json
+//! cargo xtask bench              every benchmark; results to target/bench/summary.json and docs/benchmarks.md
+//! cargo xtask report             docs/benchmarks.md again from the last target/bench/summary.json
 //! cargo xtask deny               cargo-deny: bans, licenses, sources (installs cargo-deny)
 //! cargo xtask msrv               `cargo check` with the workspace's rust-version (installs it with rustup if it can)
 //! cargo xtask ci                 what CI runs: lint, msrv, test, proptest, the examples, deny
@@ -19,10 +20,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+mod report;
+
 type Result<T = ()> = std::result::Result<T, String>;
 
 const USAGE: &str =
-    "usage: cargo xtask <test | proptest [--cases N] | lint | bench | deny | msrv | ci>";
+    "usage: cargo xtask <test | proptest [--cases N] | lint | bench | report | deny | msrv | ci>";
 
 /// Property-test cases per test in `cargo xtask ci`.
 const CI_PROPTEST_CASES: u32 = 5000;
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Some("proptest") => cases(&args[1..]).and_then(proptest),
         Some("lint") => lint(),
         Some("bench") => bench(),
+        Some("report") => report(),
         Some("deny") => deny(),
         Some("msrv") => msrv(),
         Some("ci") => ci(),
@@ -71,6 +75,28 @@ fn test() -> Result {
     // What a user who enables no feature builds: cfg'd-out code paths
     // (no lz4, no JSON, no conformance suite) must build and pass too.
     cargo(&["test", "--workspace"])
+}
+
+/// Runs the examples that finish by themselves (not the `graphql` server:
+/// its tests start it), built as the tests were (same profile, same
+/// features), so that nothing is compiled a second time: `cargo run`
+/// would rebuild the whole tree with the dev profile.
+fn examples() -> Result {
+    let root = root();
+    cargo(&[
+        "build",
+        "--workspace",
+        "--all-features",
+        "--profile",
+        "test",
+        "--examples",
+    ])?;
+    // The `test` profile builds into `debug/`.
+    let dir = target_dir(&root).join("debug").join("examples");
+    for example in ["quickstart", "offers", "metrics", "warming", "config"] {
+        run(Command::new(dir.join(example)).current_dir(&root))?;
+    }
+    Ok(())
 }
 
 fn proptest(cases: u32) -> Result {
@@ -122,7 +148,10 @@ fn bench() -> Result {
     let out_dir = target_dir(&root).join("bench");
     // Stale results from an earlier run must not pass for this one's.
     let _ = std::fs::remove_dir_all(&out_dir);
-    for krate in crates(&root)? {
+    // The crates' benchmarks, then the load test of the GraphQL example.
+    let mut packages = crates(&root)?;
+    packages.push(root.join("examples"));
+    for krate in packages {
         let benches = krate.join("benches");
         let Ok(entries) = std::fs::read_dir(&benches) else {
             continue;
@@ -139,11 +168,27 @@ fn bench() -> Result {
             cargo(&["bench", "-p", &package, "--bench", &name])?;
         }
     }
-    summarize(&out_dir)
+    let summary = summarize(&out_dir)?;
+    report::write(&root, &summary)
+}
+
+/// `docs/benchmarks.md` from the results of the last `cargo xtask bench`.
+fn report() -> Result {
+    let root = root();
+    let path = target_dir(&root).join("bench").join("summary.json");
+    let text = std::fs::read_to_string(&path).map_err(|error| {
+        format!(
+            "no benchmark results at {} (run `cargo xtask bench` first): {error}",
+            path.display()
+        )
+    })?;
+    let summary =
+        serde_json::from_str(&text).map_err(|error| format!("{}: {error}", path.display()))?;
+    report::write(&root, &summary)
 }
 
 /// Merges every `target/bench/*.json` the benchmarks wrote into `summary.json`.
-fn summarize(out_dir: &Path) -> Result {
+fn summarize(out_dir: &Path) -> Result<serde_json::Value> {
     let mut summary = serde_json::Map::new();
     let mut entries: Vec<PathBuf> = std::fs::read_dir(out_dir)
         .map_err(|error| format!("no benchmark results in {}: {error}", out_dir.display()))?
@@ -164,7 +209,7 @@ fn summarize(out_dir: &Path) -> Result {
     let path = out_dir.join("summary.json");
     std::fs::write(&path, &pretty).map_err(|error| error.to_string())?;
     println!("{pretty}\nwritten to {}", path.display());
-    Ok(())
+    Ok(summary)
 }
 
 fn deny() -> Result {
@@ -321,9 +366,7 @@ fn ci() -> Result {
     msrv()?;
     test()?;
     proptest(CI_PROPTEST_CASES)?;
-    for example in ["quickstart", "offers", "metrics", "warming", "config"] {
-        cargo(&["run", "-p", "examples", "--example", example])?;
-    }
+    examples()?;
     deny()?;
     println!("xtask ci: everything passed in {:.0?}", started.elapsed());
     Ok(())

@@ -134,7 +134,11 @@ fn measure() -> Result<(), String> {
 /// The instructions one run of `case` with `hits` hits executes.
 fn instructions(me: &std::path::Path, case: &str, hits: usize) -> Result<u64, String> {
     let output = Command::new("valgrind")
-        .args(["--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"])
+        .args([
+            "--tool=cachegrind",
+            "--cache-sim=no",
+            "--cachegrind-out-file=/dev/null",
+        ])
         .arg(me)
         .env(WORKER, format!("{case} {hits}"))
         .output()
@@ -146,7 +150,10 @@ fn instructions(me: &std::path::Path, case: &str, hits: usize) -> Result<u64, St
     // "==123== I   refs:      241,428,176"
     log.lines()
         .find_map(|line| {
-            let refs = line.split("I refs:").nth(1).or_else(|| line.split("I   refs:").nth(1))?;
+            let refs = line
+                .split("I refs:")
+                .nth(1)
+                .or_else(|| line.split("I   refs:").nth(1))?;
             refs.trim().replace(',', "").parse().ok()
         })
         .ok_or_else(|| format!("no instruction count in:\n{log}"))

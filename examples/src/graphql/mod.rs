@@ -71,6 +71,11 @@ pub struct Config {
     /// How long L1 keeps a value when Redis is under it, whatever its TTL.
     /// Default: 30 s.
     pub l1_ttl_cap: Duration,
+    /// Whether the resolvers use the cache. `false`: every field is a
+    /// query of the store, as in a service without this library (the load
+    /// test's baseline); the cache is still built, and mutations still
+    /// invalidate it. Default: `true`.
+    pub caching: bool,
 }
 
 impl Default for Config {
@@ -80,6 +85,7 @@ impl Default for Config {
             namespace: "graphql-example:".to_owned(),
             redis_timeout: Duration::from_millis(250),
             l1_ttl_cap: Duration::from_secs(30),
+            caching: true,
         }
     }
 }
@@ -131,6 +137,7 @@ pub struct Service {
     store: Arc<Store>,
     schema: OffersSchema,
     redis_url: Option<String>,
+    caching: bool,
 }
 
 impl Service {
@@ -181,6 +188,7 @@ impl Service {
             cache: cache.clone(),
             invalidator: invalidator.clone(),
             store: store.clone(),
+            caching: config.caching,
         });
         Ok(Service {
             cache,
@@ -188,6 +196,7 @@ impl Service {
             store,
             schema,
             redis_url: config.redis_url.clone(),
+            caching: config.caching,
         })
     }
 
@@ -220,9 +229,13 @@ impl Service {
         &self.store
     }
 
-    /// What the cache is made of, for humans: `"an in-process L1 only"`
-    /// or `"an in-process L1 over Redis at <url>"`.
+    /// What the cache is made of, for humans: `"an in-process L1 only"`,
+    /// `"an in-process L1 over Redis at <url>"`, or `"nothing (caching
+    /// off)"`.
     pub fn describe(&self) -> String {
+        if !self.caching {
+            return "nothing (caching off)".to_owned();
+        }
         match &self.redis_url {
             None => "an in-process L1 only".to_owned(),
             Some(url) => format!("an in-process L1 over Redis at {url}"),

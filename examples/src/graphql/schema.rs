@@ -22,6 +22,8 @@ pub(crate) struct State {
     pub(crate) cache: TieredCache,
     pub(crate) invalidator: Invalidator,
     pub(crate) store: Arc<Store>,
+    /// `false`: the resolvers go to the store every time (`Config::caching`).
+    pub(crate) caching: bool,
 }
 
 /// Bounds on what one request may ask: the service is public, and every
@@ -38,7 +40,7 @@ pub(crate) fn build(state: State) -> OffersSchema {
     // asked for in one request (within its 1 ms window) into one batch.
     let pages = DataLoader::new(
         ReviewPages {
-            cache: state.cache.clone(),
+            cache: state.caching.then(|| state.cache.clone()),
             store: state.store.clone(),
         },
         tokio::spawn,
@@ -60,6 +62,9 @@ impl Query {
     /// An offer by id; `null` if there is none.
     async fn offer(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Offer>> {
         let state = ctx.data::<State>()?;
+        if !state.caching {
+            return Ok(state.store.offer(&id).await?.map(Offer));
+        }
         let store = state.store.clone();
         let owned = id.to_string();
         // An id with no offer is cached too (for the cache's negative TTL),
@@ -115,6 +120,9 @@ impl Offer {
     async fn average_rating(&self, ctx: &Context<'_>) -> Result<Option<f64>> {
         let state = ctx.data::<State>()?;
         let id = &self.0.id;
+        if !state.caching {
+            return Ok(state.store.average_rating(id).await?);
+        }
         let rating = state
             .cache
             .get_or_compute(&keys::rating(id), TTL, || state.store.average_rating(id))
@@ -203,18 +211,24 @@ impl Mutation {
 /// asks for (of many offers) with one `get_or_compute_many`, so with one
 /// read per cache tier and one store query for the pages no tier holds.
 pub(crate) struct ReviewPages {
-    cache: TieredCache,
+    /// `None` with caching off: one store query for all the pages.
+    cache: Option<TieredCache>,
     store: Arc<Store>,
 }
 
 impl Loader<PageRequest> for ReviewPages {
     type Value = Vec<ReviewRow>;
-    type Error = cache_tiered::Error;
+    /// The cache's error or, with caching off, the store's, as the
+    /// message GraphQL clients see.
+    type Error = async_graphql::Error;
 
     async fn load(
         &self,
         pages: &[PageRequest],
     ) -> Result<HashMap<PageRequest, Vec<ReviewRow>>, Self::Error> {
+        let Some(cache) = &self.cache else {
+            return Ok(self.store.review_pages(pages).await?.into_iter().collect());
+        };
         let key_of =
             |page: &PageRequest| keys::reviews_page(&page.offer_id, Some(&page.after), page.first);
         let keys: Vec<String> = pages.iter().map(key_of).collect();
@@ -234,7 +248,7 @@ impl Loader<PageRequest> for ReviewPages {
             )
         };
         let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let results = self.cache.get_or_compute_many(&key_refs, TTL, loader).await;
+        let results = cache.get_or_compute_many(&key_refs, TTL, loader).await;
         let mut loaded = HashMap::with_capacity(pages.len());
         for (page, result) in pages.iter().zip(results) {
             // The store answers every page it is asked for; a page it did

@@ -1,6 +1,7 @@
 //! The slow back end the service caches: offers and their reviews in
-//! memory, behind a configurable latency per query, counting its queries
-//! (so that a test can tell a cached answer from a loaded one).
+//! memory, behind a configurable latency per query and, optionally, a
+//! bounded pool of connections (as a database client has), counting its
+//! queries (so that a test can tell a cached answer from a loaded one).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,6 +9,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 
 /// What the store answers for an offer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,6 +80,9 @@ pub enum StoreError {
 #[derive(Debug)]
 pub struct Store {
     latency: Duration,
+    /// The connections: at most this many queries at once, the rest
+    /// waiting their turn, as with a database's pool; `None`: no limit.
+    pool: Option<(usize, Semaphore)>,
     queries: AtomicU64,
     data: Mutex<Data>,
 }
@@ -99,6 +104,7 @@ impl Store {
     pub fn new(latency: Duration) -> Self {
         Store {
             latency,
+            pool: None,
             queries: AtomicU64::new(0),
             data: Mutex::default(),
         }
@@ -137,6 +143,32 @@ impl Store {
         store
     }
 
+    /// Lets at most `connections` queries run at once (at least one), the
+    /// others waiting for a free connection, as a database client's pool
+    /// does (sqlx's default pool, for one, holds 10). Without this call
+    /// the store answers any number of queries at once, which no database
+    /// does: a benchmark of the cache against such a store flatters the
+    /// store.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use examples::graphql::store::Store;
+    ///
+    /// let store = Store::seeded(Duration::from_millis(5)).with_connections(10);
+    /// assert_eq!(store.connections(), Some(10));
+    /// ```
+    #[must_use]
+    pub fn with_connections(mut self, connections: usize) -> Self {
+        let connections = connections.max(1);
+        self.pool = Some((connections, Semaphore::new(connections)));
+        self
+    }
+
+    /// The size of the store's pool of connections; `None`: no limit.
+    pub fn connections(&self) -> Option<usize> {
+        self.pool.as_ref().map(|(size, _)| *size)
+    }
+
     /// How many queries (reads and writes) the store has answered.
     pub fn queries(&self) -> u64 {
         self.queries.load(Ordering::SeqCst)
@@ -150,6 +182,12 @@ impl Store {
     /// One round trip to the "database".
     async fn query(&self) {
         self.queries.fetch_add(1, Ordering::SeqCst);
+        // Held for the query's whole latency, as a connection would be.
+        // The semaphore is never closed, so acquiring cannot fail.
+        let _connection = match &self.pool {
+            Some((_, free)) => free.acquire().await.ok(),
+            None => None,
+        };
         tokio::time::sleep(self.latency).await;
     }
 
@@ -272,6 +310,24 @@ mod tests {
         assert_eq!(ids(1), ["1:9", "1:8"]);
         assert!(ids(2).is_empty(), "an unknown cursor: an empty page");
         assert_eq!(store.queries(), 1, "one query for every page");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pool_makes_queries_beyond_its_size_wait() {
+        let store = std::sync::Arc::new(Store::seeded(DEFAULT_LATENCY).with_connections(2));
+        let started = tokio::time::Instant::now();
+        let queries: Vec<_> = (0..5)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.offer("1").await })
+            })
+            .collect();
+        for query in queries {
+            assert!(query.await.unwrap().unwrap().is_some());
+        }
+        // Two at a time: three rounds of the latency, not one.
+        assert_eq!(started.elapsed(), DEFAULT_LATENCY * 3);
+        assert_eq!(store.queries(), 5);
     }
 
     #[tokio::test(start_paused = true)]

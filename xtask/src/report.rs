@@ -1,0 +1,598 @@
+//! `docs/benchmarks.md`: the benchmark results as a page, written from
+//! `target/bench/summary.json` with SVG charts beside it
+//! (`docs/benchmarks/*.svg`).
+//!
+//! The charts are plain SVG written here (horizontal grouped bars): a
+//! plotting crate would bring a font stack and a dozen dependencies for
+//! three bar charts.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Writes the page and its charts under `docs/` from `summary` (the
+/// merged JSON of every benchmark).
+pub(crate) fn write(root: &Path, summary: &Value) -> Result<(), String> {
+    let docs = root.join("docs");
+    let charts = docs.join("benchmarks");
+    std::fs::create_dir_all(&charts).map_err(|error| error.to_string())?;
+    let mut page = Page::default();
+    page.header();
+    page.summary(summary);
+    for (name, section) in [
+        ("l1", Page::l1 as fn(&mut Page, &Value) -> Option<Chart>),
+        ("l1_instructions", Page::l1_instructions),
+        ("l2", Page::l2),
+        ("breaker", Page::breaker),
+        ("load", Page::load),
+    ] {
+        let Some(results) = summary.get(name) else {
+            page.missing(name);
+            continue;
+        };
+        if let Some(chart) = section(&mut page, results) {
+            let file = format!("{name}.svg");
+            std::fs::write(charts.join(&file), chart.svg()).map_err(|error| error.to_string())?;
+            let _ = writeln!(
+                page.text,
+                "\n![{}](benchmarks/{file})\n",
+                chart.title.replace(['[', ']'], "")
+            );
+        }
+    }
+    let path = docs.join("benchmarks.md");
+    std::fs::write(&path, page.text).map_err(|error| error.to_string())?;
+    println!(
+        "written to {} (and its charts to {})",
+        path.display(),
+        charts.display()
+    );
+    Ok(())
+}
+
+#[derive(Default)]
+struct Page {
+    text: String,
+}
+
+impl Page {
+    fn line(&mut self, line: impl AsRef<str>) {
+        self.text.push_str(line.as_ref());
+        self.text.push('\n');
+    }
+
+    fn header(&mut self) {
+        self.line("# Benchmarks");
+        self.line("");
+        self.line(
+            "This page is written by `cargo xtask bench` from the JSON the benchmarks \
+             write (`target/bench/summary.json`); `cargo xtask report` rewrites it from the \
+             last results. Do not edit it by hand. How each benchmark works is in the doc \
+             comment at the top of its file; what the figures mean and what was done about \
+             them is in [performance.md](performance.md).",
+        );
+        self.line("");
+        self.line(format!("- Run: {} (UTC)", now_utc()));
+        self.line(format!("- Machine: {}", machine()));
+        self.line(
+            "- One run on a machine that may have been busy: compare the ratios, which \
+             set each figure against an anchor measured in the same run, more than the \
+             absolute figures.",
+        );
+    }
+
+    fn missing(&mut self, name: &str) {
+        self.line("");
+        self.line(format!("## {name}"));
+        self.line("");
+        self.line(format!(
+            "Not in this run's results (`target/bench/{name}.json` was not written)."
+        ));
+    }
+
+    /// One line per target: the ratio, the anchor and whether it holds.
+    fn summary(&mut self, summary: &Value) {
+        self.line("");
+        self.line("## Targets");
+        self.line("");
+        self.line("| benchmark | measure | ratio | target | met |");
+        self.line("|---|---|---|---|---|");
+        let mut rows: Vec<[String; 5]> = Vec::new();
+        let l1 = &summary["l1"];
+        for (case, label) in [
+            ("arc_1t", "`Arc` hit, 1 thread"),
+            ("arc_2t", "`Arc` hit, 2 threads"),
+            ("owned_1t", "owned hit, 1 thread"),
+            ("owned_2t", "owned hit, 2 threads"),
+        ] {
+            if let Some(ratio) = l1[case]["tiered_over_quick_cache"].as_f64() {
+                rows.push([
+                    "L1 time".into(),
+                    format!("{label}: TieredCache ÷ quick_cache"),
+                    format!("{ratio:.2}"),
+                    "≤ 2.0".into(),
+                    yes_no(ratio <= 2.0),
+                ]);
+            }
+            if let Some(ratio) = l1[case]["tiered_over_moka"].as_f64() {
+                rows.push([
+                    "L1 time".into(),
+                    format!("{label}: TieredCache ÷ moka"),
+                    format!("{ratio:.2}"),
+                    "< 1.0".into(),
+                    yes_no(ratio < 1.0),
+                ]);
+            }
+        }
+        let counts = &summary["l1_instructions"];
+        for (key, label, target) in [
+            (
+                "get_arc_over_quick_cache",
+                "`Arc` hit: instructions ÷ quick_cache's",
+                1.5,
+            ),
+            (
+                "get_owned_over_quick_cache",
+                "owned hit: instructions ÷ quick_cache's",
+                1.3,
+            ),
+            (
+                "get_or_compute_over_get",
+                "`get_or_compute` hit ÷ `get` hit",
+                1.1,
+            ),
+            ("stats_cost_get", "hit with stats ÷ without", 1.05),
+        ] {
+            if let Some(ratio) = counts[key].as_f64() {
+                rows.push([
+                    "L1 instructions".into(),
+                    label.into(),
+                    format!("{ratio:.2}"),
+                    format!("≤ {target}"),
+                    yes_no(ratio <= target),
+                ]);
+            }
+        }
+        if let Some(results) = summary["l2"]["results"].as_array() {
+            let target = summary["l2"]["target_ratio"].as_f64().unwrap_or(0.9);
+            for result in results {
+                if let Some(ratio) = result["ratio_layer_to_raw"].as_f64() {
+                    rows.push([
+                        "L2 throughput".into(),
+                        format!(
+                            "{} at {} tasks: RedisLayer ÷ raw redis crate",
+                            text(&result["op"]),
+                            result["concurrency"]
+                        ),
+                        format!("{ratio:.2}"),
+                        format!("≥ {target}"),
+                        yes_no(ratio >= target),
+                    ]);
+                }
+            }
+        }
+        let load = &summary["load"];
+        for (key, label) in [
+            ("l1_over_off", "requests/s, L1 ÷ no cache"),
+            ("l1_redis_over_off", "requests/s, L1 over Redis ÷ no cache"),
+        ] {
+            if let Some(ratio) = load[key].as_f64() {
+                rows.push([
+                    "load test".into(),
+                    label.into(),
+                    format!("{ratio:.1}"),
+                    "≥ 20".into(),
+                    yes_no(ratio >= 20.0),
+                ]);
+            }
+        }
+        for row in rows {
+            self.line(format!("| {} |", row.join(" | ")));
+        }
+    }
+
+    fn l1(&mut self, l1: &Value) -> Option<Chart> {
+        self.line("");
+        self.line("## L1 hit (`l1.json`)");
+        self.line("");
+        self.line(
+            "A typed `TieredCache::get` hit on a `MemoryLayer` L1 beside a raw \
+             `quick_cache::sync::Cache::get` and `moka::sync::Cache::get` of the same \
+             ~200-byte struct, 10,000 keys (criterion, `crates/cache-tiered/benches/l1.rs`). \
+             With 2 threads, the time per pair of concurrent gets.",
+        );
+        self.line("");
+        self.line("| value, threads | TieredCache ns | quick_cache ns | moka ns | ÷ quick_cache | ÷ moka |");
+        self.line("|---|---|---|---|---|---|");
+        let mut chart = Chart::new("L1 hit: ns per get (shorter is faster)", "ns");
+        for (case, label) in [
+            ("arc_1t", "Arc, 1 thread"),
+            ("arc_2t", "Arc, 2 threads"),
+            ("owned_1t", "owned, 1 thread"),
+            ("owned_2t", "owned, 2 threads"),
+        ] {
+            let row = &l1[case];
+            let (ours, raw, moka) = (
+                row["tiered_ns"].as_f64()?,
+                row["quick_cache_ns"].as_f64()?,
+                row["moka_ns"].as_f64()?,
+            );
+            self.line(format!(
+                "| {label} | {ours:.0} | {raw:.0} | {moka:.0} | {:.2} | {:.2} |",
+                ours / raw,
+                ours / moka
+            ));
+            chart.group(
+                label,
+                &[("TieredCache", ours), ("quick_cache", raw), ("moka", moka)],
+            );
+        }
+        let costs: Vec<String> = ["stats_cost_1t", "stats_cost_2t"]
+            .iter()
+            .filter_map(|case| l1[case]["on_over_off"].as_f64())
+            .map(|ratio| format!("{ratio:.3}"))
+            .collect();
+        if !costs.is_empty() {
+            self.line("");
+            self.line(format!(
+                "What the counters cost a hit (stats on ÷ off, 1 and 2 threads): {}.",
+                costs.join(", ")
+            ));
+        }
+        Some(chart)
+    }
+
+    fn l1_instructions(&mut self, counts: &Value) -> Option<Chart> {
+        self.line("");
+        self.line("## Instructions per L1 hit (`l1_instructions.json`)");
+        self.line("");
+        if let Some(skipped) = counts["skipped"].as_str() {
+            self.line(format!("Skipped: {skipped}."));
+            return None;
+        }
+        self.line(
+            "Counted by valgrind's cachegrind (`crates/cache-tiered/benches/l1_instructions.rs`): \
+             a figure a busy machine does not move.",
+        );
+        self.line("");
+        self.line("| case | instructions per hit |");
+        self.line("|---|---|");
+        for (case, count) in counts["instructions_per_hit"].as_object()? {
+            self.line(format!("| `{case}` | {:.0} |", count.as_f64()?));
+        }
+        None
+    }
+
+    fn l2(&mut self, l2: &Value) -> Option<Chart> {
+        self.line("");
+        self.line("## L2: Redis (`l2.json`)");
+        self.line("");
+        self.line(format!(
+            "`RedisLayer` get and set of {}-byte values beside the raw redis crate (one \
+             multiplexed connection sending the same commands) and `redis-benchmark`, \
+             against one local {} (`crates/cache-redis/benches/l2.rs`); operations per second, \
+             the median of interleaved rounds.",
+            l2["value_size"],
+            text(&l2["server"])
+                .split(" sha")
+                .next()
+                .unwrap_or("redis-server"),
+        ));
+        self.line("");
+        self.line("| op, tasks | RedisLayer ops/s | raw ops/s | redis-benchmark ops/s | ÷ raw |");
+        self.line("|---|---|---|---|---|");
+        let mut chart = Chart::new(
+            "L2 (Redis): operations per second (longer is faster)",
+            "ops/s",
+        );
+        for result in l2["results"].as_array()? {
+            let label = format!("{} at {} tasks", text(&result["op"]), result["concurrency"]);
+            let layer = result["layer_ops_per_sec"].as_f64()?;
+            let raw = result["raw_ops_per_sec"].as_f64()?;
+            let benchmark = result["redis_benchmark_ops_per_sec"].as_f64();
+            self.line(format!(
+                "| {label} | {layer:.0} | {raw:.0} | {} | {:.3} |",
+                benchmark.map_or("-".into(), |b| format!("{b:.0}")),
+                result["ratio_layer_to_raw"].as_f64().unwrap_or(layer / raw),
+            ));
+            let mut bars = vec![("RedisLayer", layer), ("raw redis crate", raw)];
+            bars.extend(benchmark.map(|b| ("redis-benchmark", b)));
+            chart.group(&label, &bars);
+        }
+        Some(chart)
+    }
+
+    fn breaker(&mut self, breaker: &Value) -> Option<Chart> {
+        self.line("");
+        self.line("## Circuit breaker (`breaker.json`)");
+        self.line("");
+        self.line(
+            "The closed path of the breaker, per call, beside the bare call \
+             (`crates/cache-breaker/benches/breaker.rs`).",
+        );
+        self.line("");
+        self.line("| case | threads | ns per call | bare ns | overhead ns |");
+        self.line("|---|---|---|---|---|");
+        for result in breaker["results"].as_array()? {
+            self.line(format!(
+                "| `{}` | {} | {} | {} | {} |",
+                text(&result["name"]),
+                result["threads"],
+                result["ns_per_call"],
+                result["baseline_ns_per_call"],
+                result["overhead_ns_per_call"],
+            ));
+        }
+        None
+    }
+
+    fn load(&mut self, load: &Value) -> Option<Chart> {
+        let setup = &load["setup"];
+        self.line("");
+        self.line("## Load test: the GraphQL service over HTTP (`load.json`)");
+        self.line("");
+        self.line(format!(
+            "{} concurrent HTTP clients against the offers GraphQL service \
+             (`examples/benches/load.rs`), over a store whose every query takes {} ms \
+             through a pool of {} connections; the median of {} rounds of {} s per \
+             service, the latency percentiles over all of them. Every answer is checked \
+             against the one the service gave before the run. Client and service share \
+             the machine's {} cores.",
+            setup["clients"],
+            setup["store_latency_ms"],
+            setup["store_connections"],
+            setup["rounds"],
+            setup["round_secs"],
+            setup["cores"],
+        ));
+        self.line("");
+        self.line("| cache | requests/s | ÷ no cache | store queries per request | p50 ms | p90 ms | p99 ms | errors |");
+        self.line("|---|---|---|---|---|---|---|---|");
+        let mut chart = Chart::new("Load test: requests per second (longer is faster)", "req/s");
+        for (name, label) in [("off", "none"), ("l1", "L1"), ("l1_redis", "L1 over Redis")] {
+            let figures = &load[name];
+            let rate = figures["requests_per_second"].as_f64()?;
+            let latency = &figures["latency_ms"];
+            let ratio = load[format!("{name}_over_off")]
+                .as_f64()
+                .map_or("1".into(), |r| format!("{r:.1}"));
+            self.line(format!(
+                "| {label} | {rate:.0} | {ratio} | {:.3} | {:.2} | {:.2} | {:.2} | {} |",
+                figures["store_queries_per_request"].as_f64()?,
+                latency["p50"].as_f64()?,
+                latency["p90"].as_f64()?,
+                latency["p99"].as_f64()?,
+                figures["errors"],
+            ));
+            chart.group(label, &[("requests/s", rate)]);
+        }
+        Some(chart)
+    }
+}
+
+fn yes_no(met: bool) -> String {
+    if met { "yes" } else { "**no**" }.to_owned()
+}
+
+/// A JSON string's text, or the value as JSON.
+fn text(value: &Value) -> String {
+    value
+        .as_str()
+        .map_or_else(|| value.to_string(), str::to_owned)
+}
+
+/// The date and time now, `YYYY-MM-DD HH:MM`.
+fn now_utc() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
+        rest / 3_600,
+        rest % 3_600 / 60
+    )
+}
+
+/// The CPU, cores, memory, OS and compiler, as far as they can be read.
+fn machine() -> String {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name")?.split(':').nth(1))
+        .map_or("an unknown CPU".to_owned(), |model| model.trim().to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let memory = read("/proc/meminfo")
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(String::new(), |kb| {
+            format!(", {:.0} GiB of memory", kb / 1_048_576.0)
+        });
+    let os = read("/etc/os-release")
+        .lines()
+        .find_map(|line| line.strip_prefix("PRETTY_NAME="))
+        .map_or(std::env::consts::OS.to_owned(), |name| {
+            name.trim_matches('"').to_owned()
+        });
+    let rustc = Command::new("rustc")
+        .arg("--version")
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores{memory}; {os}; {rustc}")
+}
+
+/// A horizontal grouped bar chart.
+struct Chart {
+    title: String,
+    unit: String,
+    groups: Vec<(String, Vec<(String, f64)>)>,
+}
+
+/// The series' colours, in order of first appearance.
+const COLOURS: [&str; 4] = ["#2f6db5", "#e08a2c", "#5a9e4b", "#8f5aa8"];
+
+impl Chart {
+    fn new(title: &str, unit: &str) -> Chart {
+        Chart {
+            title: title.to_owned(),
+            unit: unit.to_owned(),
+            groups: Vec::new(),
+        }
+    }
+
+    fn group(&mut self, label: &str, bars: &[(&str, f64)]) {
+        let bars = bars
+            .iter()
+            .map(|(series, value)| ((*series).to_owned(), *value))
+            .collect();
+        self.groups.push((label.to_owned(), bars));
+    }
+
+    fn svg(&self) -> String {
+        const WIDTH: f64 = 760.0;
+        const LABELS: f64 = 170.0; // the group labels' column
+        const BAR: f64 = 16.0;
+        const GAP: f64 = 12.0;
+        const TOP: f64 = 56.0;
+        let mut series: Vec<&str> = Vec::new();
+        for (_, bars) in &self.groups {
+            for (name, _) in bars {
+                if !series.contains(&name.as_str()) {
+                    series.push(name);
+                }
+            }
+        }
+        let max = self
+            .groups
+            .iter()
+            .flat_map(|(_, bars)| bars.iter().map(|(_, value)| *value))
+            .fold(0.0_f64, f64::max)
+            .max(f64::MIN_POSITIVE);
+        // Room on the right for the longest value label.
+        let scale = (WIDTH - LABELS - 90.0) / max;
+        let rows: usize = self.groups.iter().map(|(_, bars)| bars.len()).sum();
+        let height = TOP + rows as f64 * BAR + self.groups.len() as f64 * GAP + 10.0;
+        let mut svg = String::new();
+        let _ = writeln!(
+            svg,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        let _ = writeln!(
+            svg,
+            r#"<text x="10" y="20" font-size="14" font-weight="bold">{}</text>"#,
+            escape(&self.title)
+        );
+        let mut x = 10.0;
+        for (i, name) in series.iter().enumerate() {
+            let colour = COLOURS[i % COLOURS.len()];
+            let _ = writeln!(
+                svg,
+                r#"<rect x="{x}" y="32" width="12" height="12" fill="{colour}"/><text x="{}" y="42">{}</text>"#,
+                x + 16.0,
+                escape(name)
+            );
+            x += 30.0 + 7.0 * name.len() as f64;
+        }
+        let mut y = TOP;
+        for (label, bars) in &self.groups {
+            let middle = y + bars.len() as f64 * BAR / 2.0 + 4.0;
+            let _ = writeln!(
+                svg,
+                r#"<text x="{}" y="{middle}" text-anchor="end">{}</text>"#,
+                LABELS - 8.0,
+                escape(label)
+            );
+            for (name, value) in bars {
+                let colour = series
+                    .iter()
+                    .position(|s| s == name)
+                    .map_or(COLOURS[0], |i| COLOURS[i % COLOURS.len()]);
+                let width = (value * scale).max(1.0);
+                let _ = writeln!(
+                    svg,
+                    r#"<rect x="{LABELS}" y="{y}" width="{width:.1}" height="{}" fill="{colour}"/><text x="{:.1}" y="{}">{} {}</text>"#,
+                    BAR - 2.0,
+                    LABELS + width + 4.0,
+                    y + BAR - 5.0,
+                    figure(*value),
+                    escape(&self.unit)
+                );
+                y += BAR;
+            }
+            y += GAP;
+        }
+        svg.push_str("</svg>\n");
+        svg
+    }
+}
+
+/// A figure as a chart label: three significant digits at most.
+fn figure(value: f64) -> String {
+    match value {
+        v if v >= 1e6 => format!("{:.2}M", v / 1e6),
+        v if v >= 1e4 => format!("{:.0}k", v / 1e3),
+        v if v >= 100.0 => format!("{v:.0}"),
+        v => format!("{v:.1}"),
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chart_has_a_bar_per_value_and_escapes_its_text() {
+        let mut chart = Chart::new("a <title>", "ns");
+        chart.group("one", &[("ours", 100.0), ("theirs", 50.0)]);
+        chart.group("two", &[("ours", 10.0)]);
+        let svg = chart.svg();
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
+        // Two legend squares and three bars.
+        assert_eq!(svg.matches("<rect x=").count(), 5);
+        assert!(svg.contains("a &lt;title&gt;"));
+        assert!(svg.contains(">100 ns<") && svg.contains(">50.0 ns<"));
+    }
+
+    #[test]
+    fn the_date_is_a_civil_date() {
+        let now = now_utc();
+        assert_eq!(now.len(), 16, "{now}");
+        let year: u32 = now[..4].parse().unwrap();
+        assert!(year >= 2024, "{now}");
+    }
+
+    #[test]
+    fn missing_results_are_said_not_invented() {
+        let summary = serde_json::json!({});
+        let mut page = Page::default();
+        page.summary(&summary);
+        page.missing("load");
+        assert!(
+            page.text
+                .contains("`target/bench/load.json` was not written")
+        );
+        assert!(!page.text.contains("| yes |"));
+    }
+}
