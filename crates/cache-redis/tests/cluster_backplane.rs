@@ -1,0 +1,397 @@
+//! RedisBackplane over a real Redis Cluster: two caches kept in step through
+//! it, a killed node the subscriptions fail over from (one gap each, then
+//! messages again), and sharded pub/sub that keeps messages on the shard
+//! owning the channel.
+//!
+//! Needs `redis-server` and `redis-cli` on PATH (`apt-get install -y
+//! redis-server`); the sharded tests need Redis 7 or later and are skipped,
+//! saying so, on an older server.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use cache_core::{Backplane, BackplaneEvent, BackplaneMessage, CacheLayer, Error, Invalidation};
+use cache_memory::MemoryLayer;
+use cache_redis::{PubSubMode, RedisBackplane};
+use cache_test_support::ctx;
+use cache_test_support::redis::{RedisCluster, RedisServer};
+use cache_tiered::TieredCache;
+
+/// Generous: a failover takes the Cluster's node timeout (2 s) plus an
+/// election, on a machine busy with other tests.
+const DEADLINE: Duration = Duration::from_secs(20);
+const TTL: Duration = Duration::from_secs(300);
+const CHANNEL: &str = "offers:invalidation";
+
+/// Whether the local `redis-server` has sharded pub/sub (Redis 7+); prints
+/// why a test is skipped when it does not.
+fn has_sharded_pubsub(test: &str) -> bool {
+    let output = std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .expect("run redis-server --version (apt-get install -y redis-server)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let major = text
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("v="))
+        .and_then(|version| version.split('.').next()?.parse::<u32>().ok());
+    let sharded = major.is_some_and(|major| major >= 7);
+    if !sharded {
+        eprintln!("skipping {test}: `{}` has no sharded pub/sub (Redis 7+)", text.trim());
+    }
+    sharded
+}
+
+/// Polls `check` until it holds, for at most [`DEADLINE`].
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(Instant::now() < deadline, "not within {DEADLINE:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The number that follows `field` in `redis-cli` output lines.
+fn number_after(reply: &str, field: &str) -> u64 {
+    let mut lines = reply.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == field {
+            return lines
+                .next()
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    panic!("no {field} in {reply:?}")
+}
+
+/// Subscribers of `channel` on this node alone (`SHARDNUMSUB` for sharded
+/// subscriptions, `NUMSUB` for global ones: in a Cluster both count the
+/// node's own clients).
+fn local_subscribers(node: &RedisServer, sharded: bool, channel: &str) -> u64 {
+    let command = if sharded { "SHARDNUMSUB" } else { "NUMSUB" };
+    number_after(&node.cli(&["PUBSUB", command, channel]), channel)
+}
+
+/// The index of the node the subscriptions of `channel` are on.
+fn subscribed_node(cluster: &RedisCluster, sharded: bool, channel: &str) -> usize {
+    let on: Vec<usize> = (0..cluster.nodes().len())
+        .filter(|&at| local_subscribers(&cluster.nodes()[at], sharded, channel) > 0)
+        .collect();
+    assert_eq!(on.len(), 1, "subscriptions on nodes {on:?}");
+    on[0]
+}
+
+/// `INFO commandstats` calls of `command` on a node (0 if never called).
+fn calls(node: &RedisServer, command: &str) -> u64 {
+    let stats = node.cli(&["INFO", "commandstats"]);
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Instance {
+    cache: TieredCache,
+    l1: MemoryLayer,
+    backplane: RedisBackplane,
+}
+
+async fn instance(urls: &[String], mode: PubSubMode) -> Instance {
+    let l1 = MemoryLayer::builder().sweep_interval(None).build().unwrap();
+    let backplane = RedisBackplane::cluster_builder(urls.iter().cloned())
+        .channel(CHANNEL)
+        .pubsub_mode(mode)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .expect("build a backplane over the Cluster");
+    let cache = TieredCache::builder()
+        .layer(l1.clone())
+        .backplane(backplane.clone())
+        .build_async()
+        .await
+        .unwrap();
+    Instance {
+        cache,
+        l1,
+        backplane,
+    }
+}
+
+impl Instance {
+    async fn in_l1(&self, key: &str) -> bool {
+        self.l1.get(&ctx::read(), key).await.unwrap().is_some()
+    }
+
+    /// `set`, retried while the backplane cannot publish (a failover in
+    /// progress): the value is in L1 either way, the message only once
+    /// published.
+    async fn set_published(&self, key: &str, value: u64) {
+        let before = self.cache.stats().backplane.published;
+        eventually(&format!("set {key} published"), || async move {
+            self.cache.set(key, &value, TTL).await.unwrap();
+            self.cache.stats().backplane.published > before
+        })
+        .await;
+    }
+
+    /// Checks a write on `self` reaches `other`'s L1: `other` holds `key`
+    /// in its L1, `self` writes it, and `other`'s copy goes.
+    async fn write_reaches(&self, other: &Instance, key: &str) {
+        other.cache.set(key, &1u64, TTL).await.unwrap();
+        assert!(other.in_l1(key).await);
+        self.set_published(key, 2).await;
+        eventually(&format!("{key} dropped from the other L1"), || async move {
+            !other.in_l1(key).await
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_backplane_fails_over_to_the_new_primary_with_one_gap() {
+    if !has_sharded_pubsub("sharded_backplane_fails_over_to_the_new_primary_with_one_gap") {
+        return;
+    }
+    let mut cluster = RedisCluster::start_replicated();
+    let urls = cluster.urls();
+    let a = instance(&urls, PubSubMode::Auto).await;
+    let b = instance(&urls, PubSubMode::Auto).await;
+    assert_eq!(a.backplane.mode(), PubSubMode::Sharded, "Redis 7 has it");
+    assert_eq!(b.backplane.mode(), PubSubMode::Sharded);
+
+    // Writes and removals reach the other instance's L1.
+    a.write_reaches(&b, "offer:1").await;
+    b.write_reaches(&a, "offer:2").await;
+    b.cache.set("offer:3", &3u64, TTL).await.unwrap();
+    assert!(b.in_l1("offer:3").await);
+    let removed = a.cache.delete("offer:3").await.unwrap();
+    assert!(removed.is_complete(), "{removed}");
+    let b_ref = &b;
+    eventually("the removal reaches b", || async move {
+        !b_ref.in_l1("offer:3").await
+    })
+    .await;
+
+    // Both subscriptions are on the primary owning the channel's slot.
+    let owner = subscribed_node(&cluster, true, CHANNEL);
+    assert!(owner < 3, "a primary (the first three nodes), not {owner}");
+    assert_eq!(local_subscribers(&cluster.nodes()[owner], true, CHANNEL), 2);
+
+    // Values each L1 holds when the owner dies.
+    // (A key of its own each: the other's message about it would drop it.)
+    for (key, instance) in [("kept:a", &a), ("kept:b", &b)] {
+        instance.cache.set(key, &1u64, TTL).await.unwrap();
+        assert!(instance.in_l1(key).await);
+    }
+    let gaps_before = [&a, &b].map(|i| i.cache.stats().backplane.gaps);
+    assert_eq!(gaps_before, [0, 0]);
+    let killed = Instant::now();
+    cluster.nodes_mut()[owner].kill();
+
+    // Its replica takes over; both subscriptions follow it, each with
+    // exactly one gap, which clears its L1.
+    for (name, instance) in [("a", &a), ("b", &b)] {
+        eventually(&format!("{name} reports a gap"), || async move {
+            instance.cache.stats().backplane.gaps >= 1
+        })
+        .await;
+        println!("{name}: gap {:?} after the kill", killed.elapsed());
+        let key = format!("kept:{name}");
+        assert!(!instance.in_l1(&key).await, "{name}'s L1 was cleared");
+    }
+    let new_owner = (0..cluster.nodes().len())
+        .filter(|&at| at != owner)
+        .find(|&at| local_subscribers(&cluster.nodes()[at], true, CHANNEL) == 2)
+        .expect("both subscriptions on the new primary");
+    assert!(
+        cluster.nodes()[new_owner]
+            .cli(&["INFO", "replication"])
+            .contains("role:master"),
+        "node {new_owner} was promoted"
+    );
+
+    // Messages flow again, both ways, with no further gap.
+    a.write_reaches(&b, "offer:4").await;
+    b.write_reaches(&a, "offer:5").await;
+    for (name, instance) in [("a", &a), ("b", &b)] {
+        let stats = instance.cache.stats().backplane;
+        assert_eq!(stats.gaps, 1, "{name}: one gap for one switch");
+        assert_eq!(stats.subscribed, Some(true), "{name}");
+        assert_eq!(stats.reconnects, 1, "{name}");
+        let status = instance.backplane.status();
+        assert_eq!(status.reconnects, 1, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_mode_fails_over_to_another_node_with_one_gap() {
+    let mut cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    let a = instance(&urls, PubSubMode::Global).await;
+    // b starts from another seed, so the two listen on different nodes.
+    let mut rotated = urls.clone();
+    rotated.rotate_left(1);
+    let b = instance(&rotated, PubSubMode::Global).await;
+    assert_eq!(a.backplane.mode(), PubSubMode::Global);
+
+    a.write_reaches(&b, "offer:1").await;
+    b.write_reaches(&a, "offer:2").await;
+
+    // Kill the node b listens on: b moves to another node; a, elsewhere,
+    // is not disturbed.
+    let on = |instance_seed: &str| {
+        (0..3)
+            .find(|&at| cluster.nodes()[at].url() == instance_seed)
+            .unwrap()
+    };
+    let b_node = on(&rotated[0]);
+    assert_eq!(local_subscribers(&cluster.nodes()[b_node], false, CHANNEL), 1);
+    b.cache.set("kept:1", &1u64, TTL).await.unwrap();
+    cluster.nodes_mut()[b_node].kill();
+
+    let b_ref = &b;
+    eventually("b reports a gap", || async move {
+        b_ref.cache.stats().backplane.gaps >= 1
+    })
+    .await;
+    assert!(!b.in_l1("kept:1").await, "b's L1 was cleared");
+    let listening: u64 = (0..3)
+        .filter(|&at| at != b_node)
+        .map(|at| local_subscribers(&cluster.nodes()[at], false, CHANNEL))
+        .sum();
+    assert_eq!(listening, 2, "both subscriptions on live nodes");
+
+    a.write_reaches(&b, "offer:3").await;
+    b.write_reaches(&a, "offer:4").await;
+
+    // Once the others mark the dead node failed, the Cluster is down for
+    // keys, but global pub/sub goes on.
+    let live = &cluster.nodes()[(b_node + 1) % 3];
+    eventually("the Cluster notices the dead node", || async move {
+        live.cli(&["CLUSTER", "INFO"])
+            .contains("cluster_state:fail")
+    })
+    .await;
+    a.write_reaches(&b, "offer:5").await;
+    b.write_reaches(&a, "offer:6").await;
+    assert_eq!(b.cache.stats().backplane.gaps, 1, "one gap for one switch");
+    assert_eq!(b.backplane.status().reconnects, 1);
+    assert_eq!(b.backplane.status().subscribed, Some(true));
+    assert_eq!(a.cache.stats().backplane.gaps, 0, "a never lost its node");
+}
+
+#[tokio::test]
+async fn sharded_messages_stay_on_the_channels_shard() {
+    if !has_sharded_pubsub("sharded_messages_stay_on_the_channels_shard") {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let channels = ["offers:invalidation", "{user:7}:invalidation", "x"];
+    for channel in channels {
+        let publisher = RedisBackplane::cluster_builder(cluster.urls())
+            .channel(channel)
+            .timeout(Duration::from_secs(2))
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(publisher.mode(), PubSubMode::Sharded);
+        let listener = RedisBackplane::cluster_builder(cluster.urls())
+            .channel(channel)
+            .pubsub_mode(PubSubMode::Sharded)
+            .timeout(Duration::from_secs(2))
+            .build()
+            .await
+            .unwrap();
+        let mut subscription = listener.subscribe().await.unwrap();
+        let owner = subscribed_node(&cluster, true, channel);
+        let before: Vec<(u64, u64)> = cluster
+            .nodes()
+            .iter()
+            .map(|node| (calls(node, "spublish"), calls(node, "publish")))
+            .collect();
+        for n in 0..10 {
+            let sent = BackplaneMessage {
+                origin: 1,
+                invalidations: vec![Invalidation::Key(format!("k{n}"))],
+            };
+            publisher.publish(&sent).await.unwrap();
+            let got = tokio::time::timeout(DEADLINE, subscription.next())
+                .await
+                .expect("a message within the deadline");
+            assert_eq!(got, Some(BackplaneEvent::Message(sent)));
+        }
+        for (at, node) in cluster.nodes().iter().enumerate() {
+            let spublished = calls(node, "spublish") - before[at].0;
+            let published = calls(node, "publish") - before[at].1;
+            assert_eq!(published, 0, "{channel}: no PUBLISH on node {at}");
+            let expected = if at == owner { 10 } else { 0 };
+            assert_eq!(
+                spublished, expected,
+                "{channel}: SPUBLISH only on the owner {owner}, node {at}"
+            );
+        }
+        // The owner is the primary of the channel's slot, as the server
+        // hashes it.
+        let slot: u16 = cluster.nodes()[0]
+            .cli(&["CLUSTER", "KEYSLOT", channel])
+            .trim()
+            .parse()
+            .unwrap();
+        let owner_port = cluster.nodes()[owner].port();
+        let slots = cluster.nodes()[0].cli(&["CLUSTER", "SLOTS"]);
+        assert!(
+            owns(&slots, owner_port, slot),
+            "{channel}: slot {slot} not on port {owner_port}:\n{slots}"
+        );
+    }
+}
+
+/// Whether the primary on `port` owns `slot`, from `redis-cli CLUSTER SLOTS`
+/// (one value per line: start, end, host, port, id, ...).
+fn owns(slots: &str, port: u16, slot: u16) -> bool {
+    let lines: Vec<&str> = slots.lines().map(str::trim).collect();
+    lines.windows(4).any(|w| {
+        let (Ok(start), Ok(end)) = (w[0].parse::<u16>(), w[1].parse::<u16>()) else {
+            return false;
+        };
+        w[3] == port.to_string() && (start..=end).contains(&slot) && w[2].contains('.')
+    })
+}
+
+#[tokio::test]
+async fn cluster_configuration_mistakes_fail_in_build() {
+    let server = RedisServer::start();
+    match RedisBackplane::cluster_builder([server.url()]).build().await {
+        Err(Error::Config(message)) => assert!(message.contains("not a Cluster"), "{message}"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+    let cases = [
+        RedisBackplane::builder(server.url()).pubsub_mode(PubSubMode::Sharded),
+        RedisBackplane::cluster_builder(Vec::<String>::new()),
+        RedisBackplane::cluster_builder(["unix:///tmp/redis.sock"]),
+        RedisBackplane::cluster_builder(["not a url"]),
+    ];
+    for builder in cases {
+        let debug = format!("{builder:?}");
+        match builder.build().await {
+            Err(Error::Config(_)) => {}
+            other => panic!("expected a config error for {debug}, got {other:?}"),
+        }
+    }
+    // A standalone server keeps PUBLISH/SUBSCRIBE.
+    let standalone = RedisBackplane::builder(server.url()).build().await.unwrap();
+    assert_eq!(standalone.mode(), PubSubMode::Global);
+    // Nothing listens on port 1: refused, unless lazy.
+    let down = || RedisBackplane::cluster_builder(["redis://127.0.0.1:1"]);
+    assert!(matches!(down().build().await, Err(Error::Backend { .. })));
+    let lazy = down().lazy(true).build().await.unwrap();
+    assert_eq!(lazy.mode(), PubSubMode::Auto, "not decided before any contact");
+}
