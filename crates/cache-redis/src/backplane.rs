@@ -627,7 +627,9 @@ impl Shared {
                     );
                     return Ok(());
                 }
-                Ok(Err(err)) if classify(&err) == ErrorClass::Auth && err.code() == Some("NOPERM") => {
+                Ok(Err(err))
+                    if classify(&err) == ErrorClass::Auth && err.code() == Some("NOPERM") =>
+                {
                     self.switch_mode(
                         PubSubMode::Global,
                         "PUBSUB SHARDNUMSUB is not permitted, so sharded pub/sub cannot be \
@@ -801,7 +803,11 @@ impl Inner {
                     nodes.owner().into_iter().collect()
                 }
                 _ => {
-                    let failed = self.failed_node.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let failed = self
+                        .failed_node
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
                     last_resort(nodes.nodes(), failed.as_ref())
                 }
             };
@@ -955,12 +961,12 @@ impl Backplane for RedisBackplane {
             last_node: None,
         };
         let shared = inner.shared.clone();
-        let attempt =
-            match tokio::time::timeout(shared.timeout, subscription.connect(false)).await {
-                Ok(Ok(feed)) => Ok(feed),
-                Ok(Err(err)) => Err(shared.backend(&err)),
-                Err(_) => Err(shared.timed_out()),
-            };
+        let attempt = match tokio::time::timeout(shared.timeout, subscription.connect(false)).await
+        {
+            Ok(Ok(feed)) => Ok(feed),
+            Ok(Err(err)) => Err(shared.backend(&err)),
+            Err(_) => Err(shared.timed_out()),
+        };
         let state = match attempt {
             Ok(feed) => State::Live(feed),
             Err(error) if shared.lazy && unreachable(&error) => {
@@ -1207,14 +1213,17 @@ impl RedisSubscription {
             }
             Servers::Cluster(nodes) => nodes,
         };
-        if refresh || nodes.owner().is_none() {
-            if let Err(err) = nodes.refresh(shared.timeout).await {
-                // A subscription over the old view may still work (a global
-                // one through any node), unless no node answers at all.
-                if !is_unreachable(&err) || nodes.owner().is_none() {
-                    return Err(err);
-                }
-            }
+        let refreshed = if refresh || nodes.owner().is_none() {
+            nodes.refresh(shared.timeout).await
+        } else {
+            Ok(())
+        };
+        // When no node answers, the previous view may still serve (a global
+        // subscription through a node that is back), if there is one.
+        if let Err(err) = refreshed
+            && (!is_unreachable(&err) || nodes.owner().is_none())
+        {
+            return Err(err);
         }
         shared.decide_mode(nodes).await?;
         let mut last = None;
@@ -1315,7 +1324,10 @@ impl RedisSubscription {
             return Step::Closed;
         };
         let shared = &*self.shared;
-        let node = feed.node.as_ref().map_or(shared.label.clone(), NodeAddr::to_string);
+        let node = feed
+            .node
+            .as_ref()
+            .map_or(shared.label.clone(), NodeAddr::to_string);
         let why = match wake {
             Wake::Message(message) => {
                 let bytes = message.get_payload_bytes();
@@ -1345,7 +1357,10 @@ impl RedisSubscription {
                 match answer {
                     Ok(Ok(())) => return Step::Again,
                     Ok(Err(err)) => format!("health check failed ({err})"),
-                    Err(_) => format!("health check failed (no answer within {:?})", shared.timeout),
+                    Err(_) => format!(
+                        "health check failed (no answer within {:?})",
+                        shared.timeout
+                    ),
                 }
             }
         };

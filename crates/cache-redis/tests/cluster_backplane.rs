@@ -37,7 +37,10 @@ fn has_sharded_pubsub(test: &str) -> bool {
         .and_then(|version| version.split('.').next()?.parse::<u32>().ok());
     let sharded = major.is_some_and(|major| major >= 7);
     if !sharded {
-        eprintln!("skipping {test}: `{}` has no sharded pub/sub (Redis 7+)", text.trim());
+        eprintln!(
+            "skipping {test}: `{}` has no sharded pub/sub (Redis 7+)",
+            text.trim()
+        );
     }
     sharded
 }
@@ -253,7 +256,10 @@ async fn global_mode_fails_over_to_another_node_with_one_gap() {
             .unwrap()
     };
     let b_node = on(&rotated[0]);
-    assert_eq!(local_subscribers(&cluster.nodes()[b_node], false, CHANNEL), 1);
+    assert_eq!(
+        local_subscribers(&cluster.nodes()[b_node], false, CHANNEL),
+        1
+    );
     b.cache.set("kept:1", &1u64, TTL).await.unwrap();
     cluster.nodes_mut()[b_node].kill();
 
@@ -369,7 +375,10 @@ fn owns(slots: &str, port: u16, slot: u16) -> bool {
 #[tokio::test]
 async fn cluster_configuration_mistakes_fail_in_build() {
     let server = RedisServer::start();
-    match RedisBackplane::cluster_builder([server.url()]).build().await {
+    match RedisBackplane::cluster_builder([server.url()])
+        .build()
+        .await
+    {
         Err(Error::Config(message)) => assert!(message.contains("not a Cluster"), "{message}"),
         other => panic!("expected a config error, got {other:?}"),
     }
@@ -393,5 +402,9 @@ async fn cluster_configuration_mistakes_fail_in_build() {
     let down = || RedisBackplane::cluster_builder(["redis://127.0.0.1:1"]);
     assert!(matches!(down().build().await, Err(Error::Backend { .. })));
     let lazy = down().lazy(true).build().await.unwrap();
-    assert_eq!(lazy.mode(), PubSubMode::Auto, "not decided before any contact");
+    assert_eq!(
+        lazy.mode(),
+        PubSubMode::Auto,
+        "not decided before any contact"
+    );
 }

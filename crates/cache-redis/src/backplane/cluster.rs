@@ -431,7 +431,10 @@ mod tests {
         ];
         nodes.learn(at(7002), &ranges);
         assert_eq!(nodes.owner(), Some(at(7002)));
-        assert_eq!(nodes.nodes(), [at(7002), at(7001), at(7004), at(7005), at(7000)]);
+        assert_eq!(
+            nodes.nodes(),
+            [at(7002), at(7001), at(7004), at(7005), at(7000)]
+        );
         // The seed's password goes to every node.
         let client = nodes.client(&at(7004), true).unwrap();
         let info = client.get_connection_info();
