@@ -10,7 +10,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use cache_core::{Backplane, BackplaneEvent, BackplaneMessage, CacheLayer, Error, Invalidation};
+use cache_core::{
+    Backplane, BackplaneEvent, BackplaneMessage, CacheLayer, Error, Invalidation, Subscription,
+};
 use cache_memory::MemoryLayer;
 use cache_redis::{PubSubMode, RedisBackplane};
 use cache_test_support::ctx;
@@ -407,4 +409,107 @@ async fn cluster_configuration_mistakes_fail_in_build() {
         PubSubMode::Auto,
         "not decided before any contact"
     );
+}
+
+#[tokio::test]
+async fn auto_mode_falls_back_to_global_without_sharded_pubsub() {
+    // A Cluster whose servers lack `PUBSUB` (so `PUBSUB SHARDNUMSUB` is an
+    // unknown command), as before Redis 7.
+    let cluster = RedisCluster::start_with(&["--rename-command", "PUBSUB", ""]);
+    let a = RedisBackplane::cluster_builder(cluster.urls())
+        .channel(CHANNEL)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(a.mode(), PubSubMode::Global);
+    let mut rotated = cluster.urls();
+    rotated.rotate_left(2);
+    let b = RedisBackplane::cluster_builder(rotated)
+        .channel(CHANNEL)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let mut subscription = b.subscribe().await.unwrap();
+    let sent = BackplaneMessage {
+        origin: 1,
+        invalidations: vec![Invalidation::All],
+    };
+    a.publish(&sent).await.unwrap();
+    let got = tokio::time::timeout(DEADLINE, subscription.next()).await;
+    assert_eq!(got.unwrap(), Some(BackplaneEvent::Message(sent)));
+    let calls = |command| -> u64 {
+        cluster
+            .nodes()
+            .iter()
+            .map(|node| calls(node, command))
+            .sum()
+    };
+    assert_eq!(calls("publish"), 1);
+    assert_eq!(calls("spublish"), 0);
+}
+
+#[tokio::test]
+async fn losing_spublish_switches_to_global_with_one_gap() {
+    if !has_sharded_pubsub("losing_spublish_switches_to_global_with_one_gap") {
+        return;
+    }
+    // SSUBSCRIBE works, SPUBLISH does not: the first publish finds out.
+    let cluster = RedisCluster::start_with(&["--rename-command", "SPUBLISH", ""]);
+    let backplane = RedisBackplane::cluster_builder(cluster.urls())
+        .channel(CHANNEL)
+        .pubsub_mode(PubSubMode::Sharded)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let mut subscription = backplane.subscribe().await.unwrap();
+    assert_eq!(subscribed_node_count(&cluster, true), 1);
+
+    let sent = BackplaneMessage {
+        origin: 1,
+        invalidations: vec![Invalidation::Key("offer:1".into())],
+    };
+    backplane.publish(&sent).await.unwrap();
+    assert_eq!(backplane.mode(), PubSubMode::Global);
+    // The subscription moves to SUBSCRIBE: one gap. The message was sent
+    // with PUBLISH before it got there, so it may or may not be heard.
+    assert_eq!(next_event(&mut subscription).await, BackplaneEvent::Gap);
+    let after = BackplaneMessage {
+        origin: 1,
+        invalidations: vec![Invalidation::Key("offer:2".into())],
+    };
+    backplane.publish(&after).await.unwrap();
+    loop {
+        match next_event(&mut subscription).await {
+            BackplaneEvent::Message(got) if got == after => break,
+            BackplaneEvent::Message(got) => assert_eq!(got, sent),
+            BackplaneEvent::Gap => panic!("a second gap for one switch"),
+        }
+    }
+    assert_eq!(backplane.status().reconnects, 1);
+    assert_eq!(subscribed_node_count(&cluster, false), 1);
+    let cluster = &cluster;
+    eventually("the sharded subscription is closed", || async move {
+        subscribed_node_count(cluster, true) == 0
+    })
+    .await;
+}
+
+/// The next event, which must come within [`DEADLINE`].
+async fn next_event(subscription: &mut Box<dyn Subscription>) -> BackplaneEvent {
+    tokio::time::timeout(DEADLINE, subscription.next())
+        .await
+        .expect("an event within the deadline")
+        .expect("the backplane is alive")
+}
+
+/// Subscribers of [`CHANNEL`] on all nodes together.
+fn subscribed_node_count(cluster: &RedisCluster, sharded: bool) -> u64 {
+    cluster
+        .nodes()
+        .iter()
+        .map(|node| local_subscribers(node, sharded, CHANNEL))
+        .sum()
 }

@@ -346,7 +346,14 @@ impl RedisCluster {
     /// # Panics
     /// When the cluster does not form.
     pub fn start() -> Self {
-        Self::start_inner(0, "5000")
+        Self::start_inner(0, "5000", &[])
+    }
+
+    /// Like [`start`](Self::start), with extra `redis-server` arguments for
+    /// every node, for example `&["--rename-command", "SPUBLISH", ""]` to
+    /// play a server without a command.
+    pub fn start_with(extra_args: &[&str]) -> Self {
+        Self::start_inner(0, "5000", extra_args)
     }
 
     /// Starts three primaries with one replica each (six servers, the
@@ -359,28 +366,27 @@ impl RedisCluster {
     /// # Panics
     /// When the cluster does not form.
     pub fn start_replicated() -> Self {
-        Self::start_inner(1, "2000")
+        Self::start_inner(1, "2000", &[])
     }
 
-    fn start_inner(replicas: usize, node_timeout: &str) -> Self {
+    fn start_inner(replicas: usize, node_timeout: &str, extra_args: &[&str]) -> Self {
         let count = 3 * (1 + replicas);
         let nodes: Vec<RedisServer> = (0..count)
             .map(|_| {
-                RedisServer::start_inner(
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-node-timeout",
-                        node_timeout,
-                        "--repl-diskless-sync",
-                        "yes",
-                        "--repl-diskless-sync-delay",
-                        "0",
-                    ],
-                    true,
-                )
+                let mut args = vec![
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    node_timeout,
+                    "--repl-diskless-sync",
+                    "yes",
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ];
+                args.extend_from_slice(extra_args);
+                RedisServer::start_inner(&args, true)
             })
             .collect();
         let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
