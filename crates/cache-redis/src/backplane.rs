@@ -779,18 +779,11 @@ impl Inner {
         let shared = &*self.shared;
         let mut tries = 0;
         loop {
-            if shared.mode() == PubSubMode::Auto {
-                if nodes.owner().is_none() {
-                    nodes
-                        .refresh(shared.timeout)
-                        .await
-                        .map_err(|err| shared.backend(&err))?;
-                }
-                shared
-                    .decide_mode(nodes)
-                    .await
-                    .map_err(|err| shared.backend(&err))?;
-            }
+            // A lazy backplane that has not reached the Cluster yet.
+            shared
+                .decide_mode(nodes)
+                .await
+                .map_err(|err| shared.backend(&err))?;
             let mode = shared.mode();
             let candidates = match mode {
                 PubSubMode::Sharded => {

@@ -513,3 +513,63 @@ fn subscribed_node_count(cluster: &RedisCluster, sharded: bool) -> u64 {
         .map(|node| local_subscribers(node, sharded, CHANNEL))
         .sum()
 }
+
+#[tokio::test]
+async fn a_restarted_owner_without_replica_is_one_gap() {
+    if !has_sharded_pubsub("a_restarted_owner_without_replica_is_one_gap") {
+        return;
+    }
+    let mut cluster = RedisCluster::start();
+    let timeout = Duration::from_millis(500);
+    let backplane = RedisBackplane::cluster_builder(cluster.urls())
+        .channel(CHANNEL)
+        .timeout(timeout)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(backplane.mode(), PubSubMode::Sharded);
+    let mut subscription = backplane.subscribe().await.unwrap();
+    let owner = subscribed_node(&cluster, true, CHANNEL);
+    let message = |key: &str| BackplaneMessage {
+        origin: 1,
+        invalidations: vec![Invalidation::Key(key.into())],
+    };
+
+    cluster.nodes_mut()[owner].kill();
+    // No replica: the channel's shard is gone. Publishing fails, within
+    // its timeout (the tries included), and the subscription waits.
+    let started = Instant::now();
+    let err = backplane
+        .publish(&message("lost"))
+        .await
+        .expect_err("the shard is down");
+    assert!(
+        started.elapsed() < timeout + Duration::from_millis(500),
+        "{err}"
+    );
+    // While its node is down the subscription yields nothing; it notices
+    // the loss from within `next()`.
+    let waiting = tokio::time::timeout(Duration::from_millis(700), subscription.next()).await;
+    assert!(
+        waiting.is_err(),
+        "an event with the shard down: {waiting:?}"
+    );
+    assert_eq!(backplane.status().subscribed, Some(false));
+
+    cluster.nodes_mut()[owner].restart();
+    // Back with its slots (nodes.conf survives in its directory).
+    assert_eq!(next_event(&mut subscription).await, BackplaneEvent::Gap);
+    assert_eq!(subscribed_node(&cluster, true, CHANNEL), owner);
+    let after = message("after");
+    let deadline = Instant::now() + DEADLINE;
+    // The first publishes may meet the node before it serves its slots.
+    while let Err(err) = backplane.publish(&after).await {
+        assert!(Instant::now() < deadline, "{err}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        next_event(&mut subscription).await,
+        BackplaneEvent::Message(after)
+    );
+    assert_eq!(backplane.status().reconnects, 1);
+}
