@@ -102,6 +102,17 @@ fn calls(node: &RedisServer, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Messages of `kind` (`publish`, `publishshard`) a node received over the
+/// cluster bus (`CLUSTER INFO` omits kinds it never saw).
+fn bus_received(node: &RedisServer, kind: &str) -> u64 {
+    let info = node.cli(&["CLUSTER", "INFO"]);
+    let field = format!("cluster_stats_messages_{kind}_received:");
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix(&field))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 struct Instance {
     cache: TieredCache,
     l1: MemoryLayer,
@@ -320,10 +331,13 @@ async fn sharded_messages_stay_on_the_channels_shard() {
             .unwrap();
         let mut subscription = listener.subscribe().await.unwrap();
         let owner = subscribed_node(&cluster, true, channel);
-        let before: Vec<(u64, u64)> = cluster
+        let before: Vec<(u64, u64, u64)> = cluster
             .nodes()
             .iter()
-            .map(|node| (calls(node, "spublish"), calls(node, "publish")))
+            .map(|node| {
+                let relayed = bus_received(node, "publish") + bus_received(node, "publishshard");
+                (calls(node, "spublish"), calls(node, "publish"), relayed)
+            })
             .collect();
         for n in 0..10 {
             let sent = BackplaneMessage {
@@ -345,6 +359,9 @@ async fn sharded_messages_stay_on_the_channels_shard() {
                 spublished, expected,
                 "{channel}: SPUBLISH only on the owner {owner}, node {at}"
             );
+            // And nothing crossed the cluster bus to the other shards.
+            let relayed = bus_received(node, "publish") + bus_received(node, "publishshard");
+            assert_eq!(relayed - before[at].2, 0, "{channel}: relayed to node {at}");
         }
         // The owner is the primary of the channel's slot, as the server
         // hashes it.
@@ -448,6 +465,13 @@ async fn auto_mode_falls_back_to_global_without_sharded_pubsub() {
     };
     assert_eq!(calls("publish"), 1);
     assert_eq!(calls("spublish"), 0);
+    // Global: the one PUBLISH crossed the bus to every other node.
+    let relayed = cluster
+        .nodes()
+        .iter()
+        .filter(|node| bus_received(node, "publish") > 0)
+        .count();
+    assert_eq!(relayed, 2, "copied to the two other nodes");
 }
 
 #[tokio::test]
