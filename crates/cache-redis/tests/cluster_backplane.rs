@@ -597,3 +597,67 @@ async fn a_restarted_owner_without_replica_is_one_gap() {
     );
     assert_eq!(backplane.status().reconnects, 1);
 }
+
+#[tokio::test]
+async fn a_resharded_channel_moves_with_its_slot_and_one_gap() {
+    if !has_sharded_pubsub("a_resharded_channel_moves_with_its_slot_and_one_gap") {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let backplane = RedisBackplane::cluster_builder(cluster.urls())
+        .channel(CHANNEL)
+        .pubsub_mode(PubSubMode::Sharded)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let mut subscription = backplane.subscribe().await.unwrap();
+    // Another instance, which publishes before and after the move.
+    let publisher = RedisBackplane::cluster_builder(cluster.urls())
+        .channel(CHANNEL)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let message = |key: &str| BackplaneMessage {
+        origin: 1,
+        invalidations: vec![Invalidation::Key(key.into())],
+    };
+    publisher.publish(&message("before")).await.unwrap();
+    assert_eq!(
+        next_event(&mut subscription).await,
+        BackplaneEvent::Message(message("before"))
+    );
+    let source = subscribed_node(&cluster, true, CHANNEL);
+    let target = (source + 1) % 3;
+    let nodes = cluster.nodes();
+    let id = |at: usize| nodes[at].cli(&["CLUSTER", "MYID"]).trim().to_owned();
+    let slot = nodes[0]
+        .cli(&["CLUSTER", "KEYSLOT", CHANNEL])
+        .trim()
+        .to_owned();
+
+    // Move the channel's (keyless) slot to another primary, as
+    // `redis-cli --cluster reshard` does.
+    let ok = |reply: String| assert_eq!(reply.trim(), "OK", "{reply}");
+    ok(nodes[target].cli(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &id(source)]));
+    ok(nodes[source].cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &id(target)]));
+    for at in [target, source, 3 - target - source] {
+        ok(nodes[at].cli(&["CLUSTER", "SETSLOT", &slot, "NODE", &id(target)]));
+    }
+
+    // The old owner unsubscribes us (`sunsubscribe`); the subscription
+    // follows the slot, with one gap.
+    assert_eq!(next_event(&mut subscription).await, BackplaneEvent::Gap);
+    assert_eq!(subscribed_node(&cluster, true, CHANNEL), target);
+    // The publisher's view and connection still point at the old owner:
+    // MOVED, a refreshed view, and the new owner, within one publish.
+    let calls_before = calls(&nodes[target], "spublish");
+    publisher.publish(&message("after")).await.unwrap();
+    assert_eq!(calls(&nodes[target], "spublish"), calls_before + 1);
+    assert_eq!(
+        next_event(&mut subscription).await,
+        BackplaneEvent::Message(message("after"))
+    );
+    assert_eq!(backplane.status().reconnects, 1);
+}
