@@ -101,7 +101,12 @@
 //! timeout and reconnects by itself; a subscription that lost its connection
 //! resubscribes from within [`next`](cache_core::Subscription::next) (no
 //! background task) and then yields [`BackplaneEvent::Gap`](cache_core::BackplaneEvent::Gap),
-//! since messages published meanwhile are lost. See `docs/redis.md`.
+//! since messages published meanwhile are lost. Over a Redis Cluster
+//! ([`RedisBackplane::cluster_builder`]) a subscription whose node dies
+//! subscribes again through another node (a gap again), and messages use
+//! sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7) where the Cluster has
+//! it, so that they do not travel to every node ([`PubSubMode`]). See
+//! `docs/redis.md`.
 //!
 //! # Load lock
 //! [`RedisLoadLock`] implements [`cache_core::LoadLock`] on the layer's
@@ -123,7 +128,7 @@ mod script;
 mod time;
 mod url;
 
-pub use backplane::{RedisBackplane, RedisBackplaneBuilder};
+pub use backplane::{PubSubMode, RedisBackplane, RedisBackplaneBuilder};
 pub use builder::{ReadFrom, RedisLayerBuilder};
 pub use layer::RedisLayer;
 pub use lock::RedisLoadLock;

@@ -1,5 +1,6 @@
 //! Throwaway `redis-server` processes for integration tests: a standalone
-//! server, a primary with one replica, and a three-primary Cluster.
+//! server, a primary with one replica, and a three-primary Cluster (with a
+//! replica per primary if asked).
 //!
 //! Every server listens on a free loopback port, keeps its files in its own
 //! temporary directory and is killed (and the directory removed) when its
@@ -329,7 +330,9 @@ impl ReplicatedRedis {
     }
 }
 
-/// A Redis Cluster of three primaries (no replicas), all slots assigned.
+/// A Redis Cluster of three primaries, all slots assigned, without replicas
+/// ([`start`](Self::start)) or with one per primary
+/// ([`start_replicated`](Self::start_replicated)).
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
@@ -343,26 +346,54 @@ impl RedisCluster {
     /// # Panics
     /// When the cluster does not form.
     pub fn start() -> Self {
-        let nodes: Vec<RedisServer> = (0..3)
+        Self::start_inner(0, "5000", &[])
+    }
+
+    /// Like [`start`](Self::start), with extra `redis-server` arguments for
+    /// every node, for example `&["--rename-command", "SPUBLISH", ""]` to
+    /// play a server without a command.
+    pub fn start_with(extra_args: &[&str]) -> Self {
+        Self::start_inner(0, "5000", extra_args)
+    }
+
+    /// Starts three primaries with one replica each (six servers, the
+    /// primaries first in [`nodes`](Self::nodes)), with a
+    /// `cluster-node-timeout` of 2 s so that a killed primary's replica
+    /// takes over within a few seconds, and waits until every node reports
+    /// `cluster_state:ok`, every replica is in sync and every node knows
+    /// all six.
+    ///
+    /// # Panics
+    /// When the cluster does not form.
+    pub fn start_replicated() -> Self {
+        Self::start_inner(1, "2000", &[])
+    }
+
+    fn start_inner(replicas: usize, node_timeout: &str, extra_args: &[&str]) -> Self {
+        let count = 3 * (1 + replicas);
+        let nodes: Vec<RedisServer> = (0..count)
             .map(|_| {
-                RedisServer::start_inner(
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-node-timeout",
-                        "5000",
-                    ],
-                    true,
-                )
+                let mut args = vec![
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    node_timeout,
+                    "--repl-diskless-sync",
+                    "yes",
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ];
+                args.extend_from_slice(extra_args);
+                RedisServer::start_inner(&args, true)
             })
             .collect();
         let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
         args.extend(nodes.iter().map(RedisServer::addr));
         args.extend([
             "--cluster-replicas".into(),
-            "0".into(),
+            replicas.to_string(),
             "--cluster-yes".into(),
         ]);
         let output = Command::new("redis-cli")
@@ -377,8 +408,21 @@ impl RedisCluster {
             String::from_utf8_lossy(&output.stderr)
         );
         let started = Instant::now();
+        let ready = |node: &RedisServer| {
+            if !node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                return false;
+            }
+            let known = node.cli(&["CLUSTER", "NODES"]);
+            let settled = known.lines().filter(|line| !line.is_empty()).count() == count
+                && !known.contains("handshake")
+                && !known.contains("fail");
+            let replication = node.cli(&["INFO", "replication"]);
+            settled
+                && (replication.contains("role:master")
+                    || replication.contains("master_link_status:up"))
+        };
         for node in &nodes {
-            while !node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+            while !ready(node) {
                 assert!(
                     started.elapsed() < START_TIMEOUT,
                     "cluster not ok within {START_TIMEOUT:?}:\n{}",
@@ -388,6 +432,12 @@ impl RedisCluster {
             }
         }
         RedisCluster { nodes }
+    }
+
+    /// The nodes, mutable: to [`kill`](RedisServer::kill),
+    /// [`pause`](RedisServer::pause) or restart one.
+    pub fn nodes_mut(&mut self) -> &mut [RedisServer] {
+        &mut self.nodes
     }
 
     /// The nodes, in the order they were started.
