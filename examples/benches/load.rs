@@ -10,8 +10,10 @@
 //! - `l1_redis`: L1 over a throwaway `redis-server`, with the breaker and
 //!   the backplane (the service with a Redis URL).
 //!
-//! [`CLIENTS`] clients, each with its own keep-alive HTTP/1.1 connection,
-//! send requests back to back, cycling through [`QUERIES`] (pages, the
+//! [`CLIENTS`] clients, each with its own keep-alive HTTP/1.1 connection
+//! (a minimal client: one prepared request written, the answer read by its
+//! `content-length`, so that the load generator takes little of the CPU it
+//! shares with the service), send requests back to back, cycling through [`QUERIES`] (pages, the
 //! rating, a batch of two offers, an unknown offer); every answer is
 //! compared with the one the service gave before the run, and a wrong or
 //! failed answer counts as an error. The services take turns in
@@ -32,17 +34,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::http::{Request, header};
 use cache_core::{Latency, LatencyRecorder};
 use cache_test_support::redis::RedisServer;
 use examples::graphql::store::Store;
 use examples::graphql::{Config, Service, serve};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 
 /// Concurrent clients, each with one connection.
 const CLIENTS: usize = 64;
@@ -50,7 +48,7 @@ const CLIENTS: usize = 64;
 const STORE_LATENCY: Duration = Duration::from_millis(5);
 const STORE_CONNECTIONS: usize = 10;
 /// Measured rounds per service (after one warm-up round each).
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 /// The throughput ratio cache on ÷ off the issue sets as the target.
 const TARGET_RATIO: f64 = 20.0;
 
@@ -66,16 +64,75 @@ const QUERIES: &[&str] = &[
     r#"{ offer(id: "404") { title } }"#,
 ];
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// One keep-alive HTTP/1.1 connection to the service.
+struct Connection {
+    stream: BufReader<TcpStream>,
+    line: Vec<u8>,
+}
+
+impl Connection {
+    async fn open(addr: std::net::SocketAddr) -> Result<Connection, String> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|error| format!("connect to {addr}: {error}"))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|error| error.to_string())?;
+        Ok(Connection {
+            stream: BufReader::new(stream),
+            line: Vec::new(),
+        })
+    }
+
+    /// Sends `request` (a whole HTTP request) and returns the body of a
+    /// `200 OK` answer, or why there is none.
+    async fn send(&mut self, request: &[u8]) -> Result<Vec<u8>, String> {
+        let io = |error: std::io::Error| error.to_string();
+        self.stream.get_mut().write_all(request).await.map_err(io)?;
+        let mut status = None;
+        let mut length = None;
+        loop {
+            self.line.clear();
+            let read = self
+                .stream
+                .read_until(b'\n', &mut self.line)
+                .await
+                .map_err(io)?;
+            if read == 0 {
+                return Err("the service closed the connection".to_owned());
+            }
+            let line = String::from_utf8_lossy(&self.line);
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if status.is_none() {
+                status = line.split(' ').nth(1).map(str::to_owned);
+            } else if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse::<usize>().ok();
+            }
+        }
+        let length = length.ok_or("an answer without content-length")?;
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).await.map_err(io)?;
+        match status.as_deref() {
+            Some("200") => Ok(body),
+            other => Err(format!("{other:?}: {}", String::from_utf8_lossy(&body))),
+        }
+    }
+}
 
 /// One service under test, listening on a free port.
 struct Target {
     name: &'static str,
-    url: String,
+    addr: std::net::SocketAddr,
     store: Arc<Store>,
-    client: HttpClient,
-    /// Each query's body as the service answered it before the run.
-    expected: Vec<Bytes>,
+    /// Each query as a whole HTTP request.
+    requests: Vec<Vec<u8>>,
+    /// Each query's answer as the service gave it before the run.
+    expected: Vec<Vec<u8>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -117,59 +174,29 @@ impl Target {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|error| format!("{name}: cannot listen: {error}"))?;
-        let url = format!(
-            "http://{}/graphql",
-            listener.local_addr().map_err(|error| error.to_string())?
-        );
+        let addr = listener.local_addr().map_err(|error| error.to_string())?;
         let server = tokio::spawn(serve(listener, service, std::future::pending()));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(CLIENTS)
-            .build_http();
-        let mut target = Target {
-            name,
-            url,
-            store,
-            client,
-            expected: Vec::new(),
-            server,
-        };
-        for query in QUERIES {
-            let body = target.post(request_body(query)).await?;
+        let requests: Vec<Vec<u8>> = QUERIES.iter().map(|query| request(addr, query)).collect();
+        let mut connection = Connection::open(addr).await?;
+        let mut expected = Vec::new();
+        for (query, request) in QUERIES.iter().zip(&requests) {
+            let body = connection.send(request).await?;
             let text = String::from_utf8_lossy(&body);
             if !text.contains("\"data\"") || text.contains("\"errors\"") {
                 return Err(format!("{name}: {query} answered {text}"));
             }
-            target.expected.push(body);
+            expected.push(body);
         }
-        Ok(target)
+        Ok(Target {
+            name,
+            addr,
+            store,
+            requests,
+            expected,
+            server,
+        })
     }
 
-    /// Posts `body` and returns the answer's body, or why there is none.
-    async fn post(&self, body: Bytes) -> Result<Bytes, String> {
-        let request = Request::post(&self.url)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body))
-            .map_err(|error| error.to_string())?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|error| error.to_string())?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|error| error.to_string())?
-            .to_bytes();
-        if status.is_success() {
-            Ok(body)
-        } else {
-            Err(format!("{status}: {}", String::from_utf8_lossy(&body)))
-        }
-    }
-
-    /// [`CLIENTS`] clients sending requests back to back for `length`.
     /// Each request's latency goes to `latency`.
     async fn round(self: &Arc<Self>, length: Duration, latency: &Arc<LatencyRecorder>) -> Round {
         let ok = Arc::new(AtomicU64::new(0));
@@ -177,29 +204,40 @@ impl Target {
         let queries_before = self.store.queries();
         let started = Instant::now();
         let deadline = started + length;
-        let bodies: Arc<Vec<Bytes>> = Arc::new(QUERIES.iter().map(|q| request_body(q)).collect());
         let clients: Vec<_> = (0..CLIENTS)
             .map(|client| {
-                let (target, ok, errors, bodies, latency) = (
-                    self.clone(),
-                    ok.clone(),
-                    errors.clone(),
-                    bodies.clone(),
-                    latency.clone(),
-                );
+                let (target, ok, errors, latency) =
+                    (self.clone(), ok.clone(), errors.clone(), latency.clone());
                 tokio::spawn(async move {
+                    let mut connection: Option<Connection> = None;
                     let mut next = client;
                     while Instant::now() < deadline {
-                        let query = next % bodies.len();
+                        let query = next % target.requests.len();
                         next += 1;
                         let sent = Instant::now();
-                        let answer = target.post(bodies[query].clone()).await;
+                        let answer = match &mut connection {
+                            Some(connection) => connection.send(&target.requests[query]).await,
+                            None => match Connection::open(target.addr).await {
+                                Ok(opened) => {
+                                    connection
+                                        .insert(opened)
+                                        .send(&target.requests[query])
+                                        .await
+                                }
+                                Err(error) => Err(error),
+                            },
+                        };
                         latency.record(sent.elapsed());
                         match answer {
                             Ok(body) if body == target.expected[query] => {
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
-                            _ => {
+                            Ok(_) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(_) => {
+                                // A connection in an unknown state: a new one.
+                                connection = None;
                                 errors.fetch_add(1, Ordering::Relaxed);
                             }
                         }
@@ -246,8 +284,15 @@ impl Figures {
     }
 }
 
-fn request_body(query: &str) -> Bytes {
-    json!({ "query": query }).to_string().into()
+/// `query` as a whole HTTP/1.1 request to the service at `addr`.
+fn request(addr: std::net::SocketAddr, query: &str) -> Vec<u8> {
+    let body = json!({ "query": query }).to_string();
+    format!(
+        "POST /graphql HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 fn target_dir() -> PathBuf {

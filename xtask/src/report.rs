@@ -26,6 +26,7 @@ pub(crate) fn write(root: &Path, summary: &Value) -> Result<(), String> {
         ("l1_instructions", Page::l1_instructions),
         ("l2", Page::l2),
         ("breaker", Page::breaker),
+        ("invalidation", Page::invalidation),
         ("load", Page::load),
     ] {
         let Some(results) = summary.get(name) else {
@@ -172,6 +173,25 @@ impl Page {
                     ]);
                 }
             }
+        }
+        let invalidation = &summary["invalidation"];
+        if let Some(growth) = invalidation["family_1m_over_10k"].as_f64() {
+            rows.push([
+                "invalidation".into(),
+                "family of 1,000 keys: among 1M keys ÷ among 10k".into(),
+                format!("{growth:.2}"),
+                "≤ 2".into(),
+                yes_no(growth <= 2.0),
+            ]);
+        }
+        if let Some(growth) = invalidation["scan_1m_over_10k"].as_f64() {
+            rows.push([
+                "invalidation".into(),
+                "SCAN removal of 1,000 keys: among 1M keys ÷ among 10k (for comparison)".into(),
+                format!("{growth:.0}"),
+                "-".into(),
+                "-".into(),
+            ]);
         }
         let load = &summary["load"];
         for (key, label) in [
@@ -323,6 +343,43 @@ impl Page {
                 result["ns_per_call"],
                 result["baseline_ns_per_call"],
                 result["overhead_ns_per_call"],
+            ));
+        }
+        None
+    }
+
+    fn invalidation(&mut self, invalidation: &Value) -> Option<Chart> {
+        self.line("");
+        self.line("## Invalidation at scale (`invalidation.json`)");
+        self.line("");
+        self.line(
+            "Removing the 1,000 keys of one offer's pages (`reviews:offer:42:*`) by pattern \
+             (SCAN MATCH, then UNLINK) as the Redis keyspace grows; and the invalidator's \
+             priority queue draining 10,000 queued keys (each with one dependent) over an \
+             in-process L1, and over L1 + a local Redis with the Redis backplane \
+             (`crates/cache-invalidation/benches/invalidation.rs`).",
+        );
+        self.line("");
+        self.line("| removal | keys in Redis | ms |");
+        self.line("|---|---|---|");
+        for (kind, label) in [("scan", "by pattern (SCAN)"), ("family", "by key family")] {
+            for result in invalidation[kind].as_array().into_iter().flatten() {
+                self.line(format!(
+                    "| {label} | {} | {:.1} |",
+                    result["keyspace"],
+                    result["ms"].as_f64()?
+                ));
+            }
+        }
+        let queue = &invalidation["queue"];
+        if let (Some(l1), Some(redis)) = (
+            queue["l1_per_second"].as_f64(),
+            queue["l1_redis_per_second"].as_f64(),
+        ) {
+            self.line("");
+            self.line(format!(
+                "The priority queue applies {l1:.0} invalidations per second over an L1 (its own \
+                 cost), {redis:.0} over L1 + Redis (a removal and a backplane message each)."
             ));
         }
         None
