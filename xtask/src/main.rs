@@ -169,7 +169,7 @@ fn bench() -> Result {
         }
     }
     let summary = summarize(&out_dir)?;
-    report::write(&root, &summary)
+    report::write(&root, &summary, std::time::SystemTime::now())
 }
 
 /// `docs/benchmarks.md` from the results of the last `cargo xtask bench`.
@@ -184,7 +184,11 @@ fn report() -> Result {
     })?;
     let summary =
         serde_json::from_str(&text).map_err(|error| format!("{}: {error}", path.display()))?;
-    report::write(&root, &summary)
+    // The time of the run, not of this call.
+    let run = std::fs::metadata(&path)
+        .and_then(|metadata| metadata.modified())
+        .map_err(|error| format!("{}: {error}", path.display()))?;
+    report::write(&root, &summary, run)
 }
 
 /// Merges every `target/bench/*.json` the benchmarks wrote into `summary.json`.

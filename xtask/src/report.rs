@@ -9,17 +9,18 @@
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
+use std::time::SystemTime;
 
 use serde_json::Value;
 
 /// Writes the page and its charts under `docs/` from `summary` (the
-/// merged JSON of every benchmark).
-pub(crate) fn write(root: &Path, summary: &Value) -> Result<(), String> {
+/// merged JSON of every benchmark), which was measured at `run`.
+pub(crate) fn write(root: &Path, summary: &Value, run: SystemTime) -> Result<(), String> {
     let docs = root.join("docs");
     let charts = docs.join("benchmarks");
     std::fs::create_dir_all(&charts).map_err(|error| error.to_string())?;
     let mut page = Page::default();
-    page.header();
+    page.header(run);
     page.summary(summary);
     for (name, section) in [
         ("l1", Page::l1 as fn(&mut Page, &Value) -> Option<Chart>),
@@ -64,7 +65,7 @@ impl Page {
         self.text.push('\n');
     }
 
-    fn header(&mut self) {
+    fn header(&mut self, run: SystemTime) {
         self.line("# Benchmarks");
         self.line("");
         self.line(
@@ -75,7 +76,7 @@ impl Page {
              them is in [performance.md](performance.md).",
         );
         self.line("");
-        self.line(format!("- Run: {} (UTC)", now_utc()));
+        self.line(format!("- Run: {} (UTC)", utc(run)));
         self.line(format!("- Machine: {}", machine()));
         self.line(
             "- One run on a machine that may have been busy: compare the ratios, which \
@@ -163,9 +164,9 @@ impl Page {
                     rows.push([
                         "L2 throughput".into(),
                         format!(
-                            "{} at {} tasks: RedisLayer ÷ raw redis crate",
+                            "{}, {}: RedisLayer ÷ raw redis crate",
                             text(&result["op"]),
-                            result["concurrency"]
+                            tasks(&result["concurrency"])
                         ),
                         format!("{ratio:.2}"),
                         format!("≥ {target}"),
@@ -308,7 +309,7 @@ impl Page {
             "ops/s",
         );
         for result in l2["results"].as_array()? {
-            let label = format!("{} at {} tasks", text(&result["op"]), result["concurrency"]);
+            let label = format!("{}, {}", text(&result["op"]), tasks(&result["concurrency"]));
             let layer = result["layer_ops_per_sec"].as_f64()?;
             let raw = result["raw_ops_per_sec"].as_f64()?;
             let benchmark = result["redis_benchmark_ops_per_sec"].as_f64();
@@ -366,7 +367,7 @@ impl Page {
             for result in invalidation[kind].as_array().into_iter().flatten() {
                 self.line(format!(
                     "| {label} | {} | {:.1} |",
-                    result["keyspace"],
+                    thousands(result["keyspace"].as_u64()?),
                     result["ms"].as_f64()?
                 ));
             }
@@ -429,6 +430,27 @@ impl Page {
     }
 }
 
+/// `1 task`, `16 tasks`.
+fn tasks(count: &Value) -> String {
+    match count.as_u64() {
+        Some(1) => "1 task".to_owned(),
+        _ => format!("{count} tasks"),
+    }
+}
+
+/// `1000000` as `1,000,000`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
 fn yes_no(met: bool) -> String {
     if met { "yes" } else { "**no**" }.to_owned()
 }
@@ -440,9 +462,9 @@ fn text(value: &Value) -> String {
         .map_or_else(|| value.to_string(), str::to_owned)
 }
 
-/// The date and time now, `YYYY-MM-DD HH:MM`.
-fn now_utc() -> String {
-    let secs = std::time::SystemTime::now()
+/// `time` as `YYYY-MM-DD HH:MM`, UTC.
+fn utc(time: SystemTime) -> String {
+    let secs = time
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_secs());
     let (days, rest) = (secs / 86_400, secs % 86_400);
@@ -633,11 +655,21 @@ mod tests {
     }
 
     #[test]
+    fn figures_read_as_prose() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(10_000), "10,000");
+        assert_eq!(thousands(1_000_000), "1,000,000");
+        assert_eq!(tasks(&serde_json::json!(1)), "1 task");
+        assert_eq!(tasks(&serde_json::json!(64)), "64 tasks");
+    }
+
+    #[test]
     fn the_date_is_a_civil_date() {
-        let now = now_utc();
-        assert_eq!(now.len(), 16, "{now}");
-        let year: u32 = now[..4].parse().unwrap();
-        assert!(year >= 2024, "{now}");
+        let at = |secs| utc(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+        assert_eq!(at(0), "1970-01-01 00:00");
+        assert_eq!(at(951_782_400), "2000-02-29 00:00");
+        assert_eq!(at(1_795_000_000), "2026-11-18 11:06");
     }
 
     #[test]
