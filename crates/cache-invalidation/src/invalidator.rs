@@ -7,6 +7,7 @@ use cache_core::{Counter, Pattern, Postcard, Serializer};
 use cache_tiered::{Removal, Removed, TieredCache};
 use tracing::Instrument;
 
+use crate::rules::Expansion;
 use crate::{Result, Rules};
 
 /// Invalidates keys with their dependents in every tier of a
@@ -21,6 +22,15 @@ use crate::{Result, Rules};
 /// its [invalidation queue](cache_tiered::TieredCacheBuilder::invalidation_queue),
 /// what a failing tier or backplane missed is retried in the background,
 /// and the report says so ([`Removed::is_deferred`]).
+///
+/// A wildcard dependent goes by a scan of the shared tier for matching
+/// keys (Redis `SCAN`), unless it is written as one of the rules'
+/// [families](crate::RulesBuilder::family) and the cache stamps them
+/// ([`TieredCacheBuilder::key_families`](cache_tiered::TieredCacheBuilder::key_families)
+/// with [`Rules::families`]): then it goes by removing the family's
+/// version, a single key, in the same removal and the same message. On a
+/// cache that does not stamp the rules' families, every wildcard dependent
+/// is scanned (and [`new`](Self::new) logs a warning).
 ///
 /// ```
 /// use std::time::Duration;
@@ -69,8 +79,13 @@ impl<S: Serializer> Clone for Invalidator<S> {
 struct Inner<S: Serializer> {
     cache: TieredCache<S>,
     rules: Rules,
+    /// Whether the cache stamps the rules' families: only then may a
+    /// dependent go by its family's version.
+    families: bool,
     invalidations: Counter,
     patterns: Counter,
+    by_family: Counter,
+    scans: Counter,
 }
 
 impl<S: Serializer> fmt::Debug for Invalidator<S> {
@@ -78,6 +93,7 @@ impl<S: Serializer> fmt::Debug for Invalidator<S> {
         f.debug_struct("Invalidator")
             .field("cache", &self.inner.cache)
             .field("rules", &self.inner.rules)
+            .field("families", &self.inner.families)
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +109,12 @@ pub struct InvalidatorStats {
     pub invalidations: u64,
     /// Keys, patterns and tags those calls removed (dependents included).
     pub patterns: u64,
+    /// Wildcard dependents removed by removing their family's version
+    /// (one key each, no scan).
+    pub by_family: u64,
+    /// Wildcard patterns removed by scanning the tiers for matching keys
+    /// (dependents not written as a family, and [`Invalidator::invalidate`]).
+    pub scans: u64,
 }
 
 /// What one invalidation removed.
@@ -101,6 +123,9 @@ pub struct InvalidatorStats {
 pub struct Invalidated {
     /// The key (or pattern) itself, then its dependents.
     pub patterns: Vec<Pattern>,
+    /// The dependents (among `patterns`) that went by removing their
+    /// family's version instead of a scan.
+    pub by_family: Vec<Pattern>,
     /// What the cache did: per tier, whether the other instances were
     /// told, and whether what did not land was
     /// [deferred](Removed::is_deferred).
@@ -110,15 +135,41 @@ pub struct Invalidated {
 impl<S: Serializer> Invalidator<S> {
     /// Applies `rules` to `cache`. Keep one per cache for the life of the
     /// process (it is cheap to clone).
+    ///
+    /// The rules' families are used only if the cache stamps them (it was
+    /// built with [`Rules::families`] of the same declarations): a family
+    /// whose values are not stamped would leave them in place.
     pub fn new(cache: TieredCache<S>, rules: Rules) -> Self {
+        let families = rules.families();
+        let stamped = !families.is_empty()
+            && cache
+                .key_families()
+                .is_some_and(|installed| families.same_as(&**installed));
+        if !families.is_empty() && !stamped {
+            tracing::warn!(
+                ?families,
+                "the cache does not stamp these rules' key families \
+                 (TieredCacheBuilder::key_families(rules.families())): \
+                 their dependents are scanned instead"
+            );
+        }
         Invalidator {
             inner: Arc::new(Inner {
                 cache,
                 rules,
+                families: stamped,
                 invalidations: Counter::default(),
                 patterns: Counter::default(),
+                by_family: Counter::default(),
+                scans: Counter::default(),
             }),
         }
+    }
+
+    /// Whether wildcard dependents written as a family go by it (the cache
+    /// stamps the rules' families), rather than by a scan.
+    pub fn uses_families(&self) -> bool {
+        self.inner.families
     }
 
     /// Removes `key` and every key that depends on it (by the rules) from
@@ -129,15 +180,19 @@ impl<S: Serializer> Invalidator<S> {
     /// their limit of patterns; and as the cache's removal fails (a tier
     /// that fails closed).
     pub async fn invalidate_key(&self, key: &str) -> Result<Invalidated> {
-        let patterns = self.inner.rules.expand(key)?;
-        self.remove(patterns).await
+        let expansion = self.inner.rules.expansion(key)?;
+        self.remove(expansion).await
     }
 
     /// Removes every key matching `pattern` from every tier, and tells the
     /// other instances. Rules are not applied: they follow keys, and a
     /// pattern names no key.
     pub async fn invalidate(&self, pattern: &Pattern) -> Result<Invalidated> {
-        self.remove(vec![pattern.clone()]).await
+        let expansion = Expansion {
+            patterns: vec![pattern.clone()],
+            by_family: vec![false],
+        };
+        self.remove(expansion).await
     }
 
     /// Makes every value tagged with `tag` a miss, on every instance:
@@ -157,11 +212,34 @@ impl<S: Serializer> Invalidator<S> {
         InvalidatorStats {
             invalidations: self.inner.invalidations.get(),
             patterns: self.inner.patterns.get(),
+            by_family: self.inner.by_family.get(),
+            scans: self.inner.scans.get(),
         }
     }
 
-    async fn remove(&self, patterns: Vec<Pattern>) -> Result<Invalidated> {
+    async fn remove(&self, expansion: Expansion) -> Result<Invalidated> {
+        let Expansion {
+            patterns,
+            by_family,
+        } = expansion;
         self.count(patterns.len());
+        // What the cache removes: keys and scanned patterns as they are, a
+        // family by its version (named by the family's pattern).
+        let cache = &self.inner.cache;
+        let mut targets = Vec::with_capacity(patterns.len());
+        let mut families = Vec::new();
+        for (pattern, family) in patterns.iter().zip(by_family) {
+            if family && self.inner.families {
+                targets.push(Pattern::exact(&cache.tag_key(pattern.as_str())));
+                families.push(pattern.clone());
+            } else {
+                if pattern.literal().is_none() {
+                    self.inner.scans.incr();
+                }
+                targets.push(pattern.clone());
+            }
+        }
+        self.inner.by_family.add(families.len() as u64);
         // Patterns are not recorded: built from keys, they hold user data.
         let span = tracing::debug_span!(
             "cache.invalidate",
@@ -171,11 +249,15 @@ impl<S: Serializer> Invalidator<S> {
         let report = self
             .inner
             .cache
-            .remove(Removal::patterns(&patterns))
+            .remove(Removal::patterns(&targets))
             .instrument(span.clone())
             .await?;
         span.record("removed", report.removed);
-        Ok(Invalidated { patterns, report })
+        Ok(Invalidated {
+            patterns,
+            by_family: families,
+            report,
+        })
     }
 
     fn count(&self, patterns: usize) {
