@@ -138,7 +138,10 @@ impl Family {
             ));
         };
         let name = &hole.name;
-        if let Some(c) = prefix.chars().find(|&c| matches!(c, '*' | '?' | '[' | '\\')) {
+        if let Some(c) = prefix
+            .chars()
+            .find(|&c| matches!(c, '*' | '?' | '[' | '\\'))
+        {
             return Err(format!(
                 "the text before `{{{name}}}` must be literal, without `{c}`: \
                  it is how a key is recognized as the family's"
@@ -166,7 +169,8 @@ impl Family {
             let fix = match first {
                 b':' => format!("for example `{{{name}:no-colon}}`"),
                 _ if first.is_ascii_digit() => {
-                    "no constraint can when it is a digit: put a separator after the hole".to_owned()
+                    "no constraint can when it is a digit: put a separator after the hole"
+                        .to_owned()
                 }
                 _ if first.is_ascii_alphabetic() || first == b'_' || first == b'-' => {
                     format!("for example `{{{name}:digits}}`")
@@ -247,7 +251,11 @@ mod tests {
         assert_eq!(pages.id_of("reviews:offer:a*b:page:0"), Some("a*b"));
         assert_eq!(pages.id_of("reviews:offer:42:"), Some("42"));
         assert_eq!(pages.id_of("reviews:offer:42"), None, "no `:` after the id");
-        assert_eq!(pages.id_of("reviews:offer::page:0"), None, "ids are never empty");
+        assert_eq!(
+            pages.id_of("reviews:offer::page:0"),
+            None,
+            "ids are never empty"
+        );
         assert_eq!(pages.id_of("reviews:author:42:page:0"), None);
         assert_eq!(pages.name("42"), "reviews:offer:42:*");
         assert_eq!(pages.name("a*b"), r"reviews:offer:a\*b:*");

@@ -307,8 +307,7 @@ impl RulesBuilder {
                 .map_err(|reason| invalid(trigger_source, reason))?;
             let mut dependents = Vec::with_capacity(dependent_sources.len());
             for source in dependent_sources {
-                let template =
-                    Template::parse(source).map_err(|reason| invalid(source, reason))?;
+                let template = Template::parse(source).map_err(|reason| invalid(source, reason))?;
                 for hole in template.holes() {
                     let Some(own) = trigger.hole(&hole.name) else {
                         return Err(invalid(
@@ -497,7 +496,10 @@ mod tests {
             .family("reviews:offer:{id:no-colon}:*")
             .build()
             .unwrap();
-        assert_eq!(expand(&rules, "reviews:offer:1"), ["reviews:offer:1", "reviews:offer:1:*"]);
+        assert_eq!(
+            expand(&rules, "reviews:offer:1"),
+            ["reviews:offer:1", "reviews:offer:1:*"]
+        );
         // `1:2` is no offer id: the key itself goes, and nothing of offer 1.
         assert_eq!(expand(&rules, "reviews:offer:1:2"), ["reviews:offer:1:2"]);
         assert_eq!(

@@ -253,10 +253,14 @@ impl Template {
                 _ => None,
             }
         }
-        let mut holes = self.parts.iter().enumerate().filter_map(|(i, part)| match part {
-            Part::Hole(hole) => Some((i, hole)),
-            Part::Literal(_) => None,
-        });
+        let mut holes = self
+            .parts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, part)| match part {
+                Part::Hole(hole) => Some((i, hole)),
+                Part::Literal(_) => None,
+            });
         let (at, hole) = holes.next()?;
         if holes.next().is_some() {
             return None;
@@ -553,10 +557,20 @@ mod tests {
             captures("reviews:offer:{id:no-colon}", "reviews:offer:a*[b]"),
             pairs(&[("id", "a*[b]")])
         );
-        assert_eq!(captures("offer:{id:digits}", "offer:12"), pairs(&[("id", "12")]));
+        assert_eq!(
+            captures("offer:{id:digits}", "offer:12"),
+            pairs(&[("id", "12")])
+        );
         assert_eq!(captures("offer:{id:digits}", "offer:1*"), None);
-        assert_eq!(captures("offer:{id:digits}", "offer:١"), None, "ASCII digits only");
-        assert_eq!(captures("u:{id:word}", "u:ab_c-9"), pairs(&[("id", "ab_c-9")]));
+        assert_eq!(
+            captures("offer:{id:digits}", "offer:١"),
+            None,
+            "ASCII digits only"
+        );
+        assert_eq!(
+            captures("u:{id:word}", "u:ab_c-9"),
+            pairs(&[("id", "ab_c-9")])
+        );
         assert_eq!(captures("u:{id:word}", "u:a.b"), None);
         // Unconstrained, the first hole takes the shortest text; constrained,
         // it cannot take the `:` and the split moves on.
@@ -564,7 +578,10 @@ mod tests {
             captures("a:{x}:{y}", "a:1:2:3"),
             pairs(&[("x", "1"), ("y", "2:3")])
         );
-        assert_eq!(captures("a:{x}:{y:no-colon}", "a:1:2:3"), pairs(&[("x", "1:2"), ("y", "3")]));
+        assert_eq!(
+            captures("a:{x}:{y:no-colon}", "a:1:2:3"),
+            pairs(&[("x", "1:2"), ("y", "3")])
+        );
         assert_eq!(captures("a:{x:digits}:{y}", "a:b:2"), None);
     }
 

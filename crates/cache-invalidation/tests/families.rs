@@ -126,7 +126,11 @@ async fn a_new_review_misses_every_page_rating_and_stats_of_its_offer_on_both_in
     // a loads everything; b reads it through its L1 (values and versions).
     for key in keys_42.iter().chain(&keys_43) {
         assert_eq!(read(&a, key, "v1").await, "v1");
-        assert_eq!(read(&b, key, "never loaded").await, "v1", "{key} from Redis");
+        assert_eq!(
+            read(&b, key, "never loaded").await,
+            "v1",
+            "{key} from Redis"
+        );
         assert!(b.l1.get(&ctx::read(), key).await.unwrap().is_some());
     }
     let version = b.cache.tag_key("reviews:offer:42:*");
@@ -141,7 +145,11 @@ async fn a_new_review_misses_every_page_rating_and_stats_of_its_offer_on_both_in
     assert!(invalidated.report.is_complete(), "{}", invalidated.report);
     let by_family: Vec<&str> = invalidated.by_family.iter().map(|p| p.as_str()).collect();
     assert_eq!(by_family, ["reviews:offer:42:*"]);
-    assert_eq!(scans(&server), 0, "no SCAN: the family's version went instead");
+    assert_eq!(
+        scans(&server),
+        0,
+        "no SCAN: the family's version went instead"
+    );
     let stats = a.invalidator.stats();
     assert_eq!((stats.by_family, stats.scans), (1, 0));
 
@@ -153,7 +161,11 @@ async fn a_new_review_misses_every_page_rating_and_stats_of_its_offer_on_both_in
     assert!(b.l1.get(&ctx::read(), &version).await.unwrap().is_none());
     for instance in [&a, &b] {
         for key in &keys_42 {
-            assert_eq!(instance.cache.get::<String>(key).await.unwrap(), None, "{key}");
+            assert_eq!(
+                instance.cache.get::<String>(key).await.unwrap(),
+                None,
+                "{key}"
+            );
         }
         for key in &keys_43 {
             assert_eq!(
@@ -163,10 +175,13 @@ async fn a_new_review_misses_every_page_rating_and_stats_of_its_offer_on_both_in
             );
         }
     }
-    // The next reads load the new data, and keep it.
+    // The next reads load the new data, never the old. (Whether a then
+    // finds b's value in Redis or loads its own depends on timing: a fill
+    // that began within the clock's uncertainty of the removal of the
+    // stale copy is refused by Redis's removal markers.)
     for key in &keys_42 {
-        assert_eq!(read(&b, key, "v2").await, "v2");
-        assert_eq!(read(&a, key, "not again").await, "v2");
+        assert_eq!(read(&b, key, "v2").await, "v2", "{key}");
+        assert_eq!(read(&a, key, "v2").await, "v2", "{key}");
     }
     assert_eq!(scans(&server), 0);
 
@@ -187,7 +202,11 @@ async fn a_new_review_misses_every_page_rating_and_stats_of_its_offer_on_both_in
     .await;
     for instance in [&a, &b, &c] {
         for key in &keys_43 {
-            assert_eq!(instance.cache.get::<String>(key).await.unwrap(), None, "{key}");
+            assert_eq!(
+                instance.cache.get::<String>(key).await.unwrap(),
+                None,
+                "{key}"
+            );
         }
     }
 }
@@ -231,8 +250,7 @@ async fn ids_that_cannot_hold_a_colon_keep_keys_with_colons_and_stars_apart() {
     };
     load_all().await;
     server.cli(&["CONFIG", "RESETSTAT"]);
-    let mut messages = 0;
-    for (offer, expected_left) in [
+    for (messages, (offer, expected_left)) in (1..).zip([
         // `1:2` is no offer id: the key itself goes, nothing of offer 1.
         ("reviews:offer:1:2", &keys[..]),
         // `*` is an id, matched as itself: nothing else goes.
@@ -240,16 +258,23 @@ async fn ids_that_cannot_hold_a_colon_keep_keys_with_colons_and_stars_apart() {
         ("reviews:offer:1*", &keys[..3]),
         // Offer 1: both its pages, not offer 12's.
         ("reviews:offer:1", &keys[2..3]),
-    ] {
+    ]) {
         let invalidated = b.invalidator.invalidate_key(offer).await.unwrap();
         assert!(invalidated.report.is_complete(), "{}", invalidated.report);
-        messages += 1;
         eventually("a to apply b's message", || {
             a.cache.stats().backplane.received == messages
         })
         .await;
-        assert_eq!(left(&a).await, expected_left, "after invalidating {offer} (a)");
-        assert_eq!(left(&b).await, expected_left, "after invalidating {offer} (b)");
+        assert_eq!(
+            left(&a).await,
+            expected_left,
+            "after invalidating {offer} (a)"
+        );
+        assert_eq!(
+            left(&b).await,
+            expected_left,
+            "after invalidating {offer} (b)"
+        );
     }
     assert_eq!(scans(&server), 0);
     let patterns: Vec<String> = b

@@ -127,8 +127,8 @@ pub use memory_lock::MemoryLoadLock;
 pub use observe::{Health, Status, TierHealth};
 pub use policy::TtlPolicy;
 pub use remove::{Broadcast, Removal, Removed, TierRemoved};
-pub use tags::KeyFamilies;
 pub use stats::{BackplaneStats, FleetStats, QueueStats, TierLatency, TierStats, TieredStats};
+pub use tags::KeyFamilies;
 pub use tier::Tier;
 /// The token that cancels a warm-up ([`CacheWarmer::cancel_on`]),
 /// re-exported from `tokio-util`.

@@ -75,10 +75,7 @@ async fn every_write_path_stamps_the_keys_families() {
     let loader = |key: &'static str| move || async move { Ok::<_, std::io::Error>(value(key)) };
     for id in ["1", "2"] {
         let key = |path: &str| format!("page:{id}:{path}");
-        cache
-            .set(&key("set"), &value("x"), TTL)
-            .await
-            .unwrap();
+        cache.set(&key("set"), &value("x"), TTL).await.unwrap();
         let many = [(key("set_many").as_str().to_owned(), value("x"))];
         let many: Vec<(&str, String)> = many.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         for written in cache.set_many(&many, TTL).await {
@@ -88,7 +85,12 @@ async fn every_write_path_stamps_the_keys_families() {
             .set_tagged(&key("set_tagged"), &value("x"), &["other"], TTL)
             .await
             .unwrap();
-        cache.entry(&key("entry_set")).ttl(TTL).set(&value("x")).await.unwrap();
+        cache
+            .entry(&key("entry_set"))
+            .ttl(TTL)
+            .set(&value("x"))
+            .await
+            .unwrap();
         let computed: String = cache
             .get_or_compute(&key("get_or_compute"), TTL, loader("x"))
             .await
@@ -103,13 +105,20 @@ async fn every_write_path_stamps_the_keys_families() {
         assert_eq!(computed, value("x"));
         let batch_key = key("batch");
         let batch = cache
-            .get_or_compute_many(&[batch_key.as_str()], TTL, |missing: Vec<String>| async move {
-                let found: HashMap<String, String> =
-                    missing.into_iter().map(|k| (k, value("x"))).collect();
-                Ok::<_, std::io::Error>(found)
-            })
+            .get_or_compute_many(
+                &[batch_key.as_str()],
+                TTL,
+                |missing: Vec<String>| async move {
+                    let found: HashMap<String, String> =
+                        missing.into_iter().map(|k| (k, value("x"))).collect();
+                    Ok::<_, std::io::Error>(found)
+                },
+            )
             .await;
-        assert_eq!(batch[0].as_ref().unwrap().as_deref(), Some(value("x").as_str()));
+        assert_eq!(
+            batch[0].as_ref().unwrap().as_deref(),
+            Some(value("x").as_str())
+        );
         let summary = cache
             .warmer()
             .keys([key("warm")], |_key: String| async {
@@ -131,15 +140,25 @@ async fn every_write_path_stamps_the_keys_families() {
         "warm",
     ];
     for path in paths {
-        assert!(cached(&cache, &format!("page:1:{path}")).await.is_some(), "{path}");
+        assert!(
+            cached(&cache, &format!("page:1:{path}")).await.is_some(),
+            "{path}"
+        );
     }
 
     // One removal: the family's version.
     let removed = cache.invalidate_tag("page:1").await.unwrap();
     assert!(removed.is_complete(), "{removed}");
     for path in paths {
-        assert_eq!(cached(&cache, &format!("page:1:{path}")).await, None, "{path}");
-        assert!(cached(&cache, &format!("page:2:{path}")).await.is_some(), "{path}");
+        assert_eq!(
+            cached(&cache, &format!("page:1:{path}")).await,
+            None,
+            "{path}"
+        );
+        assert!(
+            cached(&cache, &format!("page:2:{path}")).await.is_some(),
+            "{path}"
+        );
     }
     // The tags a caller gave still count on their own.
     cache.invalidate_tag("other").await.unwrap();
@@ -178,8 +197,18 @@ async fn reads_and_keys_in_no_family_cost_no_family_lookup_on_read() {
     assert_eq!(pages.calls.load(Ordering::SeqCst), 2, "one call per write");
     // The family's version is an ordinary key, in L1 too; the plain value
     // carries no stamp.
-    assert!(l1.get(&ctx::read(), &cache.tag_key("page:3")).await.unwrap().is_some());
-    assert!(l1.get(&ctx::read(), &cache.tag_key("rating")).await.unwrap().is_none());
+    assert!(
+        l1.get(&ctx::read(), &cache.tag_key("page:3"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        l1.get(&ctx::read(), &cache.tag_key("rating"))
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     for _ in 0..10 {
         assert!(cached(&cache, "page:3:a").await.is_some());
