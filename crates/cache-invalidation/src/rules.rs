@@ -255,13 +255,13 @@ impl RulesBuilder {
     /// let invalidator = Invalidator::new(cache.clone(), rules);
     ///
     /// let ttl = Duration::from_secs(300);
-    /// cache.set("reviews:offer:7:page:0:limit:10", &vec!["great"], ttl).await?;
-    /// cache.set("reviews:offer:8:page:0:limit:10", &vec!["fine"], ttl).await?;
+    /// cache.set("reviews:offer:7:page:0:limit:10", &"great".to_owned(), ttl).await?;
+    /// cache.set("reviews:offer:8:page:0:limit:10", &"fine".to_owned(), ttl).await?;
     ///
     /// let invalidated = invalidator.invalidate_key("reviews:offer:7").await?;
     /// assert_eq!(invalidated.by_family.len(), 1); // no scan
-    /// assert_eq!(cache.get::<Vec<String>>("reviews:offer:7:page:0:limit:10").await?, None);
-    /// assert!(cache.get::<Vec<String>>("reviews:offer:8:page:0:limit:10").await?.is_some());
+    /// assert_eq!(cache.get::<String>("reviews:offer:7:page:0:limit:10").await?, None);
+    /// assert!(cache.get::<String>("reviews:offer:8:page:0:limit:10").await?.is_some());
     /// # Ok(())
     /// # }
     /// ```

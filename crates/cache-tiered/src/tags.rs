@@ -93,15 +93,15 @@ use crate::{Removed, Result, TieredCache};
 ///     .key_families(ReviewPages)
 ///     .build()?;
 /// let ttl = Duration::from_secs(300);
-/// cache.set("reviews:offer:7:page:0", &vec!["great"], ttl).await?;
-/// cache.set("reviews:offer:7:page:1", &vec!["meh"], ttl).await?;
-/// cache.set("reviews:offer:8:page:0", &vec!["fine"], ttl).await?;
+/// cache.set("reviews:offer:7:page:0", &"great".to_owned(), ttl).await?;
+/// cache.set("reviews:offer:7:page:1", &"meh".to_owned(), ttl).await?;
+/// cache.set("reviews:offer:8:page:0", &"fine".to_owned(), ttl).await?;
 ///
 /// // One removal, however many pages there are.
 /// cache.invalidate_tag("reviews:offer:7").await?;
-/// assert_eq!(cache.get::<Vec<String>>("reviews:offer:7:page:0").await?, None);
-/// assert_eq!(cache.get::<Vec<String>>("reviews:offer:7:page:1").await?, None);
-/// assert!(cache.get::<Vec<String>>("reviews:offer:8:page:0").await?.is_some());
+/// assert_eq!(cache.get::<String>("reviews:offer:7:page:0").await?, None);
+/// assert_eq!(cache.get::<String>("reviews:offer:7:page:1").await?, None);
+/// assert!(cache.get::<String>("reviews:offer:8:page:0").await?.is_some());
 /// # Ok(())
 /// # }
 /// ```
