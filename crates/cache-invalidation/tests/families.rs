@@ -287,3 +287,46 @@ async fn ids_that_cannot_hold_a_colon_keep_keys_with_colons_and_stars_apart() {
         .collect();
     assert_eq!(patterns, ["reviews:offer:1:2"]);
 }
+
+/// What an invalidation costs by family and by scan among `keys` other keys
+/// in Redis: a measurement, not a check (`--ignored`), for
+/// `docs/invalidation.md`. Set `FAMILY_SCALE_KEYS` (default 1,000,000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+async fn measure_family_and_scan_at_scale() {
+    let keys: u64 = std::env::var("FAMILY_SCALE_KEYS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000_000);
+    let server = RedisServer::start_with(&["--enable-debug-command", "yes"]);
+    server.cli(&["DEBUG", "POPULATE", &keys.to_string(), "other:", "16"]);
+    let rules = offers_rules();
+    let a = instance(&server, &rules, true).await;
+    let c = instance(&server, &rules, false).await;
+    let pages = 1_000;
+    for (instance, offer) in [(&a, 42), (&c, 43)] {
+        for page in 0..pages {
+            let key = format!("reviews:offer:{offer}:page:{page}:limit:10");
+            read(instance, &key, "v1").await;
+        }
+        server.cli(&["CONFIG", "RESETSTAT"]);
+        let started = Instant::now();
+        let invalidated = instance
+            .invalidator
+            .invalidate_key(&format!("reviews:offer:{offer}"))
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        let how = if invalidated.by_family.is_empty() {
+            "by scan"
+        } else {
+            "by family"
+        };
+        println!(
+            "{pages} pages among {keys} keys, {how}: {took:?}, {} SCAN calls",
+            scans(&server)
+        );
+        let first = format!("reviews:offer:{offer}:page:0:limit:10");
+        assert_eq!(a.cache.get::<String>(&first).await.unwrap(), None);
+    }
+}
