@@ -55,7 +55,10 @@ impl<S: Serializer> TieredCache<S> {
 
     /// Stores several values for `ttl`, with one call per tier. One result
     /// per value, in order. With a backplane, one message names every key
-    /// written (see [`set`](Self::set)).
+    /// written (see [`set`](Self::set)). The versions of the keys'
+    /// [families](crate::TieredCacheBuilder::key_families) are read
+    /// together; if that fails (a tier that fails closed), the keys in a
+    /// family get the error and are not written, the others are.
     pub async fn set_many<T>(&self, items: &[(&str, T)], ttl: Duration) -> Vec<Result<()>>
     where
         T: Serialize + 'static,
