@@ -7,6 +7,11 @@
 //!   then 1,000,000: SCAN walks the whole keyspace, so the time grows with
 //!   it. The other keys are made by `DEBUG POPULATE` (fast, and never
 //!   matching the pattern).
+//! - `family`: the same 1,000 pages written through a `TieredCache` over
+//!   that Redis with the rules' key family installed
+//!   (`reviews:offer:{id:digits}:*`), removed by
+//!   `Invalidator::invalidate_key("reviews:offer:42")`: one version key
+//!   (and the trigger key) removed, however large the keyspace.
 //! - `queue`: 10,000 keys queued on an `Invalidator`'s priority queue and
 //!   flushed, over an in-process L1 (the queue's own cost) and over L1 +
 //!   a local Redis (each invalidation a round trip and a backplane
@@ -96,9 +101,61 @@ async fn scan() -> Vec<serde_json::Value> {
         }
         let ms = median(samples);
         println!("scan: {FAMILY} keys among {keys}: {ms:.1} ms");
-        results.push(json!({ "keyspace": keys, "removed": FAMILY, "ms": ms }));
+        let family = family(&server).await;
+        println!("family: {FAMILY} keys among {keys}: {family:.2} ms");
+        results.push(
+            json!({ "keyspace": keys, "removed": FAMILY, "scan_ms": ms, "family_ms": family }),
+        );
     }
     results
+}
+
+/// Milliseconds per invalidation of the family's pages by its version,
+/// over the Redis of `server`.
+async fn family(server: &RedisServer) -> f64 {
+    let rules = Rules::builder()
+        .rule("reviews:offer:{id:digits}", ["reviews:offer:{id}:*"])
+        .family("reviews:offer:{id:digits}:*")
+        .build()
+        .expect("rules");
+    let layer = RedisLayer::builder(server.url())
+        .namespace(NAMESPACE)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .await
+        .expect("layer");
+    let cache = TieredCache::builder()
+        .layer(layer)
+        .key_families(rules.families())
+        .build()
+        .expect("cache");
+    let invalidator = Invalidator::new(cache.clone(), rules);
+    assert!(invalidator.uses_families());
+    let ttl = Duration::from_secs(600);
+    let mut samples = Vec::new();
+    for _ in 0..ROUNDS {
+        for page in 0..FAMILY {
+            let key = format!("reviews:offer:42:page:{page}:limit:10");
+            cache
+                .set(&key, &"a page of reviews", ttl)
+                .await
+                .expect("set");
+        }
+        let started = Instant::now();
+        let invalidated = invalidator
+            .invalidate_key("reviews:offer:42")
+            .await
+            .expect("invalidate");
+        samples.push(started.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(invalidated.by_family.len(), 1);
+        let page = cache
+            .get::<String>("reviews:offer:42:page:7:limit:10")
+            .await
+            .expect("get");
+        assert_eq!(page, None, "a page outlived its family's invalidation");
+    }
+    assert_eq!(invalidator.stats().scans, 0);
+    median(samples)
 }
 
 /// Invalidations per second through the priority queue over `cache`.
@@ -174,12 +231,14 @@ fn main() {
         .build()
         .expect("a runtime");
     let (scan, queue) = runtime.block_on(async { (scan().await, queue().await) });
-    let growth =
-        scan[1]["ms"].as_f64().unwrap_or(f64::NAN) / scan[0]["ms"].as_f64().unwrap_or(f64::NAN);
+    let growth = |kind: &str| {
+        scan[1][kind].as_f64().unwrap_or(f64::NAN) / scan[0][kind].as_f64().unwrap_or(f64::NAN)
+    };
     let report = json!({
         "what": "removing one offer's 1,000 page keys as the keyspace grows; the priority queue's drain rate",
-        "scan": scan,
-        "scan_1m_over_10k": growth,
+        "removal": scan,
+        "scan_1m_over_10k": growth("scan_ms"),
+        "family_1m_over_10k": growth("family_ms"),
         "queue": queue,
         "rounds": ROUNDS,
     });

@@ -4,8 +4,12 @@ use std::sync::Arc;
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A rule's template does not parse, or a dependent uses a hole its
-    /// trigger does not have.
+    /// A rule's or a family's template does not parse or contradicts
+    /// another declaration: a dependent uses a hole its trigger does not
+    /// have, or constrains it otherwise; a family has not exactly one
+    /// hole, leaves its id ambiguous (the reason says which constraint to
+    /// add), is declared twice, or cannot take the ids a rule gives it.
+    /// The reason says what to change.
     #[error("rule template {template:?}: {reason}")]
     Template {
         /// The template as written.

@@ -8,6 +8,7 @@ use cache_tiered::{Removal, Removed, TieredCache};
 use tracing::Instrument;
 
 use crate::queue::{Job, Queue};
+use crate::rules::Expansion;
 use crate::{Error, Priority, PriorityQueue, Result, Rules};
 
 /// The capacity of a priority queue that
@@ -26,6 +27,15 @@ const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
 /// its [invalidation queue](cache_tiered::TieredCacheBuilder::invalidation_queue),
 /// what a failing tier or backplane missed is retried in the background,
 /// and the report says so ([`Removed::is_deferred`]).
+///
+/// A wildcard dependent goes by a scan of the shared tier for matching
+/// keys (Redis `SCAN`), unless it is written as one of the rules'
+/// [families](crate::RulesBuilder::family) and the cache stamps them
+/// ([`TieredCacheBuilder::key_families`](cache_tiered::TieredCacheBuilder::key_families)
+/// with [`Rules::families`]): then it goes by removing the family's
+/// version, a single key, in the same removal and the same message. On a
+/// cache that does not stamp the rules' families, every wildcard dependent
+/// is scanned (and [`new`](Self::new) logs a warning).
 ///
 /// ```
 /// use std::time::Duration;
@@ -74,13 +84,52 @@ impl<S: Serializer> Clone for Invalidator<S> {
 struct Inner<S: Serializer> {
     cache: TieredCache<S>,
     rules: Rules,
+    /// Whether the cache stamps the rules' families: only then may a
+    /// dependent go by its family's version.
+    families: bool,
     invalidations: Counter,
     patterns: Counter,
+    by_family: Counter,
+    scans: Counter,
     /// The priority queue, if built with one; its worker holds only a
     /// `Weak` on this, so that dropping the last handle ends it.
     queue: Option<PriorityQueue>,
     /// Whether a key's dependents go to the queue rather than inline.
     defer_dependents: bool,
+}
+
+impl<S: Serializer> Inner<S> {
+    fn new(
+        cache: TieredCache<S>,
+        rules: Rules,
+        queue: Option<PriorityQueue>,
+        defer_dependents: bool,
+    ) -> Self {
+        let families = rules.families();
+        let stamped = !families.is_empty()
+            && cache
+                .key_families()
+                .is_some_and(|installed| families.same_as(&**installed));
+        if !families.is_empty() && !stamped {
+            tracing::warn!(
+                ?families,
+                "the cache does not stamp these rules' key families \
+                 (TieredCacheBuilder::key_families(rules.families())): \
+                 their dependents are scanned instead"
+            );
+        }
+        Inner {
+            cache,
+            rules,
+            families: stamped,
+            invalidations: Counter::default(),
+            patterns: Counter::default(),
+            by_family: Counter::default(),
+            scans: Counter::default(),
+            queue,
+            defer_dependents,
+        }
+    }
 }
 
 impl<S: Serializer> Drop for Inner<S> {
@@ -159,14 +208,12 @@ impl<S: Serializer> InvalidatorBuilder<S> {
         let queue = self.queue.map(|capacity| PriorityQueue {
             queue: Arc::new(Queue::new(capacity)),
         });
-        let inner = Arc::new(Inner {
-            cache: self.cache,
-            rules: self.rules,
-            invalidations: Counter::default(),
-            patterns: Counter::default(),
-            queue: queue.clone(),
-            defer_dependents: self.defer_dependents,
-        });
+        let inner = Arc::new(Inner::new(
+            self.cache,
+            self.rules,
+            queue.clone(),
+            self.defer_dependents,
+        ));
         if let (Some(queue), Some(runtime)) = (queue, runtime) {
             runtime.spawn(work(Arc::downgrade(&inner), queue.queue));
         }
@@ -186,6 +233,13 @@ async fn work<S: Serializer>(invalidator: Weak<Inner<S>>, queue: Arc<Queue>) {
         let applied = match &waiting.job {
             Job::Key(key) => invalidator.invalidate_key(key).await.map(drop),
             Job::Pattern(pattern) => invalidator.invalidate(pattern).await.map(drop),
+            Job::Family(family) => invalidator
+                .remove(Expansion {
+                    patterns: vec![family.clone()],
+                    by_family: vec![true],
+                })
+                .await
+                .map(drop),
         };
         if let Err(error) = &applied {
             tracing::warn!(
@@ -203,6 +257,7 @@ impl<S: Serializer> fmt::Debug for Invalidator<S> {
         f.debug_struct("Invalidator")
             .field("cache", &self.inner.cache)
             .field("rules", &self.inner.rules)
+            .field("families", &self.inner.families)
             .finish_non_exhaustive()
     }
 }
@@ -218,6 +273,12 @@ pub struct InvalidatorStats {
     pub invalidations: u64,
     /// Keys, patterns and tags those calls removed (dependents included).
     pub patterns: u64,
+    /// Wildcard dependents removed by removing their family's version
+    /// (one key each, no scan).
+    pub by_family: u64,
+    /// Wildcard patterns removed by scanning the tiers for matching keys
+    /// (dependents not written as a family, and [`Invalidator::invalidate`]).
+    pub scans: u64,
 }
 
 /// What one invalidation removed.
@@ -226,6 +287,9 @@ pub struct InvalidatorStats {
 pub struct Invalidated {
     /// The key (or pattern) itself, then its dependents: what was removed.
     pub patterns: Vec<Pattern>,
+    /// The dependents (among `patterns`) that went by removing their
+    /// family's version instead of a scan.
+    pub by_family: Vec<Pattern>,
     /// Dependents handed to the [`PriorityQueue`] at [`Priority::Low`]
     /// rather than removed ([`InvalidatorBuilder::defer_dependents`]);
     /// those the queue dropped, full, are not here.
@@ -239,16 +303,13 @@ pub struct Invalidated {
 impl<S: Serializer> Invalidator<S> {
     /// Applies `rules` to `cache`. Keep one per cache for the life of the
     /// process (it is cheap to clone).
+    ///
+    /// The rules' families are used only if the cache stamps them (it was
+    /// built with [`Rules::families`] of the same declarations): a family
+    /// whose values are not stamped would leave them in place.
     pub fn new(cache: TieredCache<S>, rules: Rules) -> Self {
         Invalidator {
-            inner: Arc::new(Inner {
-                cache,
-                rules,
-                invalidations: Counter::default(),
-                patterns: Counter::default(),
-                queue: None,
-                defer_dependents: false,
-            }),
+            inner: Arc::new(Inner::new(cache, rules, None, false)),
         }
     }
 
@@ -291,6 +352,12 @@ impl<S: Serializer> Invalidator<S> {
         self.inner.queue.as_ref()
     }
 
+    /// Whether wildcard dependents written as a family go by it (the cache
+    /// stamps the rules' families), rather than by a scan.
+    pub fn uses_families(&self) -> bool {
+        self.inner.families
+    }
+
     /// Removes `key` and every key that depends on it (by the rules) from
     /// every tier, as one removal (see [`TieredCache::remove`]); with a
     /// backplane, one message tells the other instances.
@@ -301,25 +368,26 @@ impl<S: Serializer> Invalidator<S> {
     ///
     /// With [`InvalidatorBuilder::defer_dependents`], only the key goes
     /// inline; its dependents are queued at [`Priority::Low`]
-    /// ([`Invalidated::queued`]).
+    /// ([`Invalidated::queued`]), a family still by its version.
     pub async fn invalidate_key(&self, key: &str) -> Result<Invalidated> {
-        let mut patterns = self.inner.rules.expand(key)?;
+        let mut expansion = self.inner.rules.expansion(key)?;
         let queue = match &self.inner.queue {
-            Some(queue) if self.inner.defer_dependents && patterns.len() > 1 => queue,
-            _ => return self.remove(patterns).await,
+            Some(queue) if self.inner.defer_dependents && expansion.patterns.len() > 1 => queue,
+            _ => return self.remove(expansion).await,
         };
         // The key first (the expansion starts with it), then the rest.
-        let dependents = patterns.split_off(1);
-        let mut invalidated = self.remove(patterns).await?;
-        invalidated.queued = dependents
-            .into_iter()
-            .filter(|pattern| {
-                queue
-                    .queue
-                    .push(Job::Pattern(pattern.clone()), Priority::Low)
-                    != crate::Enqueued::Dropped
-            })
-            .collect();
+        let dependents = expansion.patterns.split_off(1);
+        let families = expansion.by_family.split_off(1);
+        let mut invalidated = self.remove(expansion).await?;
+        for (pattern, family) in dependents.into_iter().zip(families) {
+            let job = match family && self.inner.families {
+                true => Job::Family(pattern.clone()),
+                false => Job::Pattern(pattern.clone()),
+            };
+            if queue.queue.push(job, Priority::Low) != crate::Enqueued::Dropped {
+                invalidated.queued.push(pattern);
+            }
+        }
         Ok(invalidated)
     }
 
@@ -327,7 +395,11 @@ impl<S: Serializer> Invalidator<S> {
     /// other instances. Rules are not applied: they follow keys, and a
     /// pattern names no key.
     pub async fn invalidate(&self, pattern: &Pattern) -> Result<Invalidated> {
-        self.remove(vec![pattern.clone()]).await
+        let expansion = Expansion {
+            patterns: vec![pattern.clone()],
+            by_family: vec![false],
+        };
+        self.remove(expansion).await
     }
 
     /// Makes every value tagged with `tag` a miss, on every instance:
@@ -347,11 +419,34 @@ impl<S: Serializer> Invalidator<S> {
         InvalidatorStats {
             invalidations: self.inner.invalidations.get(),
             patterns: self.inner.patterns.get(),
+            by_family: self.inner.by_family.get(),
+            scans: self.inner.scans.get(),
         }
     }
 
-    async fn remove(&self, patterns: Vec<Pattern>) -> Result<Invalidated> {
+    async fn remove(&self, expansion: Expansion) -> Result<Invalidated> {
+        let Expansion {
+            patterns,
+            by_family,
+        } = expansion;
         self.count(patterns.len());
+        // What the cache removes: keys and scanned patterns as they are, a
+        // family by its version (named by the family's pattern).
+        let cache = &self.inner.cache;
+        let mut targets = Vec::with_capacity(patterns.len());
+        let mut families = Vec::new();
+        for (pattern, family) in patterns.iter().zip(by_family) {
+            if family && self.inner.families {
+                targets.push(Pattern::exact(&cache.tag_key(pattern.as_str())));
+                families.push(pattern.clone());
+            } else {
+                if pattern.literal().is_none() {
+                    self.inner.scans.incr();
+                }
+                targets.push(pattern.clone());
+            }
+        }
+        self.inner.by_family.add(families.len() as u64);
         // Patterns are not recorded: built from keys, they hold user data.
         let span = tracing::debug_span!(
             "cache.invalidate",
@@ -361,12 +456,13 @@ impl<S: Serializer> Invalidator<S> {
         let report = self
             .inner
             .cache
-            .remove(Removal::patterns(&patterns))
+            .remove(Removal::patterns(&targets))
             .instrument(span.clone())
             .await?;
         span.record("removed", report.removed);
         Ok(Invalidated {
             patterns,
+            by_family: families,
             queued: Vec::new(),
             report,
         })

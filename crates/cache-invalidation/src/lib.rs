@@ -11,6 +11,15 @@
 //!   (`reviews:offer:{id}` → `rating:offer:{id}`, `offer_stats:{id}`),
 //!   applied transitively, with user ids escaped so that `*` or `[` in an id
 //!   matches only itself;
+//! - hole constraints (`{id:digits}`, `{id:word}`, `{id:no-colon}`): a key
+//!   whose text breaks them is not of the rule's kind, so an id never runs
+//!   into the next segment of a key;
+//! - [key families](RulesBuilder::family) (`reviews:offer:{id:digits}:*`):
+//!   values under a family's keys are stamped with its version
+//!   ([`Rules::families`], installed with
+//!   [`TieredCacheBuilder::key_families`](cache_tiered::TieredCacheBuilder::key_families)),
+//!   so that a wildcard dependent written as the family goes by removing
+//!   one version instead of scanning the keyspace;
 //! - [`Invalidator`]: applies the rules to a `TieredCache`: a key and its
 //!   dependents go as one removal, in one backplane message.
 //!
@@ -35,12 +44,14 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod families;
 mod invalidator;
 mod queue;
 mod rules;
 mod template;
 
 pub use error::{Error, Result};
+pub use families::Families;
 pub use invalidator::{Invalidated, Invalidator, InvalidatorBuilder, InvalidatorStats};
 pub use queue::{Enqueued, Priority, PriorityQueue, QueueStats};
 pub use rules::{Rules, RulesBuilder};

@@ -102,6 +102,9 @@ pub(crate) enum Job {
     Key(String),
     /// The keys one pattern matches (a dependent already expanded).
     Pattern(Pattern),
+    /// A key family's values (a dependent written as a family), by
+    /// removing the family's version.
+    Family(Pattern),
 }
 
 /// One waiting invalidation.

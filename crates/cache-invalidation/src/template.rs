@@ -5,11 +5,17 @@
 //! (Redis Cluster hash tags are written `{{...}}`). Two holes must be
 //! separated by literal text, and a hole name appears at most once.
 //!
+//! A hole may be *constrained* to the text it can hold: `{id:digits}`
+//! (ASCII digits), `{id:word}` (ASCII letters, digits, `_` and `-`) or
+//! `{id:no-colon}` (anything but `:`). Unconstrained, it holds any text.
+//!
 //! A *trigger* template is matched against a key: its literal text must
-//! appear as is, and each hole takes one or more characters. When a key can
-//! be split in several ways (`a:{x}:{y}` against `a:1:2:3`), each hole takes
-//! the shortest text that lets the rest match (`x = 1`, `y = 2:3`), so the
-//! last hole takes whatever remains.
+//! appear as is, and each hole takes one or more characters its constraint
+//! allows. When a key can be split in several ways (`a:{x}:{y}` against
+//! `a:1:2:3`), each hole takes the shortest text that lets the rest match
+//! (`x = 1`, `y = 2:3`), so the last hole takes whatever remains. A key that
+//! can only be split by giving a hole text its constraint refuses does not
+//! match (`a:{x:no-colon}` against `a:1:2`).
 //!
 //! A *dependent* template is a [`Pattern`] with holes: its literal text is
 //! glob syntax, and each hole is filled with the trigger's capture, escaped,
@@ -31,7 +37,87 @@ pub(crate) struct Template {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Part {
     Literal(String),
-    Hole(String),
+    Hole(Hole),
+}
+
+/// A named hole and what it may hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Hole {
+    pub(crate) name: String,
+    pub(crate) constraint: Constraint,
+}
+
+/// What text a hole may hold (always at least one character).
+///
+/// The kinds nest: `digits` ⊂ `word` ⊂ `no-colon` ⊂ any text. Each is a
+/// test on single bytes: none lets a hole end inside a multi-byte
+/// character (`word` and `digits` are ASCII only; no byte of a multi-byte
+/// character is `:`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Constraint {
+    /// Any text.
+    #[default]
+    Any,
+    /// Anything but `:`, the usual separator of key segments.
+    NoColon,
+    /// ASCII letters, digits, `_` and `-`.
+    Word,
+    /// ASCII digits.
+    Digits,
+}
+
+impl Constraint {
+    /// The kinds a template may name, as written.
+    const NAMES: [(&'static str, Constraint); 3] = [
+        ("digits", Constraint::Digits),
+        ("word", Constraint::Word),
+        ("no-colon", Constraint::NoColon),
+    ];
+
+    fn parse(name: &str) -> Option<Self> {
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, constraint)| *constraint)
+    }
+
+    /// The name as written in a template (`any` for none).
+    pub(crate) fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, c)| *c == self)
+            .map_or("any", |(name, _)| name)
+    }
+
+    /// Whether a hole with this constraint may hold `byte`.
+    #[inline]
+    pub(crate) fn allows_byte(self, byte: u8) -> bool {
+        match self {
+            Constraint::Any => true,
+            Constraint::NoColon => byte != b':',
+            Constraint::Word => byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-',
+            Constraint::Digits => byte.is_ascii_digit(),
+        }
+    }
+
+    /// Whether a hole with this constraint may hold `text`.
+    pub(crate) fn allows(self, text: &str) -> bool {
+        !text.is_empty() && text.bytes().all(|byte| self.allows_byte(byte))
+    }
+
+    /// Whether every text this constraint allows, `other` allows too.
+    pub(crate) fn implies(self, other: Constraint) -> bool {
+        self.width() <= other.width()
+    }
+
+    fn width(self) -> u8 {
+        match self {
+            Constraint::Digits => 0,
+            Constraint::Word => 1,
+            Constraint::NoColon => 2,
+            Constraint::Any => 3,
+        }
+    }
 }
 
 impl fmt::Debug for Template {
@@ -52,7 +138,7 @@ impl fmt::Display for Template {
 pub(crate) struct Captures<'k>(Vec<(&'k str, &'k str)>);
 
 impl<'k> Captures<'k> {
-    fn get(&self, name: &str) -> Option<&'k str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&'k str> {
         self.0
             .iter()
             .find(|(hole, _)| *hole == name)
@@ -83,30 +169,47 @@ impl Template {
                             "the `{{` at byte {at} is not closed (write `{{{{` for a literal brace)"
                         ));
                     };
-                    let name = &rest[..len];
+                    let inside = &rest[..len];
+                    let (name, constraint) = match inside.split_once(':') {
+                        None => (inside, Constraint::Any),
+                        Some((name, kind)) => match Constraint::parse(kind) {
+                            Some(constraint) => (name, constraint),
+                            None => {
+                                return Err(format!(
+                                    "`{{{inside}}}`: `{kind}` is not a constraint \
+                                     (write `digits`, `word` or `no-colon`)"
+                                ));
+                            }
+                        },
+                    };
                     if name.is_empty()
                         || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
                     {
                         return Err(format!(
-                            "`{{{name}}}` is not a hole: a hole's name is ASCII letters, digits and `_`"
+                            "`{{{inside}}}` is not a hole: a hole's name is ASCII letters, digits and `_`"
                         ));
                     }
-                    if literal.is_empty() && matches!(parts.last(), Some(Part::Hole(_))) {
+                    if literal.is_empty()
+                        && let Some(Part::Hole(previous)) = parts.last()
+                    {
                         return Err(format!(
                             "holes `{{{}}}` and `{{{name}}}` must be separated by text",
-                            hole_name(parts.last())
+                            previous.name
                         ));
                     }
                     if parts
                         .iter()
-                        .any(|part| matches!(part, Part::Hole(n) if n == name))
+                        .any(|part| matches!(part, Part::Hole(hole) if hole.name == name))
                     {
                         return Err(format!("hole `{{{name}}}` appears twice"));
                     }
                     if !literal.is_empty() {
                         parts.push(Part::Literal(std::mem::take(&mut literal)));
                     }
-                    parts.push(Part::Hole(name.to_owned()));
+                    parts.push(Part::Hole(Hole {
+                        name: name.to_owned(),
+                        constraint,
+                    }));
                     for _ in 0..=len {
                         chars.next();
                     }
@@ -128,12 +231,43 @@ impl Template {
         })
     }
 
-    /// The names of the holes, in order.
-    pub(crate) fn holes(&self) -> impl Iterator<Item = &str> {
+    /// The holes, in order.
+    pub(crate) fn holes(&self) -> impl Iterator<Item = &Hole> {
         self.parts.iter().filter_map(|part| match part {
-            Part::Hole(name) => Some(name.as_str()),
+            Part::Hole(hole) => Some(hole),
             Part::Literal(_) => None,
         })
+    }
+
+    /// The hole named `name`, if there is one.
+    pub(crate) fn hole(&self, name: &str) -> Option<&Hole> {
+        self.holes().find(|hole| hole.name == name)
+    }
+
+    /// The text before the only hole, the hole, and the text after it, if
+    /// the template has exactly one hole.
+    pub(crate) fn one_hole(&self) -> Option<(&str, &Hole, &str)> {
+        fn literal(part: Option<&Part>) -> Option<&str> {
+            match part {
+                Some(Part::Literal(text)) => Some(text),
+                _ => None,
+            }
+        }
+        let mut holes = self
+            .parts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, part)| match part {
+                Part::Hole(hole) => Some((i, hole)),
+                Part::Literal(_) => None,
+            });
+        let (at, hole) = holes.next()?;
+        if holes.next().is_some() {
+            return None;
+        }
+        let before = at.checked_sub(1).and_then(|i| literal(self.parts.get(i)));
+        let after = literal(self.parts.get(at + 1));
+        Some((before.unwrap_or(""), hole, after.unwrap_or("")))
     }
 
     /// Matches `key` against this template as a trigger (literal text is
@@ -146,10 +280,10 @@ impl Template {
             Some(Part::Literal(text)) => (text.as_str(), &self.parts[1..]),
             _ => ("", &self.parts[..]),
         };
-        let mut holes: Vec<(&str, &str)> = Vec::new();
+        let mut holes: Vec<(&Hole, &str)> = Vec::new();
         let mut iter = rest.iter();
         while let Some(part) = iter.next() {
-            let Part::Hole(name) = part else {
+            let Part::Hole(hole) = part else {
                 unreachable!("parts alternate")
             };
             let after = match iter.next() {
@@ -157,32 +291,49 @@ impl Template {
                 Some(Part::Hole(_)) => unreachable!("parts alternate"),
                 None => "",
             };
-            holes.push((name, after));
+            holes.push((hole, after));
         }
         let body = key.strip_prefix(prefix)?;
-        let Some(((_, suffix), inner)) = holes.split_last() else {
+        let Some(((last, suffix), inner)) = holes.split_last() else {
             return body.is_empty().then(|| Captures(Vec::new()));
         };
         let body = body.strip_suffix(suffix)?;
         let bytes = body.as_bytes();
         let len = bytes.len();
+        // run_end[j][i]: where the run of bytes hole j may hold, starting
+        // at i, ends; the hole's text, from i, ends at or before it.
+        let run_end: Vec<Vec<usize>> = holes
+            .iter()
+            .map(|(hole, _)| {
+                let mut ends = vec![len; len + 1];
+                for i in (0..len).rev() {
+                    ends[i] = match hole.constraint.allows_byte(bytes[i]) {
+                        true => ends[i + 1],
+                        false => i,
+                    };
+                }
+                ends
+            })
+            .collect();
         // feasible[j][i]: holes j.. (with their separators) can match body[i..].
-        // The last hole takes a non-empty rest.
+        // The last hole takes a non-empty rest it may hold.
         let mut feasible = vec![vec![false; len + 1]; holes.len()];
         for (i, slot) in feasible[holes.len() - 1].iter_mut().enumerate() {
-            *slot = i < len;
+            *slot = i < len && run_end[holes.len() - 1][i] == len;
         }
+        // next_end[j][i]: the first p >= i where hole j's text may end:
+        // body[p..] starts with its separator and holes j+1.. fit after it.
+        let mut next_end = vec![vec![usize::MAX; len + 2]; inner.len()];
         for j in (0..inner.len()).rev() {
             let sep = inner[j].1.as_bytes();
-            // Some p > i where body[p..] starts with sep and holes j+1.. fit after it.
-            let mut any_after = false;
-            for i in (0..=len).rev() {
-                feasible[j][i] = any_after;
-                if bytes[i..].starts_with(sep)
-                    && feasible[j + 1].get(i + sep.len()).copied().unwrap_or(false)
-                {
-                    any_after = true;
-                }
+            for p in (0..=len).rev() {
+                let ends_here = bytes[p..].starts_with(sep)
+                    && feasible[j + 1].get(p + sep.len()).copied().unwrap_or(false);
+                next_end[j][p] = if ends_here { p } else { next_end[j][p + 1] };
+            }
+            for i in 0..len {
+                // The shortest text from i that ends well, if the hole may hold it.
+                feasible[j][i] = next_end[j][i + 1] <= run_end[j][i];
             }
         }
         if !feasible[0][0] {
@@ -190,20 +341,14 @@ impl Template {
         }
         let mut captures = Vec::with_capacity(holes.len());
         let mut start = 0;
-        for (j, (name, sep)) in inner.iter().enumerate() {
-            let sep = sep.as_bytes();
-            let end = (start + 1..=len)
-                .find(|&p| {
-                    bytes[p..].starts_with(sep)
-                        && feasible[j + 1].get(p + sep.len()).copied().unwrap_or(false)
-                })
-                .expect("feasible says a split exists");
+        for (j, (hole, sep)) in inner.iter().enumerate() {
+            let end = next_end[j][start + 1];
+            debug_assert!(end <= run_end[j][start], "feasible says a split exists");
             // Separators are whole strings, so `end` is a char boundary.
-            captures.push((*name, body.get(start..end)?));
+            captures.push((hole.name.as_str(), body.get(start..end)?));
             start = end + sep.len();
         }
-        let last = holes.last().expect("non-empty").0;
-        captures.push((last, body.get(start..)?));
+        captures.push((last.name.as_str(), body.get(start..)?));
         Some(Captures(captures))
     }
 
@@ -214,17 +359,10 @@ impl Template {
         for part in &self.parts {
             match part {
                 Part::Literal(text) => glob.push_str(text),
-                Part::Hole(name) => glob.push_str(&escape(captures.get(name)?)),
+                Part::Hole(hole) => glob.push_str(&escape(captures.get(&hole.name)?)),
             }
         }
         Some(Pattern::new(glob))
-    }
-}
-
-fn hole_name(part: Option<&Part>) -> &str {
-    match part {
-        Some(Part::Hole(name)) => name,
-        _ => "",
     }
 }
 
@@ -250,8 +388,9 @@ mod tests {
     }
 
     /// The reference: every way to split `key` over `parts` (holes take one
-    /// or more characters), as capture lengths; the matcher must return the
-    /// smallest in lexicographic order (shortest first hole first).
+    /// or more characters their constraint allows), as capture lengths; the
+    /// matcher must return the smallest in lexicographic order (shortest
+    /// first hole first).
     fn all_splits(parts: &[Part], key: &str) -> Vec<Vec<usize>> {
         match parts.split_first() {
             None if key.is_empty() => vec![Vec::new()],
@@ -260,8 +399,9 @@ mod tests {
                 .strip_prefix(text.as_str())
                 .map(|key| all_splits(rest, key))
                 .unwrap_or_default(),
-            Some((Part::Hole(_), rest)) => (1..=key.len())
+            Some((Part::Hole(hole), rest)) => (1..=key.len())
                 .filter(|&n| key.is_char_boundary(n))
+                .filter(|&n| reference_allows(hole.constraint, &key[..n]))
                 .flat_map(|n| {
                     all_splits(rest, &key[n..])
                         .into_iter()
@@ -274,19 +414,30 @@ mod tests {
         }
     }
 
+    /// The constraints as documented, by character.
+    fn reference_allows(constraint: Constraint, text: &str) -> bool {
+        text.chars().all(|c| match constraint {
+            Constraint::Any => true,
+            Constraint::NoColon => c != ':',
+            Constraint::Word => c.is_ascii_alphanumeric() || c == '_' || c == '-',
+            Constraint::Digits => c.is_ascii_digit(),
+        })
+    }
+
     fn template_source() -> impl Strategy<Value = String> {
         // Literal runs from a tiny alphabet (so that separators recur in
-        // keys), holes between them.
-        let literal = "[a:é]{0,3}";
-        proptest::collection::vec(literal, 1..5).prop_map(|literals| {
+        // keys), holes between them, some constrained.
+        let literal = "[a1:é]{0,3}";
+        let constraint = proptest::sample::select(vec!["", ":digits", ":word", ":no-colon"]);
+        proptest::collection::vec((literal, constraint), 1..5).prop_map(|parts| {
             let mut source = String::new();
-            for (n, text) in literals.iter().enumerate() {
+            for (n, (text, constraint)) in parts.iter().enumerate() {
                 if n > 0 {
                     // Holes must be separated by text.
-                    if literals[n - 1].is_empty() && n > 1 {
+                    if parts[n - 1].0.is_empty() && n > 1 {
                         source.push(':');
                     }
-                    source.push_str(&format!("{{h{n}}}"));
+                    source.push_str(&format!("{{h{n}{constraint}}}"));
                 }
                 source.push_str(text);
             }
@@ -307,7 +458,7 @@ mod tests {
         #[test]
         fn captures_agree_with_the_brute_force_reference(
             source in template_source(),
-            key in "[a:é]{0,10}",
+            key in "[a1:é]{0,10}",
         ) {
             let template = Template::parse(&source).unwrap();
             let expected = all_splits(&template.parts, &key).into_iter().min();
@@ -370,11 +521,85 @@ mod tests {
     #[test]
     fn braces_escape_and_bad_templates_are_refused() {
         let t = Template::parse("{{tag}}:{id}").unwrap();
-        assert_eq!(t.holes().collect::<Vec<_>>(), ["id"]);
+        let holes: Vec<&str> = t.holes().map(|hole| hole.name.as_str()).collect();
+        assert_eq!(holes, ["id"]);
         assert_eq!(captures("{{tag}}:{id}", "{tag}:7"), pairs(&[("id", "7")]));
-        for bad in ["{id", "id}", "{}", "{a-b}", "{a}{b}", "{a}:{a}", "x{ y }"] {
+        for bad in [
+            "{id",
+            "id}",
+            "{}",
+            "{a-b}",
+            "{a}{b}",
+            "{a}:{a}",
+            "x{ y }",
+            "{a:}",
+            "{a:letters}",
+            "{:digits}",
+            "{a:digits}:{a:digits}",
+        ] {
             assert!(Template::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn constrained_holes_hold_only_what_they_allow() {
+        // `{id:no-colon}`: an id never holds the separator, so a key with
+        // one more segment is not this template's.
+        assert_eq!(
+            captures("reviews:offer:{id:no-colon}", "reviews:offer:1"),
+            pairs(&[("id", "1")])
+        );
+        assert_eq!(
+            captures("reviews:offer:{id:no-colon}", "reviews:offer:1:2"),
+            None
+        );
+        assert_eq!(
+            captures("reviews:offer:{id:no-colon}", "reviews:offer:a*[b]"),
+            pairs(&[("id", "a*[b]")])
+        );
+        assert_eq!(
+            captures("offer:{id:digits}", "offer:12"),
+            pairs(&[("id", "12")])
+        );
+        assert_eq!(captures("offer:{id:digits}", "offer:1*"), None);
+        assert_eq!(
+            captures("offer:{id:digits}", "offer:١"),
+            None,
+            "ASCII digits only"
+        );
+        assert_eq!(
+            captures("u:{id:word}", "u:ab_c-9"),
+            pairs(&[("id", "ab_c-9")])
+        );
+        assert_eq!(captures("u:{id:word}", "u:a.b"), None);
+        // Unconstrained, the first hole takes the shortest text; constrained,
+        // it cannot take the `:` and the split moves on.
+        assert_eq!(
+            captures("a:{x}:{y}", "a:1:2:3"),
+            pairs(&[("x", "1"), ("y", "2:3")])
+        );
+        assert_eq!(
+            captures("a:{x}:{y:no-colon}", "a:1:2:3"),
+            pairs(&[("x", "1:2"), ("y", "3")])
+        );
+        assert_eq!(captures("a:{x:digits}:{y}", "a:b:2"), None);
+    }
+
+    #[test]
+    fn constraints_nest() {
+        use Constraint::*;
+        let all = [Digits, Word, NoColon, Any];
+        for (i, narrow) in all.iter().enumerate() {
+            for (j, wide) in all.iter().enumerate() {
+                assert_eq!(narrow.implies(*wide), i <= j, "{narrow:?} {wide:?}");
+            }
+        }
+        for text in ["1", "a", "a-b_c", "a:b", "é", "*", "12"] {
+            for (narrow, wide) in [(Digits, Word), (Word, NoColon), (NoColon, Any)] {
+                assert!(!narrow.allows(text) || wide.allows(text), "{text}");
+            }
+        }
+        assert!(!Any.allows(""), "a hole is never empty");
     }
 
     #[test]

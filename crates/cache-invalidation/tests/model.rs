@@ -13,6 +13,12 @@
 //! service's dependency rules (as in `examples/offers.rs`; a transitive one
 //! included) or by tags (one key carries two), and
 //! ids hold glob characters and the `:` separator.
+//!
+//! The pages of an offer's reviews are a key family
+//! (`reviews:offer:{id:no-colon}:*`): their dependent goes by the family's
+//! version, except for the id holding `:`, which the family refuses and
+//! whose pages are scanned (while they are stamped with the family of the
+//! id's first segment, invalidated with offer `1`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -103,6 +109,7 @@ fn rules() -> Rules {
         .rule("user:{id}", ["reviews:author:{id}", "user_activity:{id}"])
         // Transitive: a user's change reaches the feed through their reviews.
         .rule("reviews:author:{id}", ["user_feed:{id}"])
+        .family("reviews:offer:{id:no-colon}:*")
         .build()
         .expect("valid rules")
 }
@@ -173,8 +180,10 @@ async fn instances() -> (Vec<Instance>, Arc<FaultyLayer>) {
     let l2: Arc<dyn CacheLayer> = faulty.clone();
     let backplane = MemoryBackplane::new(4096);
     let mut instances = Vec::new();
+    let rules = rules();
     for _ in 0..INSTANCES {
         let cache = TieredCache::builder()
+            .key_families(rules.families())
             .layer(memory())
             .tier(Tier::shared(l2.clone()))
             .backplane(backplane.clone())
@@ -182,7 +191,8 @@ async fn instances() -> (Vec<Instance>, Arc<FaultyLayer>) {
             .build_async()
             .await
             .unwrap();
-        let invalidator = Invalidator::new(cache.clone(), rules());
+        let invalidator = Invalidator::new(cache.clone(), rules.clone());
+        assert!(invalidator.uses_families());
         instances.push(Instance { cache, invalidator });
     }
     (instances, faulty)
@@ -247,9 +257,13 @@ async fn run(ops: Vec<Op>) {
                 };
                 *database.entry(entity.clone()).or_default() += 1;
                 let invalidator = &instances[instance].invalidator;
+                let invalidated = invalidator.invalidate_key(&entity).await.unwrap();
+                // The pages go by their family, unless the id holds `:`.
+                let by_family = !user && !IDS[id].contains(':');
+                assert_eq!(invalidated.by_family.len(), usize::from(by_family));
                 // During an outage both calls are deferred: queued, not lost.
                 for report in [
-                    invalidator.invalidate_key(&entity).await.unwrap().report,
+                    invalidated.report,
                     invalidator.invalidate_tag(&tag).await.unwrap(),
                 ] {
                     assert_eq!(report.is_deferred(), shared_tier_down, "{report}");

@@ -299,3 +299,56 @@ async fn a_new_review_queued_on_one_instance_reaches_the_other() {
     assert!(!gone("rating:offer:43").await, "offer 43 untouched");
     assert_eq!(queue.stats().applied, 4);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_deferred_family_dependent_still_goes_by_its_version() {
+    let rules = Rules::builder()
+        .rule(
+            "reviews:offer:{id:digits}",
+            ["reviews:offer:{id}:*", "rating:offer:{id}"],
+        )
+        .family("reviews:offer:{id:digits}:*")
+        .build()
+        .unwrap();
+    let layer = Recording::default();
+    let cache = TieredCache::builder()
+        .layer(layer.clone())
+        .key_families(rules.families())
+        .build()
+        .unwrap();
+    let invalidator = Invalidator::builder(cache.clone(), rules)
+        .defer_dependents(true)
+        .build()
+        .unwrap();
+    assert!(invalidator.uses_families());
+    for key in ["reviews:offer:42:page:1", "reviews:offer:43:page:1"] {
+        cache.set(key, &1u32, TTL).await.unwrap();
+    }
+    let invalidated = invalidator
+        .invalidate_key("reviews:offer:42")
+        .await
+        .unwrap();
+    assert_eq!(invalidated.queued.len(), 2);
+    invalidator.queue().unwrap().flush().await;
+    assert_eq!(
+        cache.get::<u32>("reviews:offer:42:page:1").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        cache.get::<u32>("reviews:offer:43:page:1").await.unwrap(),
+        Some(1)
+    );
+    let stats = invalidator.stats();
+    assert_eq!((stats.by_family, stats.scans), (1, 0), "{stats:?}");
+    // The family went as the removal of one key (its version), not as
+    // the pattern (a scan).
+    let removed = layer.removed();
+    assert!(
+        removed.contains(&cache.tag_key("reviews:offer:42:*")),
+        "{removed:?}"
+    );
+    assert!(
+        !removed.contains(&"reviews:offer:42:*".to_owned()),
+        "{removed:?}"
+    );
+}

@@ -304,6 +304,12 @@ impl<S: Serializer> TieredCache<S> {
             .iter()
             .map(|(_, leader)| leader.key().to_owned())
             .collect();
+        // Before the loader, as a single load stamps: what it reads is at
+        // least as new as the versions of the keys' families.
+        let stamps = {
+            let keys: Vec<&str> = asked.iter().map(String::as_str).collect();
+            self.stamp_each(&keys).await
+        };
         counters.loads.add(asked.len() as u64);
         // The loader in a span of its own, as a single load's: what it logs,
         // and the spans of its queries, sit under it.
@@ -387,15 +393,24 @@ impl<S: Serializer> TieredCache<S> {
         // Encoded, and written where the key did not change meanwhile.
         let mut outcomes: Vec<Result<Option<Arc<T>>>> = Vec::with_capacity(leaders.len());
         let mut writes: Vec<(usize, Entry)> = Vec::new();
-        for (n, ((_, leader), value)) in leaders.iter().zip(values).enumerate() {
+        for (n, (((_, leader), value), stamps)) in
+            leaders.iter().zip(values).zip(stamps).enumerate()
+        {
             let Some(value) = value else {
                 outcomes.push(Ok(None));
                 continue;
             };
             let value = Arc::new(value);
+            let stamps = match stamps {
+                Ok(stamps) => stamps,
+                Err(error) => {
+                    outcomes.push(Err(error));
+                    continue;
+                }
+            };
             // The key's jitter (its TTL policy's, else the cache's).
             let (expiry, life) = self.lifetime(ttl, &self.defaults_for(leader.key()).load);
-            match envelope.encode(&shared.serializer, &*value, &[], life) {
+            match envelope.encode(&shared.serializer, &*value, &stamps, life) {
                 Ok(bytes) => {
                     let entry = Entry::new(bytes).expires_at(expiry);
                     envelope.remember(&entry, value.clone());

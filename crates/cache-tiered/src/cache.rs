@@ -19,7 +19,7 @@ use crate::observe::Observe;
 use crate::policy::{self, TtlPolicies, TtlPolicy};
 use crate::queue::{self, Queue};
 use crate::stats::{BackplaneStats, CacheCounters, FleetStats, QueueStats, TieredStats};
-use crate::tags::TagSettings;
+use crate::tags::{KeyFamilies, TagSettings};
 use crate::{Result, Tier};
 
 /// A cache made of stacked tiers, fastest first.
@@ -103,6 +103,8 @@ pub(crate) struct Shared<S> {
     pub(crate) ttl_policies: Arc<TtlPolicies>,
     pub(crate) counters: CacheCounters,
     pub(crate) tags: TagSettings,
+    /// Tags values get from their keys (`tags.rs`), if installed.
+    pub(crate) families: Option<Arc<dyn KeyFamilies>>,
     pub(crate) backplane: Option<Arc<dyn Backplane>>,
     /// The id this instance's backplane messages carry.
     pub(crate) origin: u64,
@@ -144,6 +146,7 @@ impl TieredCache<Postcard> {
             defaults: Defaults::default(),
             ttl_policies: Vec::new(),
             tags: TagSettings::default(),
+            families: None,
             backplane: None,
             queue_limit: None,
             fleet: None,
@@ -225,17 +228,8 @@ impl<S: Serializer> TieredCache<S> {
         Envelope::new::<S, T>(schema)
     }
 
-    pub(crate) fn encode<T: Serialize + ?Sized + 'static>(
-        &self,
-        key: &str,
-        value: &T,
-        ttl: Duration,
-    ) -> Result<Entry> {
-        self.encode_stamped(value, &[], ttl, &self.defaults_for(key).load)
-    }
-
-    /// [`encode`](Self::encode) with tag stamps (plain without any) and the
-    /// life `options` give it (see [`lifetime`](Self::lifetime)).
+    /// Encodes `value` with tag stamps (plain without any) and the life
+    /// `options` give it (see [`lifetime`](Self::lifetime)).
     pub(crate) fn encode_stamped<T: Serialize + ?Sized + 'static>(
         &self,
         value: &T,
@@ -416,6 +410,7 @@ impl<S: Serializer> fmt::Debug for TieredCache<S> {
         f.debug_struct("TieredCache")
             .field("tiers", &self.shared.tiers)
             .field("serializer", &self.shared.serializer)
+            .field("key_families", &self.shared.families)
             .field("backplane", &self.shared.backplane)
             .field("origin", &self.shared.origin)
             .field("invalidation_queue", &self.shared.queue.is_some())
@@ -454,6 +449,7 @@ pub struct TieredCacheBuilder<S = Postcard> {
     /// The TTL policy rules, in order (`policy.rs`).
     pub(crate) ttl_policies: Vec<(cache_core::Pattern, TtlPolicy)>,
     tags: TagSettings,
+    families: Option<Arc<dyn KeyFamilies>>,
     backplane: Option<Arc<dyn Backplane>>,
     queue_limit: Option<usize>,
     fleet: Option<FleetLock>,
@@ -486,6 +482,7 @@ impl<S: Serializer> TieredCacheBuilder<S> {
             defaults: self.defaults,
             ttl_policies: self.ttl_policies,
             tags: self.tags,
+            families: self.families,
             backplane: self.backplane,
             queue_limit: self.queue_limit,
             fleet: self.fleet,
@@ -664,6 +661,29 @@ impl<S: Serializer> TieredCacheBuilder<S> {
     /// Default: one day.
     pub fn tag_ttl(mut self, ttl: Duration) -> Self {
         self.tags.ttl = ttl;
+        self
+    }
+
+    /// Stamps every value with the versions of its key's families, as if
+    /// the families had been passed as tags (see [`KeyFamilies`]), so that
+    /// invalidating a family ([`TieredCache::invalidate_tag`] of its name)
+    /// makes every value of it a miss, on every instance, with one removal
+    /// and no scan. `cache_invalidation::Rules::families` makes them from
+    /// dependency rules.
+    ///
+    /// A value of a family costs what a tagged value costs: its write
+    /// reads (and, the first time, creates) the family's version, and its
+    /// reads check it (an L1 hit reads the version from L1 too). A key in
+    /// no family costs the [`families_of`](KeyFamilies::families_of) call
+    /// on writes, nothing on reads. Install the same families on every
+    /// instance sharing the cache. Default: none.
+    pub fn key_families(self, families: impl KeyFamilies + 'static) -> Self {
+        self.shared_key_families(Arc::new(families))
+    }
+
+    /// [`key_families`](Self::key_families), for families already in an `Arc`.
+    pub fn shared_key_families(mut self, families: Arc<dyn KeyFamilies>) -> Self {
+        self.families = Some(families);
         self
     }
 
@@ -950,6 +970,7 @@ impl<S: Serializer> TieredCacheBuilder<S> {
             load_histogram: (self.observe.stats)
                 .then(|| crate::metrics::load_histogram(&self.observe.name)),
             tags: self.tags,
+            families: self.families,
             backplane: self.backplane,
             origin,
             queue: queue.clone(),
@@ -996,6 +1017,7 @@ impl<S: fmt::Debug> fmt::Debug for TieredCacheBuilder<S> {
             .field("defaults", &self.defaults)
             .field("ttl_policies", &self.ttl_policies)
             .field("tags", &self.tags)
+            .field("key_families", &self.families)
             .field("backplane", &self.backplane)
             .field("invalidation_queue", &self.queue_limit)
             .field("fleet_lock", &self.fleet)

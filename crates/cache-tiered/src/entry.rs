@@ -210,7 +210,7 @@ impl<'a, S: Serializer + 'static> EntryCall<'a, S> {
     {
         self.options.validate()?;
         let excluded = self.cache.excluded(&self.options)?;
-        let stamps = self.cache.stamp(self.tags).await?;
+        let stamps = self.cache.stamp(self.key, self.tags).await?;
         let entry = self
             .cache
             .encode_stamped(value, &stamps, self.chosen_ttl(), &self.options)?;

@@ -128,6 +128,7 @@ pub use observe::{Health, Status, TierHealth};
 pub use policy::TtlPolicy;
 pub use remove::{Broadcast, Removal, Removed, TierRemoved};
 pub use stats::{BackplaneStats, FleetStats, QueueStats, TierLatency, TierStats, TieredStats};
+pub use tags::KeyFamilies;
 pub use tier::Tier;
 /// The token that cancels a warm-up ([`CacheWarmer::cancel_on`]),
 /// re-exported from `tokio-util`.

@@ -802,7 +802,7 @@ impl<S: Serializer> TieredCache<S> {
         let excluded = self.excluded(options)?;
         shared.counters.loads.incr();
         // Before the loader: what it reads is at least as new as these.
-        let stamps = self.stamp(tags).await?;
+        let stamps = self.stamp(key, tags).await?;
         // The loader in a span of its own: what it logs, and the spans of
         // the queries it makes, sit under it.
         let span = op_span!(&shared.observe, "cache.load", key);

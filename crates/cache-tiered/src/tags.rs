@@ -24,9 +24,18 @@
 //! What remains is the delay every instance has: until an instance drops its
 //! upper tiers' copy of a removed version, it still reads values stamped
 //! with it as current.
+//!
+//! *Key families* ([`KeyFamilies`]) are tags a value gets from its key
+//! alone: every write path (set, set_many, the entry calls, every
+//! `get_or_compute` variant, batch loads, warm-ups) asks the installed
+//! families which ones its key belongs to and stamps the value with them,
+//! as if the caller had passed them as tags. Reads need nothing new: they
+//! check every stamp a value carries, whatever put it there.
 
+use std::any::Any;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -37,6 +46,71 @@ use crate::cache::LoadOptions;
 use crate::envelope::Stamps;
 use crate::read::Walk;
 use crate::{Removed, Result, TieredCache};
+
+/// Tags that a value gets from its key alone, without the caller naming
+/// them: the *families* the key belongs to.
+///
+/// Install one with
+/// [`TieredCacheBuilder::key_families`](crate::TieredCacheBuilder::key_families);
+/// `cache_invalidation::Rules::families` builds one from dependency rules.
+/// Every value written under a key (by any write path: `set`, `set_many`,
+/// entry calls, `get_or_compute` and its variants, batch loads, warm-ups)
+/// is then stamped with the versions of its key's families, exactly as if
+/// they had been passed as tags ([`TieredCache::set_tagged`]), and
+/// invalidating a family is [`TieredCache::invalidate_tag`] of its name:
+/// one removal, however many keys it holds.
+///
+/// [`families_of`](Self::families_of) is called on every write, so it
+/// should return at once for the many keys that belong to no family (a
+/// prefix test is enough); reads never call it. It must be a function of
+/// the key alone, and the same on every instance sharing the cache: a
+/// value stamped by one instance is checked by all of them.
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_memory::MemoryLayer;
+/// use cache_tiered::{KeyFamilies, TieredCache};
+///
+/// /// The pages of an offer's reviews, `reviews:offer:{id}:page:{n}`, form
+/// /// the family `reviews:offer:{id}`.
+/// #[derive(Debug)]
+/// struct ReviewPages;
+///
+/// impl KeyFamilies for ReviewPages {
+///     fn families_of(&self, key: &str, out: &mut Vec<String>) {
+///         if let Some(rest) = key.strip_prefix("reviews:offer:")
+///             && let Some((id, _page)) = rest.split_once(":page:")
+///         {
+///             out.push(format!("reviews:offer:{id}"));
+///         }
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> cache_tiered::Result<()> {
+/// let cache = TieredCache::builder()
+///     .layer(MemoryLayer::new())
+///     .key_families(ReviewPages)
+///     .build()?;
+/// let ttl = Duration::from_secs(300);
+/// cache.set("reviews:offer:7:page:0", &"great".to_owned(), ttl).await?;
+/// cache.set("reviews:offer:7:page:1", &"meh".to_owned(), ttl).await?;
+/// cache.set("reviews:offer:8:page:0", &"fine".to_owned(), ttl).await?;
+///
+/// // One removal, however many pages there are.
+/// cache.invalidate_tag("reviews:offer:7").await?;
+/// assert_eq!(cache.get::<String>("reviews:offer:7:page:0").await?, None);
+/// assert_eq!(cache.get::<String>("reviews:offer:7:page:1").await?, None);
+/// assert!(cache.get::<String>("reviews:offer:8:page:0").await?.is_some());
+/// # Ok(())
+/// # }
+/// ```
+pub trait KeyFamilies: Any + Send + Sync + fmt::Debug {
+    /// Pushes onto `out` the name of every family `key` belongs to (none,
+    /// usually). A name is a tag: its version lives under
+    /// [`TieredCache::tag_key`]`(name)`.
+    fn families_of(&self, key: &str, out: &mut Vec<String>);
+}
 
 /// Where and for how long tag versions are kept.
 #[derive(Clone)]
@@ -103,7 +177,7 @@ impl<S: Serializer> TieredCache<S> {
     where
         T: Serialize + ?Sized + 'static,
     {
-        let stamps = self.stamp(tags).await?;
+        let stamps = self.stamp(key, tags).await?;
         let entry = self.encode_stamped(value, &stamps, ttl, &self.defaults_for(key).load)?;
         let written = self.write_mutating(&[(key, entry)]).await.pop();
         // The key, not the tag versions this may have created: a new
@@ -130,9 +204,78 @@ impl<S: Serializer> TieredCache<S> {
         key
     }
 
-    /// The current version of each of `tags` (duplicates dropped), creating
-    /// the missing ones.
-    pub(crate) async fn stamp(&self, tags: &[&str]) -> Result<Stamps> {
+    /// The key families installed with
+    /// [`key_families`](crate::TieredCacheBuilder::key_families), if any.
+    pub fn key_families(&self) -> Option<&Arc<dyn KeyFamilies>> {
+        self.shared.families.as_ref()
+    }
+
+    /// The families `key` belongs to (none without installed families).
+    fn families_of(&self, key: &str) -> Vec<String> {
+        let mut families = Vec::new();
+        if let Some(installed) = &self.shared.families {
+            installed.families_of(key, &mut families);
+        }
+        families
+    }
+
+    /// The stamps of a value written under `key` with `tags`: the current
+    /// version of each tag and of each of the key's families, creating the
+    /// missing ones. Nothing to await for a key in no family written
+    /// without tags.
+    pub(crate) async fn stamp(&self, key: &str, tags: &[&str]) -> Result<Stamps> {
+        let families = self.families_of(key);
+        if families.is_empty() {
+            return self.stamp_tags(tags).await;
+        }
+        let mut all: Vec<&str> = Vec::with_capacity(tags.len() + families.len());
+        all.extend_from_slice(tags);
+        all.extend(families.iter().map(String::as_str));
+        self.stamp_tags(&all).await
+    }
+
+    /// [`stamp`](Self::stamp) for the untagged values of a batch, one
+    /// result per key: the versions of every family any of them belongs to
+    /// are read (and created) together. If that fails, the keys in a family
+    /// get the error; the others their (empty) stamps.
+    pub(crate) async fn stamp_each(&self, keys: &[&str]) -> Vec<Result<Stamps>> {
+        let families: Vec<Vec<String>> = match &self.shared.families {
+            None => return keys.iter().map(|_| Ok(Stamps::new())).collect(),
+            Some(_) => keys.iter().map(|key| self.families_of(key)).collect(),
+        };
+        let all: Vec<&str> = families.iter().flatten().map(String::as_str).collect();
+        if all.is_empty() {
+            return keys.iter().map(|_| Ok(Stamps::new())).collect();
+        }
+        let stamped = self.stamp_tags(&all).await;
+        families
+            .iter()
+            .map(|names| {
+                let stamped = match &stamped {
+                    _ if names.is_empty() => return Ok(Stamps::new()),
+                    Ok(stamped) => stamped,
+                    Err(error) => return Err(error.clone()),
+                };
+                // `stamped` is sorted by tag, each once.
+                let mut stamps: Stamps = names
+                    .iter()
+                    .filter_map(|name| {
+                        let at = stamped
+                            .binary_search_by(|(tag, _)| tag.as_str().cmp(name))
+                            .ok()?;
+                        Some(stamped[at].clone())
+                    })
+                    .collect();
+                stamps.sort_unstable();
+                stamps.dedup();
+                Ok(stamps)
+            })
+            .collect()
+    }
+
+    /// The current version of each of `tags` (duplicates dropped, sorted),
+    /// creating the missing ones.
+    async fn stamp_tags(&self, tags: &[&str]) -> Result<Stamps> {
         if tags.is_empty() {
             return Ok(Stamps::new());
         }

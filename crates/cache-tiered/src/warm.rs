@@ -1169,6 +1169,14 @@ where
         if cancel.is_cancelled() {
             return KeyOutcome::Cancelled;
         }
+        // Before the loader, as a load stamps (`tags.rs`).
+        let stamps = match cache.stamp(&key, &[]).await {
+            Ok(stamps) => stamps,
+            Err(error) => {
+                leader.finish(Err(error.clone()));
+                return KeyOutcome::Failed(error);
+            }
+        };
         let load = async {
             let loaded = match settings.timeout {
                 None => (self.loader)(key.clone()).await,
@@ -1195,7 +1203,7 @@ where
         };
         let ticket = leader.ticket;
         let (ttl, options) = cache.settings_for(&key, settings.ttl, settings.options);
-        let entry = match cache.encode_stamped(&*value, &[], ttl, &options) {
+        let entry = match cache.encode_stamped(&*value, &stamps, ttl, &options) {
             Ok(entry) => entry,
             Err(error) => {
                 leader.finish(Err(error.clone()));

@@ -27,7 +27,8 @@ enum Written {
 
 impl<S: Serializer> TieredCache<S> {
     /// Stores `value` under `key` in every tier for `ttl` (each tier's cap
-    /// permitting).
+    /// permitting), stamped with the versions of the key's
+    /// [families](crate::TieredCacheBuilder::key_families), if it has any.
     ///
     /// A value the lowest tier refuses (over its size limit) is an error
     /// whatever the tier's failure policy, and leaves no older value under
@@ -45,7 +46,8 @@ impl<S: Serializer> TieredCache<S> {
     where
         T: Serialize + ?Sized + 'static,
     {
-        let entry = self.encode(key, value, ttl)?;
+        let stamps = self.stamp(key, &[]).await?;
+        let entry = self.encode_stamped(value, &stamps, ttl, &self.defaults_for(key).load)?;
         let written = self.write_mutating(&[(key, entry)]).await.pop();
         self.announce_write([key]).await;
         written.unwrap_or(Ok(()))
@@ -53,7 +55,10 @@ impl<S: Serializer> TieredCache<S> {
 
     /// Stores several values for `ttl`, with one call per tier. One result
     /// per value, in order. With a backplane, one message names every key
-    /// written (see [`set`](Self::set)).
+    /// written (see [`set`](Self::set)). The versions of the keys'
+    /// [families](crate::TieredCacheBuilder::key_families) are read
+    /// together; if that fails (a tier that fails closed), the keys in a
+    /// family get the error and are not written, the others are.
     pub async fn set_many<T>(&self, items: &[(&str, T)], ttl: Duration) -> Vec<Result<()>>
     where
         T: Serialize + 'static,
@@ -61,8 +66,13 @@ impl<S: Serializer> TieredCache<S> {
         let mut results: Vec<Result<()>> = Vec::with_capacity(items.len());
         let mut entries = Vec::with_capacity(items.len());
         let mut slots = Vec::with_capacity(items.len());
-        for (key, value) in items {
-            match self.encode(key, value, ttl) {
+        let keys: Vec<&str> = items.iter().map(|(key, _)| *key).collect();
+        let stamps = self.stamp_each(&keys).await;
+        for ((key, value), stamps) in items.iter().zip(stamps) {
+            let encoded = stamps.and_then(|stamps| {
+                self.encode_stamped(value, &stamps, ttl, &self.defaults_for(key).load)
+            });
+            match encoded {
                 Ok(entry) => {
                     slots.push(results.len());
                     entries.push((*key, entry));
