@@ -28,6 +28,7 @@ pub(crate) fn write(root: &Path, summary: &Value, run: SystemTime) -> Result<(),
         ("l2", Page::l2),
         ("breaker", Page::breaker),
         ("invalidation", Page::invalidation),
+        ("capacity", Page::capacity),
         ("load", Page::load),
     ] {
         let Some(results) = summary.get(name) else {
@@ -381,6 +382,42 @@ impl Page {
             self.line(format!(
                 "The priority queue applies {l1:.0} invalidations per second over an L1 (its own \
                  cost), {redis:.0} over L1 + Redis (a removal and a backplane message each)."
+            ));
+        }
+        None
+    }
+
+    fn capacity(&mut self, capacity: &Value) -> Option<Chart> {
+        self.line("");
+        self.line("## Capacity figures (`capacity.json`)");
+        self.line("");
+        self.line(
+            "What [scale.md](scale.md)'s capacity model rests on \
+             (`crates/cache-invalidation/benches/capacity.rs`).",
+        );
+        let l1 = &capacity["l1"];
+        self.line("");
+        self.line(format!(
+            "L1 memory per entry (~200-byte struct, the process's resident size over {} \
+             entries): {:.0} bytes written, {:.0} once read (the decoded value kept); the \
+             layer counts {:.0}.",
+            thousands(l1["entries"].as_u64()?),
+            l1["written_bytes_per_entry"].as_f64()?,
+            l1["read_bytes_per_entry"].as_f64()?,
+            l1["counted_bytes_per_entry"].as_f64()?,
+        ));
+        self.line("");
+        self.line(
+            "| backplane subscribers | published/s | delivered/s to each | deliveries/s in all |",
+        );
+        self.line("|---|---|---|---|");
+        for result in capacity["backplane"].as_array()? {
+            self.line(format!(
+                "| {} | {:.0} | {:.0} | {:.0} |",
+                result["subscribers"],
+                result["published_per_second"].as_f64()?,
+                result["delivered_per_second_each"].as_f64()?,
+                result["deliveries_per_second"].as_f64()?,
             ));
         }
         None
