@@ -684,8 +684,8 @@ impl Inner {
         }
     }
 
-    /// The `host:port` of every Cluster primary that serves slots.
-    async fn cluster_primaries(&self, limit: Duration) -> Result<Vec<(String, u16)>> {
+    /// Where the Cluster's slots are now (`CLUSTER NODES` of any node).
+    async fn slot_map(&self, limit: Duration) -> Result<SlotMap> {
         let nodes: String = self
             .on_primary(limit, |mut conn| async move {
                 let Conn::Cluster(cluster) = &mut *conn else {
@@ -700,30 +700,113 @@ impl Inner {
                 Ok(redis::from_redis_value(value)?)
             })
             .await?;
-        Ok(parse_cluster_primaries(&nodes))
+        Ok(SlotMap::parse(&nodes))
+    }
+
+    /// SCAN MATCH over every primary of a Cluster, removing what it finds,
+    /// until a whole pass ran while no slot moved.
+    ///
+    /// A slot migrated during a pass can carry keys from a primary not
+    /// scanned yet to one already scanned, where the pass would miss them;
+    /// and a key moved into a node while its SCAN runs may not be
+    /// returned. So a pass counts only if the slots were where they were
+    /// when it began, and no slot was between two primaries
+    /// (`MIGRATING`/`IMPORTING`) before or after it; else the primaries are
+    /// scanned again, [`CLUSTER_SCAN_PASSES`] times at most. A Cluster
+    /// resharding all along makes the removal fail (`Unavailable`): with
+    /// the cache's invalidation queue, it is retried until the slots stay.
+    async fn scan_and_remove_cluster(
+        &self,
+        limit: Duration,
+        glob: &str,
+        now: Instant,
+    ) -> Result<u64> {
+        let mut removed = 0;
+        for pass in 1..=CLUSTER_SCAN_PASSES {
+            let before = self.slot_map(limit).await?;
+            for (host, port) in &before.primaries {
+                removed += self
+                    .scan_and_remove(limit, glob, Some((host, *port)), now)
+                    .await?;
+            }
+            let after = self.slot_map(limit).await?;
+            if before.is_settled() && after.owners == before.owners {
+                return Ok(removed);
+            }
+            tracing::debug!(
+                layer = %self.name,
+                pass,
+                "slots moved during a removal by pattern: scanning the primaries again"
+            );
+        }
+        Err(Error::classified(
+            self.name.clone(),
+            ErrorClass::Unavailable,
+            format!(
+                "the Cluster's slots kept moving during a removal by pattern \
+                 ({CLUSTER_SCAN_PASSES} passes); keys may be left: call again once the \
+                 resharding is over (the cache's invalidation queue does)"
+            ),
+        ))
     }
 }
 
-/// Parses `CLUSTER NODES`: `<id> <ip:port@cport[,hostname]> <flags> <primary> ... <slots>`.
-fn parse_cluster_primaries(nodes: &str) -> Vec<(String, u16)> {
-    nodes
-        .lines()
-        .filter_map(|line| {
+/// How many passes over a Cluster's primaries a removal by pattern makes
+/// before it gives up on slots that keep moving.
+const CLUSTER_SCAN_PASSES: usize = 3;
+
+/// Which slots each primary of a Cluster serves, from `CLUSTER NODES`:
+/// `<id> <ip:port@cport[,hostname]> <flags> <primary> <ping> <pong> <epoch> <link> <slots>...`.
+#[derive(Debug, Clone)]
+struct SlotMap {
+    /// The primaries that serve slots, in the order `CLUSTER NODES` lists
+    /// them (which differs from node to node: compare `owners`).
+    primaries: Vec<(String, u16)>,
+    /// Each primary's address and slot fields (ranges, and
+    /// `[slot->-id]` / `[slot-<-id]` for a slot being migrated), sorted.
+    owners: Vec<String>,
+}
+
+impl SlotMap {
+    fn parse(nodes: &str) -> SlotMap {
+        let mut map = SlotMap {
+            primaries: Vec::new(),
+            owners: Vec::new(),
+        };
+        for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let flags = fields.get(2)?;
+            let Some(flags) = fields.get(2) else {
+                continue;
+            };
             if !flags.split(',').any(|flag| flag == "master")
                 || flags
                     .split(',')
                     .any(|flag| flag == "fail" || flag == "noaddr")
                 || fields.len() < 9
             {
-                return None;
+                continue;
             }
-            let address = fields[1].split(['@', ',']).next()?;
-            let (host, port) = address.rsplit_once(':')?;
-            Some((host.to_owned(), port.parse().ok()?))
-        })
-        .collect()
+            let Some(address) = fields[1].split(['@', ',']).next() else {
+                continue;
+            };
+            let Some((host, port)) = address.rsplit_once(':') else {
+                continue;
+            };
+            let Ok(port) = port.parse() else {
+                continue;
+            };
+            map.primaries.push((host.to_owned(), port));
+            map.owners
+                .push(format!("{address} {}", fields[8..].join(" ")));
+        }
+        map.owners.sort();
+        map
+    }
+
+    /// Whether no slot is being migrated between two primaries.
+    fn is_settled(&self) -> bool {
+        !self.owners.iter().any(|owner| owner.contains('['))
+    }
 }
 
 /// The class of a Redis failure: a full, read-only or locked-out server is
@@ -733,7 +816,11 @@ pub(crate) fn classify(err: &RedisError) -> ErrorClass {
         Some("OOM") => ErrorClass::OutOfMemory,
         Some("READONLY") => ErrorClass::ReadOnly,
         Some("NOAUTH" | "WRONGPASS" | "NOPERM") => ErrorClass::Auth,
-        Some("LOADING" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN") => ErrorClass::Unavailable,
+        // A redirect the client could not follow (keys of a slot being
+        // migrated, split between two primaries) is a Cluster resharding.
+        Some("LOADING" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN" | "ASK" | "MOVED") => {
+            ErrorClass::Unavailable
+        }
         _ if err.kind() == redis::ErrorKind::AuthenticationFailed => ErrorClass::Auth,
         _ if err.is_timeout() => ErrorClass::Timeout,
         _ if err.is_io_error() || err.is_connection_refusal() || err.is_connection_dropped() => {
@@ -889,13 +976,7 @@ impl CacheLayer for RedisLayer {
         if inner.standalone {
             return inner.scan_and_remove(limit, &glob, None, now).await;
         }
-        let mut removed = 0;
-        for (host, port) in inner.cluster_primaries(limit).await? {
-            removed += inner
-                .scan_and_remove(limit, &glob, Some((&host, port)), now)
-                .await?;
-        }
-        Ok(removed)
+        inner.scan_and_remove_cluster(limit, &glob, now).await
     }
 
     async fn get_many(&self, ctx: &CallContext<'_>, keys: &[&str]) -> Result<Lookups> {
@@ -1064,14 +1145,40 @@ mod tests {
 292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f 127.0.0.1:30003@31003 master - 0 1426238318243 3 connected 10923-16383
 e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
 824fe116063bc5fcf9f4ffd895bc17aee7731ac3 127.0.0.1:30006@31006 master,fail - 0 1426238317741 6 connected 12000";
-        let primaries = parse_cluster_primaries(nodes);
+        let map = SlotMap::parse(nodes);
         assert_eq!(
-            primaries,
+            map.primaries,
             vec![
                 ("127.0.0.1".to_owned(), 30002),
                 ("127.0.0.1".to_owned(), 30003),
                 ("127.0.0.1".to_owned(), 30001),
             ]
         );
+        assert!(map.is_settled());
+    }
+
+    #[test]
+    fn a_slot_being_migrated_unsettles_the_map_and_a_moved_one_changes_it() {
+        let line = |port: u16, slots: &str| {
+            format!("id{port} 127.0.0.1:{port}@1{port} master - 0 0 1 connected {slots}")
+        };
+        let before = SlotMap::parse(&[line(7001, "0-8000"), line(7002, "8001-16383")].join("\n"));
+        assert!(before.is_settled());
+        let migrating = SlotMap::parse(
+            &[
+                line(7001, "0-8000 [8000->-id7002]"),
+                line(7002, "8001-16383 [8000-<-id7001]"),
+            ]
+            .join("\n"),
+        );
+        assert!(!migrating.is_settled());
+        assert_ne!(migrating.owners, before.owners);
+        let moved = SlotMap::parse(&[line(7001, "0-7999"), line(7002, "8000-16383")].join("\n"));
+        assert!(moved.is_settled());
+        assert_ne!(moved.owners, before.owners);
+        // The same slots listed from another node: the same map.
+        let reordered =
+            SlotMap::parse(&[line(7002, "8001-16383"), line(7001, "0-8000")].join("\n"));
+        assert_eq!(reordered.owners, before.owners);
     }
 }

@@ -215,3 +215,174 @@ async fn the_backplane_spans_a_cluster_through_any_node() {
         .expect("the message crosses the cluster");
     assert_eq!(event, Some(BackplaneEvent::Message(message)));
 }
+
+/// Moves `slot` from primary `source` to primary `target` as
+/// `redis-cli --cluster reshard` does, but in steps the caller runs: start
+/// (both sides marked), keys (`MIGRATE`), finish (every node told).
+struct SlotMove<'a> {
+    cluster: &'a RedisCluster,
+    slot: String,
+    source: usize,
+    target: usize,
+}
+
+impl SlotMove<'_> {
+    fn id(&self, node: usize) -> String {
+        self.cluster.nodes()[node]
+            .cli(&["CLUSTER", "MYID"])
+            .trim()
+            .to_owned()
+    }
+
+    fn ok(reply: String) {
+        assert_eq!(reply.trim(), "OK", "{reply}");
+    }
+
+    fn start(&self) {
+        let nodes = self.cluster.nodes();
+        Self::ok(nodes[self.target].cli(&[
+            "CLUSTER",
+            "SETSLOT",
+            &self.slot,
+            "IMPORTING",
+            &self.id(self.source),
+        ]));
+        Self::ok(nodes[self.source].cli(&[
+            "CLUSTER",
+            "SETSLOT",
+            &self.slot,
+            "MIGRATING",
+            &self.id(self.target),
+        ]));
+    }
+
+    /// Moves up to `count` of the slot's keys to the target.
+    fn migrate(&self, count: usize) {
+        let nodes = self.cluster.nodes();
+        let listed =
+            nodes[self.source].cli(&["CLUSTER", "GETKEYSINSLOT", &self.slot, &count.to_string()]);
+        let keys: Vec<&str> = listed.lines().filter(|key| !key.is_empty()).collect();
+        if keys.is_empty() {
+            return;
+        }
+        let port = nodes[self.target].port().to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend(keys);
+        Self::ok(nodes[self.source].cli(&args));
+    }
+
+    fn finish(&self) {
+        let target = self.id(self.target);
+        for node in self.cluster.nodes() {
+            Self::ok(node.cli(&["CLUSTER", "SETSLOT", &self.slot, "NODE", &target]));
+        }
+    }
+}
+
+/// The index of the primary holding `slot`'s keys.
+fn owner_of(cluster: &RedisCluster, slot: &str) -> usize {
+    // Every node answers for every slot; the owner's own line says `myself`.
+    let nodes = cluster.nodes()[0].cli(&["CLUSTER", "NODES"]);
+    let slot: u16 = slot.parse().unwrap();
+    let owner = nodes
+        .lines()
+        .find(|line| {
+            line.split_whitespace().skip(8).any(|range| {
+                let (from, to) = range.split_once('-').unwrap_or((range, range));
+                match (from.parse::<u16>(), to.parse::<u16>()) {
+                    (Ok(from), Ok(to)) => (from..=to).contains(&slot),
+                    _ => false,
+                }
+            })
+        })
+        .expect("an owner");
+    let port: u16 = owner
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .split(['@', ','])
+        .next()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    cluster
+        .nodes()
+        .iter()
+        .position(|node| node.port() == port)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_removal_by_pattern_during_a_slot_migration_leaves_nothing_it_reports_done() {
+    let cluster = RedisCluster::start();
+    let redis = RedisLayer::cluster_builder(cluster.urls())
+        .namespace("m:")
+        .timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .unwrap();
+    // Every page of offer 42 in one slot (the hash tag), 60 of them.
+    let key = |page: usize| format!("reviews:offer:{{42}}:page:{page}");
+    let write_all = || async {
+        for page in 0..60 {
+            let entry =
+                Entry::new(b"a page".to_vec()).expires_at(Instant::now() + Duration::from_secs(60));
+            redis.set(&ctx::write(), &key(page), entry).await.unwrap();
+        }
+    };
+    write_all().await;
+    let slot = cluster.nodes()[0]
+        .cli(&["CLUSTER", "KEYSLOT", &format!("m:{}", key(0))])
+        .trim()
+        .to_owned();
+    let source = owner_of(&cluster, &slot);
+    let moving = SlotMove {
+        cluster: &cluster,
+        slot,
+        source,
+        target: (source + 1) % 3,
+    };
+    let pattern = Pattern::new("reviews:offer:{42}:*");
+
+    // A migration begun: whatever the passes remove, a key could be moving
+    // behind them, so the removal says it may be incomplete.
+    moving.start();
+    let error = redis.invalidate(&ctx::write(), &pattern).await.unwrap_err();
+    assert_eq!(
+        error.class(),
+        cache_core::ErrorClass::Unavailable,
+        "{error}"
+    );
+    assert!(error.to_string().contains("slots kept moving"), "{error}");
+
+    // Half the keys on each side: the same (or a redirect the client
+    // could not follow: a Cluster resharding too), never Ok.
+    write_all().await;
+    moving.migrate(30);
+    let error = redis.invalidate(&ctx::write(), &pattern).await.unwrap_err();
+    assert_eq!(
+        error.class(),
+        cache_core::ErrorClass::Unavailable,
+        "{error}"
+    );
+
+    // The slot has moved: the same call succeeds, and no key is left on
+    // any node (values or markers of values: only markers may remain).
+    moving.migrate(100);
+    moving.finish();
+    write_all().await;
+    let removed = redis.invalidate(&ctx::write(), &pattern).await.unwrap();
+    assert_eq!(removed, 60);
+    for page in 0..60 {
+        assert!(redis.get(&ctx::read(), &key(page)).await.unwrap().is_none());
+    }
+    let values: usize = cluster
+        .nodes()
+        .iter()
+        .map(|node| node.values().iter().filter(|k| k.contains("{42}")).count())
+        .sum();
+    assert_eq!(values, 0, "a page outlived its removal");
+}
