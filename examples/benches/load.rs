@@ -29,12 +29,12 @@
 //! Run: `cargo bench -p examples --bench load` (about a minute);
 //! `LOAD_ROUND_SECS=n` sets the length of a round (default 3).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cache_core::{Latency, LatencyRecorder};
+use cache_test_support::bench::write_results;
 use cache_test_support::redis::RedisServer;
 use examples::graphql::store::Store;
 use examples::graphql::{Config, Service, serve};
@@ -295,13 +295,6 @@ fn request(addr: std::net::SocketAddr, query: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        PathBuf::from,
-    )
-}
-
 fn round_length() -> Result<Duration, String> {
     match std::env::var("LOAD_ROUND_SECS") {
         Err(_) => Ok(Duration::from_secs(3)),
@@ -379,10 +372,8 @@ async fn run() -> Result<(), String> {
         json!(format!("every *_over_off >= {TARGET_RATIO} with no errors")),
     );
     report.insert("met".into(), json!(met));
-    let dir = target_dir().join("bench");
-    std::fs::create_dir_all(&dir).map_err(|error| error.to_string())?;
     let text = serde_json::to_string_pretty(&report).map_err(|error| error.to_string())?;
-    std::fs::write(dir.join("load.json"), &text).map_err(|error| error.to_string())?;
+    write_results("load", &text).map_err(|error| error.to_string())?;
     println!("{text}");
     Ok(())
 }

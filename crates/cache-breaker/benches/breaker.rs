@@ -9,12 +9,12 @@
 #![allow(missing_docs)]
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cache_breaker::CircuitBreaker;
 use cache_core::{Admission, CallOutcome, FailurePolicy, Operation};
+use cache_test_support::bench::write_results;
 use criterion::Criterion;
 use futures::FutureExt;
 
@@ -121,25 +121,6 @@ fn measure(f: &Arc<dyn Fn(u64) -> u64 + Send + Sync>, threads: usize) -> (f64, f
     (samples[0], samples[RUNS / 2])
 }
 
-fn json_path() -> PathBuf {
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => {
-            let dir = PathBuf::from(dir);
-            if dir.is_absolute() {
-                dir
-            } else {
-                workspace_root().join(dir)
-            }
-        }
-        None => workspace_root().join("target"),
-    };
-    target.join("bench").join("breaker.json")
-}
-
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn write_json() {
     let cases = cases();
     let mut results = Vec::new();
@@ -190,17 +171,10 @@ fn write_json() {
         "unit": "ns/call",
         "results": results,
     });
-    let path = json_path();
-    let written = path
-        .parent()
-        .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| {
-            let text = serde_json::to_string_pretty(&report).unwrap_or_default();
-            std::fs::write(&path, text)
-        });
-    match written {
-        Ok(()) => println!("wrote {}", path.display()),
-        Err(error) => eprintln!("could not write {}: {error}", path.display()),
+    let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+    match write_results("breaker", &text) {
+        Ok(path) => println!("wrote {}", path.display()),
+        Err(error) => eprintln!("could not write target/bench/breaker.json: {error}"),
     }
 }
 

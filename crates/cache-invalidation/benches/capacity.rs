@@ -17,7 +17,6 @@
 //! Run: `cargo bench -p cache-invalidation --bench capacity` (about half a
 //! minute; needs `redis-server`).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -25,40 +24,15 @@ use std::time::{Duration, Instant};
 use cache_core::{Backplane, BackplaneEvent, BackplaneMessage, Invalidation};
 use cache_memory::MemoryLayer;
 use cache_redis::RedisBackplane;
+use cache_test_support::bench::{Offer, offer, write_results};
 use cache_test_support::redis::RedisServer;
 use cache_tiered::TieredCache;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 const ENTRIES: usize = 100_000;
 const MESSAGES: u64 = 20_000;
 const PUBLISHERS: u64 = 16;
 const SUBSCRIBERS: [usize; 3] = [1, 8, 32];
-
-/// A ~200-byte value, as the L1 benchmark's.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Offer {
-    id: u64,
-    price_cents: u64,
-    rating: f32,
-    title: String,
-    description: String,
-    tags: Vec<u32>,
-}
-
-fn offer(id: u64) -> Offer {
-    Offer {
-        id,
-        price_cents: 1999 + id,
-        rating: 4.5,
-        title: format!("Offer number {id:06} - a fairly ordinary title"),
-        description: format!(
-            "A description of offer {id:06}, long enough to make the value about two hundred bytes \
-             once serialized."
-        ),
-        tags: vec![1, 2, 3, 4],
-    }
-}
 
 /// The process's resident memory, in bytes.
 fn resident() -> u64 {
@@ -195,13 +169,6 @@ async fn fan_out(server: &RedisServer, subscribers: usize) -> serde_json::Value 
     })
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
-        PathBuf::from,
-    )
-}
-
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -222,9 +189,7 @@ fn main() {
             "publishing_tasks": PUBLISHERS,
         })
     });
-    let dir = target_dir().join("bench");
-    std::fs::create_dir_all(&dir).expect("create target/bench");
     let text = serde_json::to_string_pretty(&report).expect("json");
-    std::fs::write(dir.join("capacity.json"), &text).expect("write capacity.json");
+    write_results("capacity", &text).expect("write capacity.json");
     println!("{text}");
 }

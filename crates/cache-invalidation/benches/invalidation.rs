@@ -23,13 +23,13 @@
 //! Run: `cargo bench -p cache-invalidation --bench invalidation` (about a
 //! minute; needs `redis-server`).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cache_core::{CacheLayer, Pattern};
 use cache_invalidation::{Invalidator, Priority, Rules};
 use cache_memory::MemoryLayer;
 use cache_redis::{RedisBackplane, RedisLayer};
+use cache_test_support::bench::write_results;
 use cache_test_support::ctx;
 use cache_test_support::redis::RedisServer;
 use cache_tiered::{Tier, TieredCache};
@@ -218,13 +218,6 @@ async fn queue() -> serde_json::Value {
     })
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
-        PathBuf::from,
-    )
-}
-
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -242,9 +235,7 @@ fn main() {
         "queue": queue,
         "rounds": ROUNDS,
     });
-    let dir = target_dir().join("bench");
-    std::fs::create_dir_all(&dir).expect("create target/bench");
     let text = serde_json::to_string_pretty(&report).expect("json");
-    std::fs::write(dir.join("invalidation.json"), &text).expect("write invalidation.json");
+    write_results("invalidation", &text).expect("write invalidation.json");
     println!("{text}");
 }

@@ -21,13 +21,13 @@
 //! run's JSON says `"complete": false`); `L2_BENCH_POOL_MAX_OPEN=n` sets the
 //! layer's pool size.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cache_core::{CacheLayer, Entry};
 use cache_redis::RedisLayer;
+use cache_test_support::bench::write_results;
 use cache_test_support::ctx;
 use cache_test_support::redis::RedisServer;
 use criterion::Criterion;
@@ -234,12 +234,6 @@ fn load_average() -> Option<f64> {
         .ok()
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-}
-
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -366,11 +360,8 @@ fn main() {
         "meets_target": results.iter().all(|r| r["meets_target"] == true),
         "results": results,
     });
-    let dir = target_dir().join("bench");
-    std::fs::create_dir_all(&dir).expect("create target/bench");
-    let path = dir.join("l2.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&report).expect("json"))
-        .expect("write l2.json");
+    let text = serde_json::to_string_pretty(&report).expect("json");
+    let path = write_results("l2", &text).expect("write l2.json");
     println!("wrote {}", path.display());
     if only.is_none() {
         single_call_latency(&runtime, &fixture);

@@ -686,21 +686,53 @@ impl Inner {
 
     /// Where the Cluster's slots are now (`CLUSTER NODES` of any node).
     async fn slot_map(&self, limit: Duration) -> Result<SlotMap> {
-        let nodes: String = self
-            .on_primary(limit, |mut conn| async move {
+        let view = self
+            .cluster_nodes(limit, SingleNodeRoutingInfo::Random)
+            .await?;
+        let mut map = SlotMap::parse(&view);
+        // A slot being migrated shows as such (`[slot->-id]`, `[slot-<-id]`)
+        // only in the two nodes' own lines: ask each primary about itself.
+        let mut owners = Vec::with_capacity(map.primaries.len());
+        for (host, port) in &map.primaries {
+            let own = self
+                .cluster_nodes(
+                    limit,
+                    SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: *port,
+                    },
+                )
+                .await?;
+            owners.extend(SlotMap::parse(&own).own_line);
+        }
+        owners.sort();
+        map.owners = owners;
+        Ok(map)
+    }
+
+    /// `CLUSTER NODES` as the node `routing` picks sees the Cluster.
+    async fn cluster_nodes(
+        &self,
+        limit: Duration,
+        routing: SingleNodeRoutingInfo,
+    ) -> Result<String> {
+        self.on_primary(limit, |mut conn| {
+            // A copy per try: `on_primary` may call this again.
+            let routing = routing.clone();
+            async move {
                 let Conn::Cluster(cluster) = &mut *conn else {
                     unreachable!("only called in Cluster mode")
                 };
                 let value = cluster
                     .route_command(
                         redis::cmd("CLUSTER").arg("NODES").clone(),
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                        RoutingInfo::SingleNode(routing),
                     )
                     .await?;
                 Ok(redis::from_redis_value(value)?)
-            })
-            .await?;
-        Ok(SlotMap::parse(&nodes))
+            }
+        })
+        .await
     }
 
     /// SCAN MATCH over every primary of a Cluster, removing what it finds,
@@ -763,8 +795,12 @@ struct SlotMap {
     /// them (which differs from node to node: compare `owners`).
     primaries: Vec<(String, u16)>,
     /// Each primary's address and slot fields (ranges, and
-    /// `[slot->-id]` / `[slot-<-id]` for a slot being migrated), sorted.
+    /// `[slot->-id]` / `[slot-<-id]` for a slot being migrated), sorted;
+    /// in [`slot_map`](Inner::slot_map), each from the primary's own view.
     owners: Vec<String>,
+    /// The line of the node that answered (`myself`), as in `owners`, if
+    /// it is a primary serving slots.
+    own_line: Option<String>,
 }
 
 impl SlotMap {
@@ -772,6 +808,7 @@ impl SlotMap {
         let mut map = SlotMap {
             primaries: Vec::new(),
             owners: Vec::new(),
+            own_line: None,
         };
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
@@ -796,8 +833,11 @@ impl SlotMap {
                 continue;
             };
             map.primaries.push((host.to_owned(), port));
-            map.owners
-                .push(format!("{address} {}", fields[8..].join(" ")));
+            let owner = format!("{address} {}", fields[8..].join(" "));
+            if flags.split(',').any(|flag| flag == "myself") {
+                map.own_line = Some(owner.clone());
+            }
+            map.owners.push(owner);
         }
         map.owners.sort();
         map
@@ -1155,6 +1195,8 @@ e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,master - 0
             ]
         );
         assert!(map.is_settled());
+        // The answering node's own line (a migration shows only there).
+        assert_eq!(map.own_line.as_deref(), Some("127.0.0.1:30001 0-5460"));
     }
 
     #[test]

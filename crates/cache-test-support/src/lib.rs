@@ -5,8 +5,10 @@
 //! - [`redis`]: throwaway `redis-server` processes on free ports;
 //! - [`ctx`]: call contexts for calling a layer directly;
 //! - [`policy`]: driving a failure policy by hand;
-//! - [`trace`]: a `tracing` subscriber that keeps spans and warnings.
+//! - [`trace`]: a `tracing` subscriber that keeps spans and warnings;
+//! - [`bench`]: the value the benchmarks cache, and where results go.
 
+pub mod bench;
 pub mod layers;
 pub mod model;
 pub mod policy;

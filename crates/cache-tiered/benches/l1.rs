@@ -7,41 +7,16 @@
 //! Ratios (ours / theirs, lower is better) go to `target/bench/l1.json`.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use cache_memory::MemoryLayer;
+use cache_test_support::bench::{Offer, offer, target_dir, write_results};
 use cache_tiered::TieredCache;
 use criterion::{Criterion, criterion_group};
-use serde::{Deserialize, Serialize};
 
 const KEYS: usize = 10_000;
 const TTL: Duration = Duration::from_secs(3600);
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Offer {
-    id: u64,
-    price_cents: u64,
-    rating: f32,
-    title: String,
-    description: String,
-    tags: Vec<u32>,
-}
-
-fn offer(id: u64) -> Offer {
-    Offer {
-        id,
-        price_cents: 1999 + id,
-        rating: 4.5,
-        title: format!("Offer number {id:06} - a fairly ordinary title"),
-        description: format!(
-            "A description of offer {id:06}, long enough to make the value about two hundred bytes \
-             once serialized."
-        ),
-        tags: vec![1, 2, 3, 4],
-    }
-}
 
 fn keys() -> Vec<String> {
     (0..KEYS).map(|i| format!("offer:{i}")).collect()
@@ -239,13 +214,6 @@ fn main() {
     }
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
-        PathBuf::from,
-    )
-}
-
 /// Mean nanoseconds per iteration, as criterion recorded it.
 fn mean_ns(id: &str) -> Result<f64, String> {
     let path = target_dir().join(format!("criterion/l1_get/{id}/new/estimates.json"));
@@ -293,10 +261,8 @@ fn write_ratios() -> Result<(), String> {
             }),
         );
     }
-    let dir = target_dir().join("bench");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("l1.json"), &text).map_err(|e| e.to_string())?;
+    write_results("l1", &text).map_err(|e| e.to_string())?;
     println!("{text}");
     Ok(())
 }

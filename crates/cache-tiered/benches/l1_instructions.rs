@@ -15,7 +15,6 @@
 //! moka `get`, and a circuit breaker's closed path (admit and record).
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +22,8 @@ use std::time::Duration;
 use cache_breaker::CircuitBreaker;
 use cache_core::{Admission, CallOutcome, FailurePolicy, Operation};
 use cache_memory::MemoryLayer;
+use cache_test_support::bench::{Offer, offer, target_dir};
 use cache_tiered::TieredCache;
-use serde::{Deserialize, Serialize};
 
 const KEYS: usize = 10_000;
 const TTL: Duration = Duration::from_secs(3600);
@@ -46,30 +45,6 @@ const CASES: &[&str] = &[
     "get_or_compute_owned",
     "breaker_closed",
 ];
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Offer {
-    id: u64,
-    price_cents: u64,
-    rating: f32,
-    title: String,
-    description: String,
-    tags: Vec<u32>,
-}
-
-fn offer(id: u64) -> Offer {
-    Offer {
-        id,
-        price_cents: 1999 + id,
-        rating: 4.5,
-        title: format!("Offer number {id:06} - a fairly ordinary title"),
-        description: format!(
-            "A description of offer {id:06}, long enough to make the value about two hundred bytes \
-             once serialized."
-        ),
-        tags: vec![1, 2, 3, 4],
-    }
-}
 
 fn main() {
     match std::env::var(WORKER) {
@@ -157,13 +132,6 @@ fn instructions(me: &std::path::Path, case: &str, hits: usize) -> Result<u64, St
             refs.trim().replace(',', "").parse().ok()
         })
         .ok_or_else(|| format!("no instruction count in:\n{log}"))
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
-        PathBuf::from,
-    )
 }
 
 /// One run: the setup every case shares, then `hits` hits.
