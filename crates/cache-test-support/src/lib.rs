@@ -6,7 +6,7 @@
 //! - [`ctx`]: call contexts for calling a layer directly;
 //! - [`policy`]: driving a failure policy by hand;
 //! - [`trace`]: a `tracing` subscriber that keeps spans and warnings;
-//! - [`bench`]: the value the benchmarks cache, and where results go.
+//! - [`bench`](mod@bench): the value the benchmarks cache, and where results go.
 
 pub mod bench;
 pub mod layers;
