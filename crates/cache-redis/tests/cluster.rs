@@ -2,9 +2,12 @@
 //!
 //! Needs `redis-server` and `redis-cli` on PATH (`apt-get install -y redis-server`).
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cache_core::{CacheLayer, CallContext, Entry, Error, Operation, Pattern, escape};
+use cache_core::{CacheLayer, CallContext, Entry, Error, ErrorClass, Operation, Pattern, escape};
 use cache_redis::RedisLayer;
 use cache_test_support::ctx;
 use cache_test_support::redis::RedisCluster;
@@ -216,65 +219,118 @@ async fn the_backplane_spans_a_cluster_through_any_node() {
     assert_eq!(event, Some(BackplaneEvent::Message(message)));
 }
 
+/// Plain connections to each node of a Cluster, for the commands a test
+/// sends itself: a `redis-cli` process per command is too slow to watch a
+/// removal's scan or to move a slot within it.
+struct Nodes {
+    conns: Vec<redis::Connection>,
+    ports: Vec<u16>,
+    ids: Vec<String>,
+}
+
+impl Nodes {
+    fn connect(cluster: &RedisCluster) -> Nodes {
+        let mut nodes = Nodes {
+            conns: Vec::new(),
+            ports: Vec::new(),
+            ids: Vec::new(),
+        };
+        for node in cluster.nodes() {
+            let conn = redis::Client::open(node.url())
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            nodes.conns.push(conn);
+            nodes.ports.push(node.port());
+        }
+        for node in 0..nodes.conns.len() {
+            let id: String = nodes.run(node, &["CLUSTER", "MYID"]);
+            nodes.ids.push(id);
+        }
+        nodes
+    }
+
+    fn run<T: redis::FromRedisValue>(&mut self, node: usize, args: &[&str]) -> T {
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query(&mut self.conns[node])
+            .unwrap_or_else(|err| panic!("{args:?} on node {node}: {err}"))
+    }
+
+    fn ok(&mut self, node: usize, args: &[&str]) {
+        let reply: String = self.run(node, args);
+        assert_eq!(reply, "OK", "{args:?} on node {node}");
+    }
+
+    /// How many `SCAN`s each node has served since `CONFIG RESETSTAT`.
+    fn scans(&mut self) -> Vec<u64> {
+        (0..self.conns.len())
+            .map(|node| {
+                let info: String = self.run(node, &["INFO", "commandstats"]);
+                info.lines()
+                    .find_map(|line| line.strip_prefix("cmdstat_scan:calls="))
+                    .and_then(|rest| rest.split(',').next())
+                    .map_or(0, |calls| calls.parse().unwrap())
+            })
+            .collect()
+    }
+
+    /// How many keys of `slot` the node holds.
+    fn keys_in_slot(&mut self, node: usize, slot: &str) -> u64 {
+        self.run(node, &["CLUSTER", "COUNTKEYSINSLOT", slot])
+    }
+}
+
 /// Moves `slot` from primary `source` to primary `target` as
 /// `redis-cli --cluster reshard` does, but in steps the caller runs: start
 /// (both sides marked), keys (`MIGRATE`), finish (every node told).
-struct SlotMove<'a> {
-    cluster: &'a RedisCluster,
+struct SlotMove {
     slot: String,
     source: usize,
     target: usize,
 }
 
-impl SlotMove<'_> {
-    fn id(&self, node: usize) -> String {
-        self.cluster.nodes()[node]
-            .cli(&["CLUSTER", "MYID"])
-            .trim()
-            .to_owned()
+impl SlotMove {
+    fn start(&self, nodes: &mut Nodes) {
+        let (source, target) = (
+            nodes.ids[self.source].clone(),
+            nodes.ids[self.target].clone(),
+        );
+        nodes.ok(
+            self.target,
+            &["CLUSTER", "SETSLOT", &self.slot, "IMPORTING", &source],
+        );
+        nodes.ok(
+            self.source,
+            &["CLUSTER", "SETSLOT", &self.slot, "MIGRATING", &target],
+        );
     }
 
-    fn ok(reply: String) {
-        assert_eq!(reply.trim(), "OK", "{reply}");
-    }
-
-    fn start(&self) {
-        let nodes = self.cluster.nodes();
-        Self::ok(nodes[self.target].cli(&[
-            "CLUSTER",
-            "SETSLOT",
-            &self.slot,
-            "IMPORTING",
-            &self.id(self.source),
-        ]));
-        Self::ok(nodes[self.source].cli(&[
-            "CLUSTER",
-            "SETSLOT",
-            &self.slot,
-            "MIGRATING",
-            &self.id(self.target),
-        ]));
-    }
-
-    /// Moves up to `count` of the slot's keys to the target.
-    fn migrate(&self, count: usize) {
-        let nodes = self.cluster.nodes();
-        let listed =
-            nodes[self.source].cli(&["CLUSTER", "GETKEYSINSLOT", &self.slot, &count.to_string()]);
-        let keys: Vec<&str> = listed.lines().filter(|key| !key.is_empty()).collect();
+    /// Moves up to `count` of the slot's keys to the target; returns how
+    /// many it moved.
+    fn migrate(&self, nodes: &mut Nodes, count: usize) -> usize {
+        let keys: Vec<String> = nodes.run(
+            self.source,
+            &["CLUSTER", "GETKEYSINSLOT", &self.slot, &count.to_string()],
+        );
         if keys.is_empty() {
-            return;
+            return 0;
         }
-        let port = nodes[self.target].port().to_string();
+        let port = nodes.ports[self.target].to_string();
         let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
-        args.extend(keys);
-        Self::ok(nodes[self.source].cli(&args));
+        args.extend(keys.iter().map(String::as_str));
+        nodes.ok(self.source, &args);
+        keys.len()
     }
 
-    fn finish(&self) {
-        let target = self.id(self.target);
-        for node in self.cluster.nodes() {
-            Self::ok(node.cli(&["CLUSTER", "SETSLOT", &self.slot, "NODE", &target]));
+    fn finish(&self, nodes: &mut Nodes) {
+        let target = nodes.ids[self.target].clone();
+        for node in 0..nodes.conns.len() {
+            nodes.ok(node, &["CLUSTER", "SETSLOT", &self.slot, "NODE", &target]);
         }
     }
 }
@@ -339,8 +395,8 @@ async fn a_removal_by_pattern_during_a_slot_migration_leaves_nothing_it_reports_
         .trim()
         .to_owned();
     let source = owner_of(&cluster, &slot);
+    let mut nodes = Nodes::connect(&cluster);
     let moving = SlotMove {
-        cluster: &cluster,
         slot,
         source,
         target: (source + 1) % 3,
@@ -349,7 +405,7 @@ async fn a_removal_by_pattern_during_a_slot_migration_leaves_nothing_it_reports_
 
     // A migration begun: whatever the passes remove, a key could be moving
     // behind them, so the removal says it may be incomplete.
-    moving.start();
+    moving.start(&mut nodes);
     let error = redis.invalidate(&ctx::write(), &pattern).await.unwrap_err();
     assert_eq!(
         error.class(),
@@ -361,7 +417,7 @@ async fn a_removal_by_pattern_during_a_slot_migration_leaves_nothing_it_reports_
     // Half the keys on each side: the same (or a redirect the client
     // could not follow: a Cluster resharding too), never Ok.
     write_all().await;
-    moving.migrate(30);
+    moving.migrate(&mut nodes, 30);
     let error = redis.invalidate(&ctx::write(), &pattern).await.unwrap_err();
     assert_eq!(
         error.class(),
@@ -371,8 +427,8 @@ async fn a_removal_by_pattern_during_a_slot_migration_leaves_nothing_it_reports_
 
     // The slot has moved: the same call succeeds, and no key is left on
     // any node (values or markers of values: only markers may remain).
-    moving.migrate(100);
-    moving.finish();
+    while moving.migrate(&mut nodes, 100) > 0 {}
+    moving.finish(&mut nodes);
     write_all().await;
     let removed = redis.invalidate(&ctx::write(), &pattern).await.unwrap();
     assert_eq!(removed, 60);
@@ -385,4 +441,379 @@ async fn a_removal_by_pattern_during_a_slot_migration_leaves_nothing_it_reports_
         .map(|node| node.values().iter().filter(|k| k.contains("{42}")).count())
         .sum();
     assert_eq!(values, 0, "a page outlived its removal");
+}
+
+/// When, during the first pass of a removal by pattern over the primaries,
+/// a slot starts to move, and between which primaries, named by their place
+/// in that pass's scan order (0: scanned first; the places past `begun` are
+/// the primaries the pass has not reached yet, in the cluster's order).
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    name: &'static str,
+    /// Move once this many primaries have begun to be scanned and the
+    /// removal has removed its first keys.
+    begun: usize,
+    from: usize,
+    to: usize,
+    /// Keep the slot between the two primaries (half its keys moved) until
+    /// the removal returns, then finish the move.
+    held: bool,
+}
+
+const PLANS: [Plan; 5] = [
+    // The dangerous direction: the slot's keys leave a primary the pass has
+    // not reached for one it has finished with. A single pass misses them.
+    Plan {
+        name: "behind the scan",
+        begun: 2,
+        from: 2,
+        to: 0,
+        held: false,
+    },
+    Plan {
+        name: "into the primary being scanned",
+        begun: 1,
+        from: 2,
+        to: 0,
+        held: false,
+    },
+    Plan {
+        name: "from the last primary to the second, being scanned",
+        begun: 2,
+        from: 2,
+        to: 1,
+        held: false,
+    },
+    Plan {
+        name: "ahead of the scan",
+        begun: 1,
+        from: 0,
+        to: 2,
+        held: false,
+    },
+    Plan {
+        name: "behind the scan, held open until the removal returns",
+        begun: 2,
+        from: 2,
+        to: 0,
+        held: true,
+    },
+];
+
+/// What the mover saw of one removal.
+struct Moved {
+    slot: String,
+    source: usize,
+    target: usize,
+    keys: usize,
+    /// The order in which the removal's first pass reached the primaries.
+    order: Vec<usize>,
+    /// The removal had not returned when the move began.
+    began_during_the_call: bool,
+    /// Nor when the move ended.
+    ended_during_the_call: bool,
+    /// The removal had not scanned the source yet when the move ended: the
+    /// slot's keys left their primary before any pass reached it.
+    source_unscanned_at_the_end: bool,
+    took: Duration,
+}
+
+impl std::fmt::Display for Moved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "slot {} ({} keys) moved from node {} to node {} in {:?} (first pass reached nodes {:?} \
+             first); the call was running when the move began: {}, when it ended: {}; the source \
+             was not scanned yet when it ended: {}",
+            self.slot,
+            self.keys,
+            self.source,
+            self.target,
+            self.took,
+            self.order,
+            self.began_during_the_call,
+            self.ended_during_the_call,
+            self.source_unscanned_at_the_end
+        )
+    }
+}
+
+/// Waits (polling, with a deadline) until the removal has got as far as
+/// `plan` says, then moves a slot holding tagged keys as it says. `None`
+/// when the removal returned first.
+fn move_during_removal(
+    nodes: &mut Nodes,
+    plan: Plan,
+    slots: &[String],
+    removal_done: &AtomicBool,
+    redis: &RedisLayer,
+    removed_before: u64,
+) -> Option<Moved> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut order: Vec<usize> = Vec::new();
+    loop {
+        if removal_done.load(Ordering::SeqCst) {
+            return None;
+        }
+        // Which primaries have served a SCAN (stats reset before the call),
+        // in the order they began: the one with more SCANs first when two
+        // began between two polls.
+        let scans = nodes.scans();
+        let mut begun: Vec<usize> = (0..scans.len())
+            .filter(|node| scans[*node] > 0 && !order.contains(node))
+            .collect();
+        begun.sort_by_key(|node| std::cmp::Reverse(scans[*node]));
+        order.extend(begun);
+        // The layer counts removed keys batch by batch: it has begun deleting.
+        if order.len() >= plan.begun && redis.stats().removals > removed_before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the removal did not get that far within 20 s (scans {scans:?})"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let scanned = order.len();
+    order.extend(
+        (0..3)
+            .filter(|node| !order.contains(node))
+            .collect::<Vec<_>>(),
+    );
+    let (source, target) = (order[plan.from], order[plan.to]);
+    let slot = slots
+        .iter()
+        .find(|slot| nodes.keys_in_slot(source, slot) > 0)
+        .expect("a tagged slot left on the source")
+        .clone();
+    let moving = SlotMove {
+        slot,
+        source,
+        target,
+    };
+    let started = Instant::now();
+    let began_during_the_call = !removal_done.load(Ordering::SeqCst);
+    moving.start(nodes);
+    let mut keys = 0;
+    if plan.held {
+        let half = nodes.keys_in_slot(source, &moving.slot) as usize / 2;
+        keys += moving.migrate(nodes, half);
+        while !removal_done.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the removal did not return");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    loop {
+        let moved = moving.migrate(nodes, 100);
+        if moved == 0 {
+            break;
+        }
+        keys += moved;
+    }
+    moving.finish(nodes);
+    let ended_during_the_call = !removal_done.load(Ordering::SeqCst);
+    let took = started.elapsed();
+    let source_unscanned_at_the_end = nodes.scans()[source] == 0;
+    order.truncate(scanned);
+    Some(Moved {
+        slot: moving.slot,
+        source,
+        target,
+        keys,
+        order,
+        began_during_the_call,
+        ended_during_the_call,
+        source_unscanned_at_the_end,
+        took,
+    })
+}
+
+/// Checks every node's keys directly: no value `pattern` matches (a
+/// removal leaves markers, which are not values), and every value in
+/// `others` still there, once.
+fn assert_only_others_left(
+    cluster: &RedisCluster,
+    pattern: &Pattern,
+    others: &BTreeSet<String>,
+    what: &str,
+) {
+    let mut kept = BTreeSet::new();
+    let mut outlived = Vec::new();
+    for node in cluster.nodes() {
+        for key in node.values() {
+            let key = key.strip_prefix("s:").expect("in the namespace").to_owned();
+            if pattern.matches(&key) {
+                outlived.push(key);
+            } else {
+                assert!(kept.insert(key.clone()), "{what}: {key} on two nodes");
+            }
+        }
+    }
+    assert!(
+        outlived.is_empty(),
+        "{what}: {} matching values outlived the removal, e.g. {:?}",
+        outlived.len(),
+        &outlived[..outlived.len().min(5)]
+    );
+    let lost: Vec<&String> = others.difference(&kept).take(5).collect();
+    assert!(
+        lost.is_empty() && kept.len() == others.len(),
+        "{what}: values the pattern does not match were lost ({} kept of {}), e.g. {lost:?}",
+        kept.len(),
+        others.len()
+    );
+}
+
+#[tokio::test]
+async fn a_slot_moved_while_a_removal_by_pattern_runs_leaves_nothing_it_reports_done() {
+    let test_started = Instant::now();
+    let cluster = RedisCluster::start();
+    // Small SCAN batches: a pass is many short steps the mover can watch,
+    // and long enough to move a slot within one primary's scan.
+    let redis = RedisLayer::cluster_builder(cluster.urls())
+        .namespace("s:")
+        .timeout(Duration::from_secs(10))
+        .scan_count(100)
+        .build()
+        .await
+        .unwrap();
+    let mut nodes = Nodes::connect(&cluster);
+
+    // Five hash tags (slots) on each primary: each attempt moves one of
+    // them away from whichever primary its plan names.
+    let mut tags: Vec<String> = Vec::new();
+    let mut slots: Vec<String> = Vec::new();
+    let mut per_node = [0; 3];
+    for n in 0.. {
+        if per_node.iter().all(|&count| count == 5) {
+            break;
+        }
+        let tag = format!("t{n}");
+        let slot: i64 = nodes.run(0, &["CLUSTER", "KEYSLOT", &tag]);
+        let owner = owner_of(&cluster, &slot.to_string());
+        if per_node[owner] < 5 && !slots.contains(&slot.to_string()) {
+            per_node[owner] += 1;
+            tags.push(tag);
+            slots.push(slot.to_string());
+        }
+    }
+    // 8,250 keys to remove (6,000 over every slot, 150 in each tagged slot)
+    // and 1,225 that must stay, in the same slots.
+    let pattern = Pattern::new("reviews:offer:*");
+    let mut matching: Vec<String> = (0..6000)
+        .map(|n| format!("reviews:offer:{n}:page:{}", n % 7))
+        .collect();
+    let mut others: Vec<String> = (0..1000).map(|n| format!("rating:offer:{n}")).collect();
+    for tag in &tags {
+        matching.extend((0..150).map(|page| format!("reviews:offer:{{{tag}}}:page:{page}")));
+        others.extend((0..15).map(|n| format!("reviews:offers:{{{tag}}}:{n}")));
+    }
+    assert!(matching.iter().all(|key| pattern.matches(key)));
+    assert!(!others.iter().any(|key| pattern.matches(key)));
+    let all: Vec<&String> = matching.iter().chain(&others).collect();
+    let others: BTreeSet<String> = others.iter().cloned().collect();
+    let slots = Arc::new(slots);
+
+    let mut moves = Vec::new();
+    for (attempt, plan) in PLANS.into_iter().enumerate() {
+        // Values again where the last attempt left markers.
+        for chunk in all.chunks(2000) {
+            let batch: Vec<(&str, Entry)> = chunk
+                .iter()
+                .map(|key| (key.as_str(), Entry::new(b"v".to_vec())))
+                .collect();
+            let writes = redis.set_many(&ctx::write(), &batch).await.unwrap();
+            assert!(writes.iter().all(Result::is_ok));
+        }
+        assert_eq!(cluster.total_values(), all.len() as u64);
+        for node in 0..3 {
+            nodes.ok(node, &["CONFIG", "RESETSTAT"]);
+        }
+        let removed_before = redis.stats().removals;
+
+        let done = Arc::new(AtomicBool::new(false));
+        let removal = tokio::spawn({
+            let (redis, pattern, done) = (redis.clone(), pattern.clone(), done.clone());
+            async move {
+                let started = Instant::now();
+                let outcome = redis.invalidate(&ctx::remove(), &pattern).await;
+                done.store(true, Ordering::SeqCst);
+                (outcome, started.elapsed())
+            }
+        });
+        let mover = tokio::task::spawn_blocking({
+            let (redis, slots) = (redis.clone(), slots.clone());
+            move || {
+                let moved =
+                    move_during_removal(&mut nodes, plan, &slots, &done, &redis, removed_before);
+                (nodes, moved)
+            }
+        });
+        let (back, moved) = mover.await.unwrap();
+        nodes = back;
+        let (outcome, took) = removal.await.unwrap();
+        let what = match &moved {
+            Some(moved) => format!("attempt {attempt} ({}): {moved}", plan.name),
+            None => format!("attempt {attempt} ({}): the call returned first", plan.name),
+        };
+        eprintln!("{what}\n  removal: {outcome:?} in {took:?}");
+
+        // The move is over. Ok means every matching value is gone; Err must
+        // be a Cluster resharding, and the same call now succeeds.
+        let reported = match outcome {
+            Ok(removed) => Some(removed),
+            Err(error) => {
+                assert_eq!(error.class(), ErrorClass::Unavailable, "{what}: {error}");
+                let left = cluster
+                    .nodes()
+                    .iter()
+                    .flat_map(|node| node.values())
+                    .filter(|key| pattern.matches(&key["s:".len()..]))
+                    .count() as u64;
+                let removed = redis.invalidate(&ctx::remove(), &pattern).await;
+                assert_eq!(
+                    removed.unwrap(),
+                    left,
+                    "{what}: the call once the slot moved"
+                );
+                None
+            }
+        };
+        assert_only_others_left(&cluster, &pattern, &others, &what);
+        if let Some(removed) = reported {
+            assert!(
+                !plan.held || moved.is_none(),
+                "{what}: Ok while the slot was being migrated"
+            );
+            assert_eq!(removed, matching.len() as u64, "{what}: values removed");
+        }
+        moves.push((plan, moved));
+    }
+
+    // The point of the test: the slot moved while one removal call ran.
+    let overlapped = moves
+        .iter()
+        .filter(|(plan, moved)| {
+            !plan.held
+                && moved
+                    .as_ref()
+                    .is_some_and(|moved| moved.began_during_the_call && moved.ended_during_the_call)
+        })
+        .count();
+    let behind = moves
+        .iter()
+        .filter(|(plan, moved)| {
+            plan.to < plan.begun
+                && moved
+                    .as_ref()
+                    .is_some_and(|moved| moved.source_unscanned_at_the_end)
+        })
+        .count();
+    eprintln!(
+        "{overlapped} of {} complete moves within a removal call; {behind} carried keys from a \
+         primary the first pass had not reached to one it had; {:?} in all",
+        PLANS.len() - 1,
+        test_started.elapsed()
+    );
+    assert!(overlapped > 0, "no slot moved during a removal call");
 }
