@@ -25,6 +25,7 @@ pub(crate) fn write(root: &Path, summary: &Value, run: SystemTime) -> Result<(),
     for (name, section) in [
         ("l1", Page::l1 as fn(&mut Page, &Value) -> Option<Chart>),
         ("l1_instructions", Page::l1_instructions),
+        ("sweep", Page::sweep),
         ("l2", Page::l2),
         ("breaker", Page::breaker),
         ("invalidation", Page::invalidation),
@@ -157,6 +158,15 @@ impl Page {
                     yes_no(ratio <= target),
                 ]);
             }
+        }
+        if let Some(ratio) = summary["sweep"]["p999_during_over_outside"].as_f64() {
+            rows.push([
+                "L1 sweep".into(),
+                "hit p99.9 during a sweep of 1M entries ÷ outside one".into(),
+                format!("{ratio:.2}"),
+                "≤ 2".into(),
+                yes_no(ratio <= 2.0),
+            ]);
         }
         if let Some(results) = summary["l2"]["results"].as_array() {
             let target = summary["l2"]["target_ratio"].as_f64().unwrap_or(0.9);
@@ -345,6 +355,31 @@ impl Page {
                 result["ns_per_call"],
                 result["baseline_ns_per_call"],
                 result["overhead_ns_per_call"],
+            ));
+        }
+        None
+    }
+
+    fn sweep(&mut self, sweep: &Value) -> Option<Chart> {
+        self.line("");
+        self.line("## Hits during a sweep (`sweep.json`)");
+        self.line("");
+        self.line(
+            "A `MemoryLayer` of 1,000,000 entries, half of them expired: one thread times each \
+             hit of the live half in random order, outside a sweep and while another thread \
+             sweeps the expired half away (`crates/cache-memory/benches/sweep.rs`).",
+        );
+        self.line("");
+        self.line("| round | hit p99.9 outside, ns | during, ns | ÷ | sweep, ms |");
+        self.line("|---|---|---|---|---|");
+        for (round, result) in sweep["rounds"].as_array()?.iter().enumerate() {
+            self.line(format!(
+                "| {} | {:.0} | {:.0} | {:.2} | {:.0} |",
+                round + 1,
+                result["outside"]["p999_ns"].as_f64()?,
+                result["during"]["p999_ns"].as_f64()?,
+                result["p999_during_over_outside"].as_f64()?,
+                result["sweep_ms"].as_f64()?,
             ));
         }
         None

@@ -55,25 +55,68 @@ mod coarse {
     use std::time::Instant;
 
     #[cfg(target_os = "linux")]
+    #[inline]
     pub(super) fn certainly_ahead(deadline: Instant) -> bool {
-        use std::sync::LazyLock;
+        use std::cell::Cell;
+
+        thread_local! {
+            /// The coarse reading this thread saw last, and the latest the
+            /// true time can be while the coarse clock reads it.
+            static LAST: Cell<Option<(u64, Instant)>> = const { Cell::new(None) };
+        }
+        // The bound depends on the coarse reading alone, which changes once
+        // a tick: computed once per tick and thread, a hit compares two
+        // instants instead of doing the checked arithmetic of `Instant`s
+        // and `Duration`s (which costs more than the clock read).
+        let coarse = coarse_nanos();
+        let latest = LAST.with(|last| match last.get() {
+            Some((seen, latest)) if seen == coarse => Some(latest),
+            _ => {
+                let latest = latest_at(coarse);
+                last.set(latest.map(|latest| (coarse, latest)));
+                latest
+            }
+        });
+        latest.is_some_and(|latest| deadline > latest)
+    }
+
+    /// The coarse clock in nanoseconds (it wraps only after 584 years).
+    #[cfg(target_os = "linux")]
+    #[inline(always)]
+    fn coarse_nanos() -> u64 {
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+        (now.tv_sec as u64)
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(now.tv_nsec as u64)
+    }
+
+    /// The latest `Instant` the true time can be while the coarse clock
+    /// reads `coarse`.
+    #[cfg(target_os = "linux")]
+    #[cold]
+    fn latest_at(coarse: u64) -> Option<Instant> {
+        use std::sync::OnceLock;
         use std::time::Duration;
 
         /// Far more than the coarse clock's tick (4 ms at most on Linux).
-        const MARGIN: Duration = Duration::from_millis(50);
+        const MARGIN_NANOS: u64 = 50_000_000;
 
-        fn coarse() -> Duration {
-            let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-            Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+        /// A coarse time, then an `Instant` taken after it (so not earlier).
+        struct Anchor {
+            coarse: u64,
+            instant: Instant,
         }
-
-        // (coarse time, then Instant) taken once: the Instant is not earlier.
-        static ANCHOR: LazyLock<(Duration, Instant)> = LazyLock::new(|| (coarse(), Instant::now()));
-        let (coarse_anchor, instant_anchor) = *ANCHOR;
-        let elapsed_at_most = coarse().saturating_sub(coarse_anchor) + MARGIN;
-        instant_anchor
-            .checked_add(elapsed_at_most)
-            .is_some_and(|now_at_most| deadline > now_at_most)
+        static ANCHOR: OnceLock<Anchor> = OnceLock::new();
+        let anchor = ANCHOR.get_or_init(|| Anchor {
+            coarse: coarse_nanos(),
+            instant: Instant::now(),
+        });
+        let elapsed_at_most = coarse
+            .saturating_sub(anchor.coarse)
+            .saturating_add(MARGIN_NANOS);
+        anchor
+            .instant
+            .checked_add(Duration::from_nanos(elapsed_at_most))
     }
 
     #[cfg(not(target_os = "linux"))]

@@ -1,7 +1,7 @@
 //! The unit every layer stores: value bytes plus the metadata that travels
 //! between tiers.
 
-use std::any::{Any, TypeId};
+use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -41,7 +41,8 @@ struct Inner {
 
 #[derive(Clone)]
 struct Decoded {
-    type_id: TypeId,
+    /// What besides the type the value depended on; the type itself is
+    /// checked by downcasting.
     tag: u64,
     value: Arc<dyn Any + Send + Sync>,
 }
@@ -118,7 +119,7 @@ impl Entry {
     /// something of another type or tag, was remembered.
     pub fn decoded<T: Any + Send + Sync>(&self, tag: u64) -> Option<Arc<T>> {
         let decoded = self.0.decoded.get()?;
-        if decoded.type_id != TypeId::of::<T>() || decoded.tag != tag {
+        if decoded.tag != tag {
             return None;
         }
         decoded.value.clone().downcast::<T>().ok()
@@ -127,9 +128,10 @@ impl Entry {
     /// A reference to the decoded value remembered for type `T` and `tag`;
     /// see [`decoded`](Entry::decoded). Cheaper when the caller clones `T`
     /// anyway.
+    #[inline]
     pub fn decoded_ref<T: Any + Send + Sync>(&self, tag: u64) -> Option<&T> {
         let decoded = self.0.decoded.get()?;
-        if decoded.type_id != TypeId::of::<T>() || decoded.tag != tag {
+        if decoded.tag != tag {
             return None;
         }
         decoded.value.downcast_ref::<T>()
@@ -141,11 +143,7 @@ impl Entry {
     ///
     /// The caller guarantees that `value` is what the bytes decode to.
     pub fn remember_decoded<T: Any + Send + Sync>(&self, tag: u64, value: Arc<T>) {
-        let _ = self.0.decoded.set(Decoded {
-            type_id: TypeId::of::<T>(),
-            tag,
-            value,
-        });
+        let _ = self.0.decoded.set(Decoded { tag, value });
     }
 
     /// Whether two handles share the same stored entry (not just equal bytes).

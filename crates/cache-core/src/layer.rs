@@ -187,6 +187,18 @@ pub type Lookups = Vec<Result<Option<Entry>>>;
 /// The answers of a batch write: one per entry, in order.
 pub type Writes = Vec<Result<()>>;
 
+/// What a layer answers a read at once ([`CacheLayer::get_now`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadNow {
+    /// A live entry.
+    Hit(Entry),
+    /// No live entry under the key.
+    Miss,
+    /// The layer cannot answer without awaiting: call
+    /// [`get`](CacheLayer::get).
+    Unanswered,
+}
+
 /// One tier of a cache: an async store of [`Entry`] values under string keys.
 ///
 /// The trait is object safe; composers hold tiers as `Arc<dyn CacheLayer>`.
@@ -309,17 +321,20 @@ pub trait CacheLayer: Send + Sync + fmt::Debug {
         Ok(self.delete_many(ctx, &[key]).await? > 0)
     }
 
-    /// Answers a read at once, without awaiting, if this layer can: an
-    /// in-process layer can, a remote one cannot. `None` means "call
-    /// [`get`](CacheLayer::get)". Default: `None`.
+    /// Answers a read at once, without awaiting and without failing, if
+    /// this layer can: an in-process layer can, a remote one cannot.
+    /// [`ReadNow::Unanswered`] means "call [`get`](CacheLayer::get)".
+    /// Default: `Unanswered`.
     ///
-    /// Composers try this first on every read, which spares an in-memory
-    /// tier the boxed future of an async call on the hottest path there is.
-    /// It must be cheap and must never block; it keeps the same contract as
-    /// `get` (never an expired entry).
-    fn get_now(&self, ctx: &CallContext<'_>, key: &str) -> Option<Result<Option<Entry>>> {
-        let _ = (ctx, key);
-        None
+    /// Composers try this first on every read: the hottest path there is,
+    /// spared the boxed future of an async call and the error paths. It
+    /// must be cheap and must never block; it keeps the same contract as
+    /// `get` (never an expired entry, judged by `clock`) and counts the hit
+    /// or miss as `get` would. A layer whose reads can fail answers
+    /// `Unanswered` and reports failures from `get`.
+    fn get_now(&self, clock: &dyn Clock, key: &str) -> ReadNow {
+        let _ = (clock, key);
+        ReadNow::Unanswered
     }
 
     /// Whether other processes see this layer's contents (a remote store

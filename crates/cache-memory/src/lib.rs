@@ -42,6 +42,11 @@
 //!   [`clock`](MemoryLayerBuilder::clock)) every
 //!   [`sweep_interval`](MemoryLayerBuilder::sweep_interval) and stops when the
 //!   layer is dropped.
+//! - **No stalls.** A sweep, and a removal by pattern, visit the entries one
+//!   at a time under a read lock that reads share, and write-lock a shard
+//!   only to remove one entry: reads never wait behind a walk of a whole
+//!   shard (at a million entries, quick_cache's `retain` holds each shard
+//!   for milliseconds).
 //!
 //! [quick_cache]: https://docs.rs/quick_cache
 #![forbid(unsafe_code)]
@@ -54,8 +59,8 @@ use std::thread::Thread;
 use std::time::Duration;
 
 use cache_core::{
-    CacheLayer, CallContext, Clock, Counter, Entry, Error, LayerStats, Lookups, Pattern, Result,
-    Writes, async_trait, system_clock,
+    CacheLayer, CallContext, Clock, Counter, Entry, Error, LayerStats, Lookups, Pattern, ReadNow,
+    Result, Writes, async_trait, system_clock,
 };
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
@@ -64,7 +69,9 @@ use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 /// allocation"); set explicitly so the oversize limit is known exactly.
 const HOT_ALLOCATION: f64 = 0.97;
 
-type Store = Cache<String, Entry, EntryWeighter, DefaultHashBuilder, EvictionLog>;
+/// Keys are `Arc<str>`: one allocation on insert, as a `String` would be,
+/// and a reference count (not a copy) when a sweep walks the entries.
+type Store = Cache<Arc<str>, Entry, EntryWeighter, DefaultHashBuilder, EvictionLog>;
 
 /// An in-process cache layer. Cheap to clone: clones share the same store.
 #[derive(Clone)]
@@ -155,10 +162,11 @@ impl MemoryLayer {
 
     /// Removes every entry.
     pub fn clear(&self) {
-        let removed = self.inner.remove_where(|_, _| true);
+        let removed = self.inner.remove_all();
         self.inner.counters.removals.add(removed);
     }
 
+    #[inline(always)]
     fn lookup(&self, clock: &dyn Clock, key: &str) -> Option<Entry> {
         let inner = &*self.inner;
         let Some(entry) = inner.store.get(key) else {
@@ -167,11 +175,7 @@ impl MemoryLayer {
         };
         // Read the clock only for entries that can expire: the hit path is hot.
         if entry.expiry().is_some_and(|at| clock.has_passed(at)) {
-            if let Some((_, removed)) = inner.store.remove_if(key, |stored| stored.ptr_eq(&entry)) {
-                inner.forget_bytes(key, &removed);
-                inner.counters.expirations.incr();
-            }
-            inner.counters.misses.incr();
+            inner.expired(key, &entry);
             return None;
         }
         inner.counters.hits.incr();
@@ -200,13 +204,13 @@ impl MemoryLayer {
         let mut evicted = Vec::new();
         inner
             .store
-            .insert_with_lifecycle(key.to_owned(), entry, &mut evicted);
+            .insert_with_lifecycle(Arc::from(key), entry, &mut evicted);
         inner.bytes.fetch_add(size as i64, Ordering::Relaxed);
         inner.counters.sets.incr();
         let now = (!evicted.is_empty()).then(|| clock.now());
         for (evicted_key, evicted_entry) in evicted {
             inner.forget_bytes(&evicted_key, &evicted_entry);
-            if evicted_key == key {
+            if &*evicted_key == key {
                 // The value this insert replaced: neither evicted nor expired.
                 continue;
             }
@@ -232,23 +236,53 @@ impl MemoryLayer {
 }
 
 impl Inner {
+    /// A read found `entry` under `key` past its expiry: a miss, and the
+    /// entry goes (unless a newer one replaced it meanwhile).
+    #[cold]
+    fn expired(&self, key: &str, entry: &Entry) {
+        if let Some((_, removed)) = self.store.remove_if(key, |stored| stored.ptr_eq(entry)) {
+            self.forget_bytes(key, &removed);
+            self.counters.expirations.incr();
+        }
+        self.counters.misses.incr();
+    }
+
     fn forget_bytes(&self, key: &str, entry: &Entry) {
         self.bytes
             .fetch_sub(weigh(key, entry) as i64, Ordering::Relaxed);
     }
 
-    /// Removes the entries `doomed` selects; returns how many.
+    /// Removes the entries `doomed` selects, one at a time; returns how many.
+    ///
+    /// quick_cache's `retain` would hold each shard's write lock while it
+    /// visits every entry of the shard: at a million entries, milliseconds
+    /// in which no read of that shard gets through. This walks the entries
+    /// under a read lock taken per entry (which reads share), and takes the
+    /// write lock only to remove one entry, and only if it is still the
+    /// entry that was judged (a newer value written meanwhile stays).
     fn remove_where(&self, doomed: impl Fn(&str, &Entry) -> bool) -> u64 {
+        let mut removed = 0;
+        for (key, entry) in self.store.iter() {
+            if !doomed(&key, &entry) {
+                continue;
+            }
+            if let Some((key, gone)) = self.store.remove_if(&*key, |stored| stored.ptr_eq(&entry)) {
+                self.forget_bytes(&key, &gone);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Removes every entry, shard by shard under its write lock: for
+    /// [`MemoryLayer::clear`], where readers have nothing left to find.
+    fn remove_all(&self) -> u64 {
         let removed = Cell::new(0u64);
         let freed = Cell::new(0u64);
         self.store.retain(|key, entry| {
-            if doomed(key, entry) {
-                removed.set(removed.get() + 1);
-                freed.set(freed.get() + weigh(key, entry));
-                false
-            } else {
-                true
-            }
+            removed.set(removed.get() + 1);
+            freed.set(freed.get() + weigh(key, entry));
+            false
         });
         self.bytes.fetch_sub(freed.get() as i64, Ordering::Relaxed);
         removed.get()
@@ -282,8 +316,8 @@ struct EntryWeighter {
     min_weight: Arc<AtomicU64>,
 }
 
-impl Weighter<String, Entry> for EntryWeighter {
-    fn weight(&self, key: &String, entry: &Entry) -> u64 {
+impl Weighter<Arc<str>, Entry> for EntryWeighter {
+    fn weight(&self, key: &Arc<str>, entry: &Entry) -> u64 {
         weigh(key, entry).max(self.min_weight.load(Ordering::Relaxed))
     }
 }
@@ -292,10 +326,10 @@ impl Weighter<String, Entry> for EntryWeighter {
 #[derive(Clone, Default)]
 struct EvictionLog;
 
-impl Lifecycle<String, Entry> for EvictionLog {
-    type RequestState = Vec<(String, Entry)>;
+impl Lifecycle<Arc<str>, Entry> for EvictionLog {
+    type RequestState = Vec<(Arc<str>, Entry)>;
 
-    fn on_evict(&self, evicted: &mut Self::RequestState, key: String, entry: Entry) {
+    fn on_evict(&self, evicted: &mut Self::RequestState, key: Arc<str>, entry: Entry) {
         evicted.push((key, entry));
     }
 }
@@ -346,8 +380,11 @@ impl CacheLayer for MemoryLayer {
         Ok(self.delete_now(key))
     }
 
-    fn get_now(&self, ctx: &CallContext<'_>, key: &str) -> Option<Result<Option<Entry>>> {
-        Some(Ok(self.lookup(ctx.clock(), key)))
+    fn get_now(&self, clock: &dyn Clock, key: &str) -> ReadNow {
+        match self.lookup(clock, key) {
+            Some(entry) => ReadNow::Hit(entry),
+            None => ReadNow::Miss,
+        }
     }
 
     fn stats(&self) -> LayerStats {

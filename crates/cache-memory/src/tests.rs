@@ -360,3 +360,52 @@ fn the_layer_passes_the_conformance_suite() {
             .run(),
     );
 }
+
+/// Sweeps and removals by pattern walk the entries one at a time while
+/// writers replace them: a value written after the walk judged the old one
+/// is never removed in its place, and the byte count stays exact.
+#[test]
+fn sweeps_and_removals_racing_writes_keep_the_newest_values_and_the_byte_count() {
+    let clock = ManualClock::shared();
+    let layer = layer_with_clock(&clock);
+    let write = |key: &str, len: usize, ttl: Duration| {
+        let entry = Entry::new(vec![1u8; len]).expires_at(clock.now() + ttl);
+        block_on(layer.set(&at(&*clock, Operation::Write), key, entry)).unwrap();
+    };
+    let keys: Vec<String> = (0..2_000).map(|i| format!("race:{i}")).collect();
+    for round in 0..20usize {
+        // Every key expires; then writers give each a new, live value while
+        // a sweep and a removal by pattern (of keys no writer touches) run.
+        for key in &keys {
+            write(key, 5 + round % 7, Duration::from_secs(1));
+        }
+        for i in 0..100 {
+            write(&format!("other:{i}"), 3, Duration::from_secs(3600));
+        }
+        clock.advance(Duration::from_secs(2));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for key in keys.iter().rev() {
+                    write(key, 9, Duration::from_secs(3600));
+                }
+            });
+            scope.spawn(|| layer.sweep_expired());
+            scope.spawn(|| {
+                block_on(layer.invalidate(&ctx::remove(), &Pattern::new("other:*"))).unwrap()
+            });
+        });
+        // Whatever the interleaving: every key holds its new value, no
+        // `other:` key is left, and the bytes are those of what is held.
+        for key in &keys {
+            let found = block_on(layer.get(&at(&*clock, Operation::Read), key)).unwrap();
+            assert_eq!(
+                found.map(|entry| entry.len()),
+                Some(9),
+                "{key} in round {round}"
+            );
+        }
+        assert_eq!(layer.len(), keys.len(), "round {round}");
+        let expected: usize = keys.iter().map(|key| key.len() + 9).sum();
+        assert_eq!(layer.stats().bytes, expected as u64, "round {round}");
+    }
+}

@@ -223,8 +223,17 @@ impl Envelope {
 
     /// Tags the decoded-value memo: a value decoded under another schema
     /// or serializer is never reused.
+    #[inline]
     fn memo_tag(self) -> u64 {
         (u64::from(self.serializer_id) << 32) | u64::from(self.schema)
+    }
+
+    /// The value memoized on `entry` if it is plain and has no life (so is
+    /// always fresh): the hot path, which reads neither the bytes nor the
+    /// header.
+    #[inline]
+    pub(crate) fn memoized_plain<T: Any + Send + Sync>(self, entry: &Entry) -> Option<&T> {
+        entry.decoded_ref::<T>(self.memo_tag())
     }
 
     /// Encodes `value` with `stamps` (plain if there are none) and `life`.
@@ -283,9 +292,8 @@ impl Envelope {
         S: Serializer,
         T: DeserializeOwned + Clone + Any + Send + Sync,
     {
-        // A plain value memoized under the plain tag: the hot path, which
-        // does not touch the bytes at all.
-        if let Some(value) = entry.decoded_ref::<T>(self.memo_tag()) {
+        // A plain value memoized under the plain tag: as on the hot path.
+        if let Some(value) = self.memoized_plain::<T>(entry) {
             return Opening::Value(Opened {
                 value: value.clone(),
                 stamps: None,

@@ -22,7 +22,7 @@ use crate::fleet::FleetTurn;
 use crate::flight::{Leader, Outcome, Role};
 use crate::guard::Ticket;
 use crate::observe::{note, op_span};
-use crate::read::{StaleCopy, Top, Walk};
+use crate::read::{StaleCopy, Top, Walk, answered};
 use crate::tier::Call;
 use crate::{Error, Result, TieredCache};
 
@@ -67,14 +67,15 @@ impl<S: Serializer> TieredCache<S> {
     {
         // The hit first, as `compute` does, but returning the value itself:
         // this is the second-hottest path there is.
-        let span = op_span!(&self.shared.observe, "cache.get_or_compute", key);
+        // The span after the read, as `get` makes it.
         let top = match self.read_top::<T>(key, 0) {
             Top::Live(value, freshness) => {
-                self.top_hit(&span);
+                self.top_hit(key);
                 return Ok(self.hit(value, freshness).value);
             }
-            Top::Below(top) => top,
+            Top::Below(top) => answered(top),
         };
+        let span = op_span!(&self.shared.observe, "cache.get_or_compute", key);
         let options = &self.defaults_for(key).load;
         let ttl = &|_: &T| ttl;
         let fetched = Box::pin(self.compute_below(key, &[], ttl, options, loader, 0, top))
@@ -173,14 +174,14 @@ impl<S: Serializer> TieredCache<S> {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let excluded = self.excluded(options)?;
-        let span = op_span!(&self.shared.observe, "cache.get_or_compute", key);
         let top = match self.read_top::<T>(key, excluded) {
             Top::Live(value, freshness) => {
-                self.top_hit(&span);
+                self.top_hit(key);
                 return Ok(self.hit(value, freshness));
             }
-            Top::Below(top) => top,
+            Top::Below(top) => answered(top),
         };
+        let span = op_span!(&self.shared.observe, "cache.get_or_compute", key);
         // The rest boxed: a hit's future stays small, and it is moved into
         // every caller's.
         let fetched = Box::pin(self.compute_below(key, tags, ttl, options, loader, excluded, top))
@@ -203,12 +204,16 @@ impl<S: Serializer> TieredCache<S> {
         span.record("outcome", outcome);
     }
 
-    /// Records a hit in the top tier in a load's span.
+    /// The span of a load served by the top tier (made after the read).
     #[inline]
-    fn top_hit(&self, span: &Span) {
-        if !span.is_disabled() {
-            span.record("tier", self.shared.tiers[0].name());
-            span.record("outcome", "hit");
+    fn top_hit(&self, key: &str) {
+        // As `get`'s hit: the level check first.
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            let span = op_span!(&self.shared.observe, "cache.get_or_compute", key);
+            if !span.is_disabled() {
+                span.record("tier", self.shared.tiers[0].name());
+                span.record("outcome", "hit");
+            }
         }
     }
 
@@ -349,7 +354,7 @@ impl<S: Serializer> TieredCache<S> {
             }
             Top::Below(top) => {
                 let found = self
-                    .lookup_below::<T>(key, top, options.fail_safe.is_some(), excluded)
+                    .lookup_below::<T>(key, answered(top), options.fail_safe.is_some(), excluded)
                     .await?;
                 fallback = Fallback::new(found.stale, found.ticket);
                 failed = found.failed;

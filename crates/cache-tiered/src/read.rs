@@ -1,6 +1,6 @@
 //! Reading: the walk down the tiers, and the fills back up.
 
-use cache_core::{Entry, Operation, Serializer};
+use cache_core::{Entry, Operation, ReadNow, Serializer};
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
@@ -64,8 +64,19 @@ pub(crate) struct StaleCopy<T> {
 pub(crate) enum Top<T> {
     /// A live value, and how fresh it is: the read is over.
     Live(T, Freshness),
-    /// No live value there: the walk goes on, from this answer if any.
-    Below(Option<Call<Option<Entry>>>),
+    /// No live value there: the walk goes on, from this answer (see
+    /// [`answered`]).
+    Below(ReadNow),
+}
+
+/// The top tier's answer as the walk takes it: `None` if it did not
+/// answer at once (the walk asks it).
+pub(crate) fn answered(read: ReadNow) -> Option<Call<Option<Entry>>> {
+    match read {
+        ReadNow::Hit(entry) => Some(Call::Done(Some(entry))),
+        ReadNow::Miss => Some(Call::Done(None)),
+        ReadNow::Unanswered => None,
+    }
 }
 
 /// What one key's read found below a top tier without a live value.
@@ -92,7 +103,11 @@ impl<S: Serializer> TieredCache<S> {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        self.get_except(key, 0).await
+        // `get_except(key, 0)`, spelled out: a hit then polls no nested future.
+        match self.read_top::<T>(key, 0) {
+            Top::Live(value, freshness) => Ok(self.hit_at_top(key, value, freshness)),
+            Top::Below(top) => self.get_below(key, answered(top), 0).await,
+        }
     }
 
     /// [`get`](Self::get) from the tiers not in `excluded`.
@@ -100,26 +115,51 @@ impl<S: Serializer> TieredCache<S> {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        // A throttled value is stale, only served to loads that fall back.
-        let live = |(value, freshness): (T, Freshness)| {
-            (freshness != Freshness::Throttled).then_some(value)
-        };
-        let span = op_span!(&self.shared.observe, "cache.get", key);
-        let top = match self.read_top::<T>(key, excluded) {
-            Top::Live(value, freshness) => {
-                if !span.is_disabled() {
-                    span.record("tier", self.shared.tiers[0].name());
-                    span.record("outcome", "hit");
-                }
-                return Ok(live((value, freshness)));
+        match self.read_top::<T>(key, excluded) {
+            Top::Live(value, freshness) => Ok(self.hit_at_top(key, value, freshness)),
+            Top::Below(top) => self.get_below(key, answered(top), excluded).await,
+        }
+    }
+
+    /// A `get`'s live value found in the top tier: its span (made after the
+    /// read, so that the hot path's future holds nothing across an await),
+    /// and the value unless it is throttled (stale, only served to loads
+    /// that fall back).
+    #[inline(always)]
+    fn hit_at_top<T>(&self, key: &str, value: T, freshness: Freshness) -> Option<T> {
+        // The level check first: a disabled span still costs a hit a few
+        // dozen instructions to build and drop.
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            let span = op_span!(&self.shared.observe, "cache.get", key);
+            if !span.is_disabled() {
+                span.record("tier", self.shared.tiers[0].name());
+                span.record("outcome", "hit");
             }
-            Top::Below(top) => top,
-        };
+        }
+        (freshness != Freshness::Throttled).then_some(value)
+    }
+
+    /// The rest of [`get_except`](Self::get_except) once the top tier had
+    /// no live value.
+    async fn get_below<T>(
+        &self,
+        key: &str,
+        top: Option<Call<Option<Entry>>>,
+        excluded: TierSet,
+    ) -> Result<Option<T>>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let span = op_span!(&self.shared.observe, "cache.get", key);
         let found = self
             .lookup_below(key, top, false, excluded)
             .instrument(span.clone())
             .await;
-        let value = found.map(|found| found.value.and_then(live));
+        let value = found.map(|found| {
+            found
+                .value
+                .and_then(|(value, freshness)| (freshness != Freshness::Throttled).then_some(value))
+        });
         span.record("outcome", outcome_of(&value));
         value
     }
@@ -127,35 +167,57 @@ impl<S: Serializer> TieredCache<S> {
     /// The hottest path there is: a live value in the top tier, answered
     /// without entering the general walk (and its futures and vectors).
     /// Otherwise what the top tier answered, for the walk to go on from.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn read_top<T>(&self, key: &str, excluded: TierSet) -> Top<T>
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
         let shared = &*self.shared;
         if excluded & 1 != 0 {
-            return Top::Below(None);
+            return Top::Below(ReadNow::Unanswered);
         }
-        let top = shared.tiers[0].read_now(&*shared.clock, key);
-        if let Some(Call::Done(Some(entry))) = &top
-            && let Opening::Value(Opened {
-                value,
-                stamps: None,
-                life,
-            }) = self
-                .envelope::<T>()
-                .decode::<S, T>(&shared.serializer, entry)
-        {
-            let freshness = match life {
-                None => Freshness::Fresh,
-                life => Life::at(life, entry.expiry(), shared.clock.now()),
-            };
-            if freshness != Freshness::Stale {
-                shared.tiers[0].counters.hits.incr();
-                return Top::Live(value, freshness);
+        let tier = &shared.tiers[0];
+        let top = tier.read_now(&*shared.clock, key);
+        if let ReadNow::Hit(entry) = &top {
+            let envelope = self.envelope::<T>();
+            // Decoded before, plain and without a life (so fresh): a clone.
+            if let Some(value) = envelope.memoized_plain::<T>(entry) {
+                tier.counters.hits.incr();
+                return Top::Live(value.clone(), Freshness::Fresh);
+            }
+            if let Some(live) = self.open_top(envelope, entry) {
+                return live;
             }
         }
         Top::Below(top)
+    }
+
+    /// [`read_top`](Self::read_top) for an entry not yet decoded, or with
+    /// a life: its value if it is live and untagged (a tagged value needs
+    /// its tags checked, in the walk).
+    #[inline(never)]
+    fn open_top<T>(&self, envelope: Envelope, entry: &Entry) -> Option<Top<T>>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let shared = &*self.shared;
+        let Opening::Value(Opened {
+            value,
+            stamps: None,
+            life,
+        }) = envelope.decode::<S, T>(&shared.serializer, entry)
+        else {
+            return None;
+        };
+        let freshness = match life {
+            None => Freshness::Fresh,
+            life => Life::at(life, entry.expiry(), shared.clock.now()),
+        };
+        if freshness == Freshness::Stale {
+            return None;
+        }
+        shared.tiers[0].counters.hits.incr();
+        Some(Top::Live(value, freshness))
     }
 
     /// The rest of a one-key read after [`read_top`](Self::read_top) found

@@ -9,7 +9,7 @@ use tracing::Instrument;
 use cache_core::{
     Admission, CacheLayer, CallContext, CallOutcome, Clock, Entry, Error, ErrorCounter, FailOpen,
     FailureAction, FailurePolicy, LastErrorCell, LatencyRecorder, Lookups, Operation, Pattern,
-    Ticket, Writes,
+    ReadNow, Ticket, Writes,
 };
 
 use crate::stats::{TierCounters, TierLatency, TierStats};
@@ -188,24 +188,23 @@ impl Tier {
     /// The read of `key`, if the layer answers at once (`get_now`, an
     /// in-process layer) and the tier has no policy or timeout to apply.
     /// Spares the hottest path the boxed future of an async call.
-    #[inline]
-    pub(crate) fn read_now(&self, clock: &dyn Clock, key: &str) -> Option<Call<Option<Entry>>> {
+    #[inline(always)]
+    pub(crate) fn read_now(&self, clock: &dyn Clock, key: &str) -> ReadNow {
         if self.observed || self.timeout.is_some() {
-            return None;
+            return ReadNow::Unanswered;
         }
-        let ctx = CallContext::new(clock, Operation::Read);
-        Some(match self.layer.get_now(&ctx, key)? {
-            Ok(found) => {
-                self.succeeded(Operation::Read);
-                Call::Done(found)
-            }
-            Err(error) => self.failed(Operation::Read, error),
-        })
+        let answer = self.layer.get_now(clock, key);
+        if !matches!(answer, ReadNow::Unanswered) {
+            self.succeeded(Operation::Read);
+        }
+        answer
     }
 
     pub(crate) async fn get(&self, clock: &dyn Clock, key: &str) -> Call<Option<Entry>> {
-        if let Some(answer) = self.read_now(clock, key) {
-            return answer;
+        match self.read_now(clock, key) {
+            ReadNow::Hit(entry) => return Call::Done(Some(entry)),
+            ReadNow::Miss => return Call::Done(None),
+            ReadNow::Unanswered => {}
         }
         let ctx = match self.admit(clock, Operation::Read) {
             Ok(ctx) => ctx,
@@ -409,6 +408,7 @@ impl Tier {
 
     /// Applies the policy to a failed call. A refused input goes to the
     /// caller whatever the policy: it describes the input, not the tier.
+    #[cold]
     pub(crate) fn failed<T>(&self, operation: Operation, error: Error) -> Call<T> {
         if error.is_refusal() {
             self.counters.refused.incr();
@@ -443,8 +443,14 @@ impl Tier {
     /// of a failing tier.
     #[inline]
     fn succeeded(&self, operation: Operation) {
-        let failing = &self.failing[side(operation)];
-        if failing.load(Ordering::Relaxed) && failing.swap(false, Ordering::Relaxed) {
+        if self.failing[side(operation)].load(Ordering::Relaxed) {
+            self.recovered(operation);
+        }
+    }
+
+    #[cold]
+    fn recovered(&self, operation: Operation) {
+        if self.failing[side(operation)].swap(false, Ordering::Relaxed) {
             tracing::warn!(tier = self.name(), %operation, "tier recovered: a call succeeded again");
         }
     }
