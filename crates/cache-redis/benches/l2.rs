@@ -10,6 +10,13 @@
 //! - `redis_benchmark`: `redis-benchmark -d 256 -c N -t get,set`
 //!   (one connection per client, no pipelining).
 //!
+//! And `stack_get`, a typed read that misses the L1 and hits Redis: a
+//! `TieredCache` of a `MemoryLayer` (two entries, so a read of 1,000 keys in
+//! turn nearly always misses it and fills it) over the same `RedisLayer`,
+//! reading the benchmarks' ~200-byte `Offer`, beside the raw client's plain
+//! `GET` of the same bytes and a postcard decode of the value in them
+//! (issue 13's target: at least 0.85 of that at 64 tasks).
+//!
 //! Layer and raw alternate in interleaved rounds against the same server;
 //! the medians, the ratio layer ÷ raw (median of the per-round ratios) and
 //! the machine's load average go to `target/bench/l2.json` (or
@@ -26,10 +33,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cache_core::{CacheLayer, Entry};
+use cache_memory::MemoryLayer;
 use cache_redis::RedisLayer;
-use cache_test_support::bench::write_results;
+use cache_test_support::bench::{Offer, offer, write_results};
 use cache_test_support::ctx;
 use cache_test_support::redis::RedisServer;
+use cache_tiered::{Tier, TieredCache};
 use criterion::Criterion;
 use redis::aio::MultiplexedConnection;
 
@@ -44,11 +53,18 @@ const CONCURRENCY: [usize; 3] = [1, 16, 64];
 const ROUNDS: usize = 9;
 const ROUND: Duration = Duration::from_millis(500);
 const TARGET_RATIO: f64 = 0.9;
+/// The target of `stack_get` (an L1 miss and a fill on top of the read).
+const STACK_TARGET_RATIO: f64 = 0.85;
+/// The bytes before the postcard payload of a typed value in Redis: the
+/// layer's header (19) and the value's envelope (14).
+const STACK_HEADERS: usize = 19 + 14;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Op {
     Get,
     Set,
+    /// A typed read through an L1 that misses, from Redis.
+    StackGet,
 }
 
 impl Op {
@@ -56,6 +72,14 @@ impl Op {
         match self {
             Op::Get => "get",
             Op::Set => "set",
+            Op::StackGet => "stack_get",
+        }
+    }
+
+    fn target(self) -> f64 {
+        match self {
+            Op::StackGet => STACK_TARGET_RATIO,
+            Op::Get | Op::Set => TARGET_RATIO,
         }
     }
 }
@@ -68,6 +92,9 @@ enum Client {
 
 struct Fixture {
     layer: RedisLayer,
+    /// A two-entry L1 over `layer`: reads of `stack_keys` in turn miss it.
+    stack: TieredCache,
+    stack_keys: Arc<Vec<String>>,
     raw: MultiplexedConnection,
     keys: Arc<Vec<String>>,
     value: Arc<Vec<u8>>,
@@ -76,6 +103,10 @@ struct Fixture {
 
 fn key(n: usize) -> String {
     format!("k{n}")
+}
+
+fn stack_key(n: usize) -> String {
+    format!("offer:{n}")
 }
 
 async fn one_op(
@@ -112,6 +143,23 @@ async fn one_op(
                 .await
                 .expect("raw get");
             assert!(value.is_some());
+        }
+        (Client::Layer, Op::StackGet) => {
+            let key = &fixture.stack_keys[n % KEYS];
+            let hit: Option<Offer> = fixture.stack.get(key).await.expect("stack get");
+            assert!(hit.is_some_and(|offer| offer.id == (n % KEYS) as u64));
+        }
+        (Client::Raw, Op::StackGet) => {
+            let full = fixture.layer.redis_key(&fixture.stack_keys[n % KEYS]);
+            let bytes: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(&full)
+                .query_async(raw)
+                .await
+                .expect("raw get");
+            let bytes = bytes.expect("a hit");
+            let decoded: Offer =
+                postcard::from_bytes(&bytes[STACK_HEADERS..]).expect("the layout the stack writes");
+            assert_eq!(decoded.id, (n % KEYS) as u64);
         }
         (Client::Raw, Op::Set) => {
             let full = fixture.layer.redis_key(key);
@@ -256,8 +304,28 @@ fn main() {
             .get_multiplexed_async_connection()
             .await
             .expect("raw connection");
+        let l1 = MemoryLayer::builder()
+            .max_entries(2)
+            .sweep_interval(None)
+            .build()
+            .expect("l1");
+        let stack = TieredCache::builder()
+            .layer(l1)
+            .tier(Tier::new(layer.clone()))
+            .build()
+            .expect("stack");
+        let stack_keys: Vec<String> = (0..KEYS).map(stack_key).collect();
+        for (n, key) in stack_keys.iter().enumerate() {
+            let value = offer(n as u64);
+            stack
+                .set(key, &value, Duration::from_secs(300))
+                .await
+                .expect("stack set");
+        }
         let fixture = Arc::new(Fixture {
             layer,
+            stack,
+            stack_keys: Arc::new(stack_keys),
             raw,
             keys: Arc::new((0..KEYS).map(key).collect()),
             value: Arc::new(vec![b'x'; VALUE_SIZE]),
@@ -273,7 +341,7 @@ fn main() {
     let load_before = load_average();
     let mut results = Vec::new();
     let only = std::env::var("L2_BENCH_ONLY").ok();
-    for op in [Op::Get, Op::Set] {
+    for op in [Op::Get, Op::Set, Op::StackGet] {
         for concurrency in CONCURRENCY {
             let case = format!("{}@{concurrency}", op.name());
             if only
@@ -316,7 +384,10 @@ fn main() {
                 cpu(&raw, |s| s.server_ns_per_op),
             );
             let (layer, raw) = (cpu(&layer, |s| s.ops_per_sec), cpu(&raw, |s| s.ops_per_sec));
-            let benchmark = redis_benchmark(server.port(), op, concurrency);
+            let benchmark = match op {
+                Op::StackGet => None,
+                Op::Get | Op::Set => redis_benchmark(server.port(), op, concurrency),
+            };
             println!(
                 "l2 {:>3} c={concurrency:<2}  layer {layer:>9.0} ops/s  raw {raw:>9.0} ops/s  \
                  ratio {ratio:.3}  redis-benchmark {}",
@@ -338,7 +409,8 @@ fn main() {
                 "ratio_layer_to_raw": (ratio * 1000.0).round() / 1000.0,
                 "ratio_per_round": round_ratios.iter().map(|r| (r * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
                 "ratio_layer_to_redis_benchmark": benchmark.map(|b| (layer / b * 1000.0).round() / 1000.0),
-                "meets_target": ratio >= TARGET_RATIO,
+                "target_ratio": op.target(),
+                "meets_target": ratio >= op.target(),
             }));
         }
     }
