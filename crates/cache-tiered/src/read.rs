@@ -123,8 +123,7 @@ impl<S: Serializer> TieredCache<S> {
 
     /// A `get`'s live value found in the top tier: its span (made after the
     /// read, so that the hot path's future holds nothing across an await),
-    /// and the value unless it is throttled (stale, only served to loads
-    /// that fall back).
+    /// and the value if a `get` serves it.
     #[inline(always)]
     fn hit_at_top<T>(&self, key: &str, value: T, freshness: Freshness) -> Option<T> {
         // The level check first: a disabled span still costs a hit a few
@@ -136,7 +135,7 @@ impl<S: Serializer> TieredCache<S> {
                 span.record("outcome", "hit");
             }
         }
-        (freshness != Freshness::Throttled).then_some(value)
+        served(value, freshness)
     }
 
     /// The rest of [`get_except`](Self::get_except) once the top tier had
@@ -158,7 +157,7 @@ impl<S: Serializer> TieredCache<S> {
         let value = found.map(|found| {
             found
                 .value
-                .and_then(|(value, freshness)| (freshness != Freshness::Throttled).then_some(value))
+                .and_then(|(value, freshness)| served(value, freshness))
         });
         span.record("outcome", outcome_of(&value));
         value
@@ -572,6 +571,12 @@ impl<S: Serializer> TieredCache<S> {
         let _ = tier.delete_many(&*self.shared.clock, &[key]).await;
         false
     }
+}
+
+/// What a `get` returns of a live value: nothing if it is throttled (stale,
+/// served only to loads that fall back).
+fn served<T>(value: T, freshness: Freshness) -> Option<T> {
+    (freshness != Freshness::Throttled).then_some(value)
 }
 
 /// A read's `outcome` field.
