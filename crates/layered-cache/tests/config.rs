@@ -472,6 +472,82 @@ async fn rules_without_redis_work_on_the_l1() {
     assert_eq!(cache.get::<f32>("rating:offer:1").await.unwrap(), None);
 }
 
+#[cfg(feature = "invalidation")]
+#[tokio::test]
+async fn families_from_toml_remove_a_wildcard_dependent_without_a_scan() {
+    let stack = StackConfig::from_toml_str(
+        r#"
+        families = ["reviews:offer:{id:digits}:*"]
+
+        [[rules]]
+        trigger = "reviews:offer:{id:digits}"
+        dependents = ["reviews:offer:{id}:*", "rating:offer:{id}"]
+        "#,
+    )
+    .unwrap()
+    .build()
+    .await
+    .unwrap();
+    let cache = &stack.cache;
+    for key in [
+        "reviews:offer:42:page:0:limit:10",
+        "reviews:offer:42:page:1:limit:10",
+        "reviews:offer:43:page:0:limit:10",
+    ] {
+        cache.entry(key).set(&"a page".to_owned()).await.unwrap();
+    }
+    let invalidated = stack
+        .invalidator
+        .as_ref()
+        .expect("rules make an invalidator")
+        .invalidate_key("reviews:offer:42")
+        .await
+        .unwrap();
+    assert_eq!(invalidated.by_family.len(), 1, "{invalidated:?}");
+    for page in 0..2 {
+        let key = format!("reviews:offer:42:page:{page}:limit:10");
+        assert_eq!(cache.get::<String>(&key).await.unwrap(), None, "{key}");
+    }
+    assert!(
+        cache
+            .get::<String>("reviews:offer:43:page:0:limit:10")
+            .await
+            .unwrap()
+            .is_some(),
+        "another offer's pages stay"
+    );
+}
+
+#[cfg(feature = "invalidation")]
+#[test]
+fn bad_families_are_named() {
+    let problems = problems_of(
+        r#"
+        families = ["reviews:offer:{id:digits}:*", "offer:{id"]
+        "#,
+    );
+    assert!(
+        problems.iter().any(|p| p.starts_with("families[1]: ")),
+        "{problems:?}"
+    );
+    assert!(
+        !problems.iter().any(|p| p.starts_with("families[0]")),
+        "{problems:?}"
+    );
+}
+
+#[cfg(not(feature = "invalidation"))]
+#[test]
+fn families_without_the_invalidation_feature_are_refused() {
+    let problems = problems_of(r#"families = ["reviews:offer:{id:digits}:*"]"#);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("families: ") && p.contains("`invalidation` feature")),
+        "{problems:?}"
+    );
+}
+
 #[cfg(all(feature = "redis", feature = "breaker", feature = "invalidation"))]
 mod redis {
     use super::*;

@@ -132,6 +132,10 @@ impl StackConfig {
             (redis, backplane)
         };
 
+        #[cfg(feature = "invalidation")]
+        if let Some(rules) = rules.as_ref().filter(|_| !self.families.is_empty()) {
+            builder = builder.key_families(rules.families());
+        }
         builder = self.cache_settings(builder);
         let cache =
             customize(builder)
@@ -214,15 +218,18 @@ impl StackConfig {
             })?;
         Ok(Some(Arc::new(breaker)))
     }
-    /// The `[[rules]]`, if any.
+    /// The `[[rules]]` and `families`, if any.
     #[cfg(feature = "invalidation")]
     fn dependency_rules(&self) -> Result<Option<cache_invalidation::Rules>, ConfigError> {
-        if self.rules.is_empty() {
+        if self.rules.is_empty() && self.families.is_empty() {
             return Ok(None);
         }
         let mut builder = cache_invalidation::Rules::builder();
         for rule in &self.rules {
             builder = builder.rule(rule.trigger.as_str(), &rule.dependents);
+        }
+        for family in &self.families {
+            builder = builder.family(family.as_str());
         }
         // Checked rule by rule by `validate`; a failure here is the same
         // problem, reported without the index.

@@ -15,6 +15,7 @@
 //! | `[backplane]` | a `RedisBackplane` keeping the instances' L1s in step | `redis` |
 //! | `[[ttl]]` | the TTL policy table ([`TtlPolicy`](crate::TtlPolicy) per key pattern) | |
 //! | `[[rules]]` | the dependency rules of an `Invalidator` | `invalidation` |
+//! | `families` | key families: wildcard dependents removed without a SCAN | `invalidation` |
 //!
 //! [`build`](StackConfig::build) checks everything first, then builds every
 //! part and connects, and returns a [`Stack`]. Every key and its default is
@@ -95,6 +96,13 @@ pub struct StackConfig {
     pub ttl: Vec<TtlRule>,
     /// The dependency rules (`[[rules]]`).
     pub rules: Vec<DependencyRule>,
+    /// Key families (`families = ["reviews:offer:{id:digits}:*"]`): the
+    /// keys of each template belong to the family of its hole's value, and
+    /// a dependent that names one is removed by bumping the family's
+    /// version instead of a SCAN (see `cache_invalidation::RulesBuilder::family`).
+    /// Installed on the stack's cache.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub families: Vec<String>,
 }
 
 /// `[cache]`: the [`TieredCacheBuilder`](crate::TieredCacheBuilder) settings.

@@ -454,12 +454,38 @@ fn glob(pattern: &str) -> Result<(), String> {
 }
 
 fn dependency_rules(p: &mut Problems, config: &StackConfig) {
-    if config.rules.is_empty() {
+    if config.rules.is_empty() && config.families.is_empty() {
         return;
     }
     if !cfg!(feature = "invalidation") {
-        p.feature("rules", "invalidation", "dependency rules");
+        if !config.rules.is_empty() {
+            p.feature("rules", "invalidation", "dependency rules");
+        }
+        if !config.families.is_empty() {
+            p.feature("families", "invalidation", "key families");
+        }
         return;
+    }
+    #[cfg(feature = "invalidation")]
+    for (i, family) in config.families.iter().enumerate() {
+        if let Err(error) = cache_invalidation::Rules::builder().family(family).build() {
+            p.add(format!("families[{i}]"), error.to_string());
+        }
+    }
+    // Families checked against the rules (a family must take every id a
+    // constraining trigger gives it): the whole set, as `build` does.
+    #[cfg(feature = "invalidation")]
+    if !config.families.is_empty() && !config.rules.is_empty() {
+        let mut builder = cache_invalidation::Rules::builder();
+        for rule in &config.rules {
+            builder = builder.rule(&rule.trigger, &rule.dependents);
+        }
+        for family in &config.families {
+            builder = builder.family(family);
+        }
+        if let Err(error) = builder.build() {
+            p.add("families", error.to_string());
+        }
     }
     for (i, rule) in config.rules.iter().enumerate() {
         if rule.trigger.is_empty() {
