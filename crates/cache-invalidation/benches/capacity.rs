@@ -420,6 +420,12 @@ async fn raw_fan_out(server: &RedisServer, subscribers: usize) -> (f64, f64, f64
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` (or
+    // `--all-targets`) does not, and a test run has no time for this.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        println!("capacity: a benchmark; run it with `cargo bench --bench capacity`");
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
