@@ -124,14 +124,15 @@ impl Model {
     fn load() -> Model {
         let mut model = Model {
             redis_per_delivery: 1.2,
-            redis_per_write: 8.0,
-            subscriber_per_delivery: 3.0,
-            writer_per_write: 40.0,
+            redis_per_write: 15.0,
+            subscriber_per_delivery: 3.4,
+            writer_per_write: 25.0,
             gets_per_second: 150_000.0,
             cores: std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
             source: "docs/scale.md".to_owned(),
         };
         let path = target_dir().join("bench").join("capacity.json");
+        let path = path.canonicalize().unwrap_or(path);
         let Some(capacity) = std::fs::read_to_string(&path)
             .ok()
             .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
