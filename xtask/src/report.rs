@@ -30,6 +30,7 @@ pub(crate) fn write(root: &Path, summary: &Value, run: SystemTime) -> Result<(),
         ("breaker", Page::breaker),
         ("invalidation", Page::invalidation),
         ("capacity", Page::capacity),
+        ("fleet", Page::fleet),
         ("load", Page::load),
     ] {
         let Some(results) = summary.get(name) else {
@@ -467,17 +468,95 @@ impl Page {
         ));
         self.line("");
         self.line(
-            "| backplane subscribers | published/s | delivered/s to each | deliveries/s in all |",
+            "| backplane subscribers | published/s | delivered/s to each | deliveries/s in all \
+             | Redis CPU µs per delivery | this process's | raw `PUBLISH`: delivered/s to each \
+             | backplane ÷ raw |",
         );
-        self.line("|---|---|---|---|");
+        self.line("|---|---|---|---|---|---|---|---|");
         for result in capacity["backplane"].as_array()? {
             self.line(format!(
-                "| {} | {:.0} | {:.0} | {:.0} |",
+                "| {} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |",
                 result["subscribers"],
                 result["published_per_second"].as_f64()?,
                 result["delivered_per_second_each"].as_f64()?,
                 result["deliveries_per_second"].as_f64()?,
+                decimals(&result["redis_cpu_us_per_delivery"], 2),
+                decimals(&result["process_cpu_us_per_delivery"], 2),
+                decimals(&result["raw_delivered_per_second_each"], 0),
+                decimals(&result["delivered_over_raw"], 2),
             ));
+        }
+        let caches = &capacity["cache_subscribers"];
+        let writes = &capacity["writes"];
+        if caches.is_object() && writes.is_object() {
+            self.line("");
+            self.line(format!(
+                "To {} caches (the listener removing each key from an L1): {} delivered/s to \
+                 each, {} µs of Redis CPU and {} µs of this process's per delivery. A write \
+                 (`TieredCache::set` over an L1 and Redis, with the backplane): {} writes/s, \
+                 {} µs of Redis CPU and {} µs of this process's per write. Load average at the \
+                 start: {}.",
+                caches["subscribers"],
+                decimals(&caches["delivered_per_second_each"], 0),
+                decimals(&caches["redis_cpu_us_per_delivery"], 2),
+                decimals(&caches["process_cpu_us_per_delivery"], 2),
+                decimals(&writes["writes_per_second"], 0),
+                decimals(&writes["redis_cpu_us_per_write"], 1),
+                decimals(&writes["process_cpu_us_per_write"], 1),
+                decimals(&capacity["load_average_at_start"], 2),
+            ));
+        }
+        None
+    }
+
+    fn fleet(&mut self, fleet: &Value) -> Option<Chart> {
+        self.line("");
+        self.line("## Fleet simulation (`fleet.json`)");
+        self.line("");
+        self.line(format!(
+            "A fleet of `TieredCache` instances (L1 over one local Redis, each with its own \
+             `RedisBackplane`) in one process (`crates/cache-invalidation/benches/fleet.rs`): \
+             {} reads/s of {} hot keys, and writes from every instance at 0.5, 1 and 2 times \
+             the limit [scale.md](scale.md)'s model predicts for this machine, {} s each. \
+             Staleness: from a write's `set` returning until every other L1 has dropped the \
+             key. The model's CPU costs come from `capacity.json` ({}).",
+            decimals(
+                &fleet["fleets"][0]["points"][0]["offered_reads_per_second"],
+                0
+            ),
+            fleet["keys"],
+            fleet["run_seconds"],
+            text(&fleet["model_inputs"]["source"]),
+        ));
+        self.line("");
+        self.line(
+            "| instances | writes/s offered | × limit | delivered/s to each | ÷ model \
+             | reads/s | L1 hits | staleness p50 ms | p99 ms | max ms | model ms \
+             | CPU: process, Redis | lost |",
+        );
+        self.line("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for group in fleet["fleets"].as_array()? {
+            for point in group["points"].as_array()? {
+                let measured = &point["measured"];
+                let staleness = &measured["staleness_ms"];
+                self.line(format!(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}, {} | {} |",
+                    point["instances"],
+                    decimals(&point["offered_writes_per_second"], 0),
+                    point["load_over_model_limit"],
+                    decimals(&measured["delivered_per_second_each"], 0),
+                    decimals(&point["measured_over_model"]["delivered_each"], 2),
+                    decimals(&measured["reads_per_second"], 0),
+                    decimals(&measured["l1_hit_ratio"], 3),
+                    decimals(&staleness["p50"], 2),
+                    decimals(&staleness["p99"], 2),
+                    decimals(&staleness["max"], 2),
+                    decimals(&point["model"]["staleness_ms"], 3),
+                    decimals(&measured["cpu_cores"]["this_process"], 2),
+                    decimals(&measured["cpu_cores"]["redis_server"], 2),
+                    measured["lost"],
+                ));
+            }
         }
         None
     }
@@ -545,6 +624,13 @@ fn thousands(n: u64) -> String {
         out.push(digit);
     }
     out
+}
+
+/// A number with `decimals` decimals, or `-` when the figure is missing.
+fn decimals(value: &Value, decimals: usize) -> String {
+    value
+        .as_f64()
+        .map_or_else(|| "-".to_owned(), |x| format!("{x:.decimals$}"))
 }
 
 fn yes_no(met: bool) -> String {
@@ -779,5 +865,67 @@ mod tests {
                 .contains("`target/bench/load.json` was not written")
         );
         assert!(!page.text.contains("| yes |"));
+    }
+
+    #[test]
+    fn the_fleet_simulation_reads_as_a_table_beside_the_model() {
+        let fleet = serde_json::json!({
+            "keys": 1000,
+            "run_seconds": 3.0,
+            "model_inputs": { "source": "target/bench/capacity.json" },
+            "fleets": [{
+                "instances": 4,
+                "points": [{
+                    "instances": 4,
+                    "load_over_model_limit": 0.5,
+                    "offered_writes_per_second": 20000.0,
+                    "offered_reads_per_second": 50000.0,
+                    "measured": {
+                        "delivered_per_second_each": 19900.0,
+                        "reads_per_second": 49900.0,
+                        "l1_hit_ratio": 0.988,
+                        "staleness_ms": { "p50": 0.0, "p99": 3.3, "max": 13.2 },
+                        "cpu_cores": { "this_process": 0.96, "redis_server": 0.34 },
+                        "lost": 0,
+                    },
+                    "model": { "staleness_ms": 0.01 },
+                    "measured_over_model": { "delivered_each": 0.98 },
+                }],
+            }],
+        });
+        let mut page = Page::default();
+        assert!(page.fleet(&fleet).is_none());
+        assert!(page.text.contains("## Fleet simulation (`fleet.json`)"));
+        assert!(page.text.contains("50000 reads/s of 1000 hot keys"));
+        assert!(
+            page.text.contains(
+                "| 4 | 20000 | 0.5 | 19900 | 0.98 | 49900 | 0.988 | 0.00 | 3.30 | 13.20 | 0.010 \
+                 | 0.96, 0.34 | 0 |"
+            ),
+            "{}",
+            page.text
+        );
+        // A figure an older run did not write is a dash, not a made-up zero.
+        let mut page = Page::default();
+        page.capacity(&serde_json::json!({
+            "l1": {
+                "entries": 100000,
+                "written_bytes_per_entry": 530.0,
+                "read_bytes_per_entry": 865.0,
+                "counted_bytes_per_entry": 188.0,
+            },
+            "backplane": [{
+                "subscribers": 1,
+                "published_per_second": 7800.0,
+                "delivered_per_second_each": 7800.0,
+                "deliveries_per_second": 7800.0,
+            }],
+        }));
+        assert!(
+            page.text
+                .contains("| 1 | 7800 | 7800 | 7800 | - | - | - | - |"),
+            "{}",
+            page.text
+        );
     }
 }

@@ -118,6 +118,53 @@ async fn a_subscriber_receives_its_own_messages_in_order() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_received_while_nobody_reads_arrives_whole_and_in_order() {
+    // Messages already received are taken without waiting (no timer, no
+    // watch armed per message): none may be lost, reordered or taken for a
+    // quiet connection, with a health check shorter than the burst.
+    let server = RedisServer::start();
+    let publisher = backplane(&server.url(), "burst").await;
+    let reader = RedisBackplane::builder(server.url())
+        .channel("burst")
+        .health_check_interval(Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let mut subscription = reader.subscribe().await.unwrap();
+    let sent: Vec<_> = (0..5_000)
+        .map(|i| message(3, Invalidation::Key(format!("offer:{i}"))))
+        .collect();
+    for chunk in sent.chunks(500) {
+        for message in chunk {
+            publisher.publish(message).await.unwrap();
+        }
+        // Between chunks, longer than the health check: quiet spells and
+        // queued messages both.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    for expected in &sent {
+        assert_eq!(
+            next(&mut subscription).await,
+            BackplaneEvent::Message(expected.clone())
+        );
+    }
+    assert_eq!(reader.status().reconnects, 0, "no gap, no reconnection");
+    // Still live afterwards, and still ended by dropping the backplane,
+    // queued messages or not.
+    let last = message(3, Invalidation::All);
+    publisher.publish(&last).await.unwrap();
+    publisher.publish(&last).await.unwrap();
+    assert_eq!(next(&mut subscription).await, BackplaneEvent::Message(last));
+    drop(reader);
+    assert_eq!(
+        tokio::time::timeout(WAIT, subscription.next())
+            .await
+            .unwrap(),
+        None
+    );
+}
+
 #[tokio::test]
 async fn different_channels_do_not_see_each_other() {
     let server = RedisServer::start();

@@ -58,3 +58,40 @@ pub fn write_results(name: &str, json: &str) -> std::io::Result<PathBuf> {
     std::fs::write(&path, json)?;
     Ok(path)
 }
+
+/// The CPU time (user and system) process `pid` has used so far, in
+/// seconds (this process's with `None`); 0 where `/proc` cannot tell
+/// (another OS). Two readings around a run say how many cores it kept busy:
+/// the figure a shared machine's throughput needs beside it.
+pub fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // The fields after the command name (in parentheses, and free to
+    // contain spaces): utime and stime are the 12th and 13th of them.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|field| field.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // In clock ticks, 100 a second on Linux (`getconf CLK_TCK`).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The machine's load average over the last minute, from `/proc/loadavg`
+/// (`None` elsewhere): how busy the machine was while a benchmark ran.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
