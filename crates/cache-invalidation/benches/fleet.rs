@@ -54,7 +54,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cache_core::{
-    CacheLayer, CallContext, Entry, LayerStats, Lookups, Pattern, Result, Writes, async_trait,
+    CacheLayer, CallContext, Clock, Entry, LayerStats, Lookups, Pattern, ReadNow, Result, Writes,
+    async_trait,
 };
 use cache_memory::MemoryLayer;
 use cache_redis::{RedisBackplane, RedisLayer};
@@ -291,8 +292,8 @@ impl CacheLayer for ProbedL1 {
         removed
     }
 
-    fn get_now(&self, ctx: &CallContext<'_>, key: &str) -> Option<Result<Option<Entry>>> {
-        self.inner.get_now(ctx, key)
+    fn get_now(&self, clock: &dyn Clock, key: &str) -> ReadNow {
+        self.inner.get_now(clock, key)
     }
 
     fn stats(&self) -> LayerStats {
