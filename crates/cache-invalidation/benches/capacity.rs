@@ -174,14 +174,7 @@ async fn writes(server: &RedisServer) -> serde_json::Value {
 /// delivery.
 async fn cache_fan_out(server: &RedisServer, subscribers: usize) -> serde_json::Value {
     let channel = format!("capacity-caches-{subscribers}");
-    let backplane = || async {
-        RedisBackplane::builder(server.url())
-            .channel(channel.as_str())
-            .timeout(Duration::from_secs(10))
-            .build()
-            .await
-            .expect("backplane")
-    };
+    let connect = || backplane(server, &channel);
     let mut caches = Vec::new();
     for _ in 0..subscribers {
         let l1 = MemoryLayer::builder()
@@ -190,14 +183,14 @@ async fn cache_fan_out(server: &RedisServer, subscribers: usize) -> serde_json::
             .expect("L1");
         let cache = TieredCache::builder()
             .layer(l1)
-            .backplane(backplane().await)
+            .backplane(connect().await)
             .build_async()
             .await
             .expect("cache");
         caches.push(cache);
     }
     let received = |cache: &TieredCache| cache.stats().backplane.received;
-    let publisher = Arc::new(backplane().await);
+    let publisher = Arc::new(connect().await);
     let message = |i: u64| BackplaneMessage {
         origin: 1,
         invalidations: vec![Invalidation::Key(format!("offer:{i}"))],
@@ -242,23 +235,27 @@ async fn cache_fan_out(server: &RedisServer, subscribers: usize) -> serde_json::
     })
 }
 
+/// A backplane on `channel` of `server`, with a timeout no busy machine
+/// reaches.
+async fn backplane(server: &RedisServer, channel: &str) -> RedisBackplane {
+    RedisBackplane::builder(server.url())
+        .channel(channel)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .expect("backplane")
+}
+
 async fn fan_out(server: &RedisServer, subscribers: usize) -> serde_json::Value {
     let channel = format!("capacity-{subscribers}");
-    let backplane = || async {
-        RedisBackplane::builder(server.url())
-            .channel(channel.as_str())
-            .timeout(Duration::from_secs(10))
-            .build()
-            .await
-            .expect("backplane")
-    };
+    let connect = || backplane(server, &channel);
     let received: Arc<Vec<AtomicU64>> =
         Arc::new((0..subscribers).map(|_| AtomicU64::new(0)).collect());
     let mut listeners = Vec::new();
     // Each subscriber's backplane lives as long as its subscription.
     let mut instances = Vec::new();
     for n in 0..subscribers {
-        let instance = backplane().await;
+        let instance = connect().await;
         let mut subscription = instance.subscribe().await.expect("subscribe");
         instances.push(instance);
         let received = received.clone();
@@ -270,7 +267,7 @@ async fn fan_out(server: &RedisServer, subscribers: usize) -> serde_json::Value 
             }
         }));
     }
-    let publisher = Arc::new(backplane().await);
+    let publisher = Arc::new(connect().await);
     let message = |i: u64| BackplaneMessage {
         origin: 1,
         invalidations: vec![Invalidation::Key(format!("offer:{i}"))],

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use cache_core::{CacheLayer, Entry};
 use cache_memory::MemoryLayer;
 use cache_redis::RedisLayer;
-use cache_test_support::bench::{Offer, offer, write_results};
+use cache_test_support::bench::{Offer, load_average, offer, write_results};
 use cache_test_support::ctx;
 use cache_test_support::redis::RedisServer;
 use cache_tiered::{Tier, TieredCache};
@@ -269,17 +269,6 @@ fn redis_benchmark(port: u16, op: Op, clients: usize) -> Option<f64> {
             .then(|| rps.parse().ok())
             .flatten()
     })
-}
-
-/// The 1-minute load average (Linux), recorded beside the figures: ratios
-/// from a loaded machine deserve a rerun.
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 fn main() {
