@@ -136,20 +136,14 @@ async fn writes(server: &RedisServer) -> serde_json::Value {
     let ttl = Duration::from_secs(300);
     let (cpu, redis_cpu) = (cpu_seconds(None), cpu_seconds(server.pid()));
     let started = Instant::now();
-    let tasks: Vec<_> = (0..PUBLISHERS)
-        .map(|task| {
-            let cache = cache.clone();
-            tokio::spawn(async move {
-                for i in (task..MESSAGES).step_by(PUBLISHERS as usize) {
-                    let key = format!("offer:{i}");
-                    cache.set(&key, &offer(i), ttl).await.expect("set");
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("writer");
-    }
+    in_parallel(move |i| {
+        let cache = cache.clone();
+        async move {
+            let key = format!("offer:{i}");
+            cache.set(&key, &offer(i), ttl).await.expect("set");
+        }
+    })
+    .await;
     let elapsed = started.elapsed();
     let per_write = |seconds: f64| seconds * 1e6 / MESSAGES as f64;
     let cpu_us = per_write(cpu_seconds(None) - cpu);
@@ -191,25 +185,16 @@ async fn cache_fan_out(server: &RedisServer, subscribers: usize) -> serde_json::
     }
     let received = |cache: &TieredCache| cache.stats().backplane.received;
     let publisher = Arc::new(connect().await);
-    let message = |i: u64| BackplaneMessage {
-        origin: 1,
-        invalidations: vec![Invalidation::Key(format!("offer:{i}"))],
-    };
     let (cpu, redis_cpu) = (cpu_seconds(None), cpu_seconds(server.pid()));
     let started = Instant::now();
-    let tasks: Vec<_> = (0..PUBLISHERS)
-        .map(|task| {
+    in_parallel({
+        let publisher = publisher.clone();
+        move |i| {
             let publisher = publisher.clone();
-            tokio::spawn(async move {
-                for i in (task..MESSAGES).step_by(PUBLISHERS as usize) {
-                    publisher.publish(&message(i)).await.expect("publish");
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("publisher");
-    }
+            async move { publisher.publish(&message(i)).await.expect("publish") }
+        }
+    })
+    .await;
     let deadline = Instant::now() + Duration::from_secs(120);
     while caches.iter().any(|cache| received(cache) < MESSAGES) {
         assert!(Instant::now() < deadline, "messages were lost");
@@ -233,6 +218,36 @@ async fn cache_fan_out(server: &RedisServer, subscribers: usize) -> serde_json::
         "redis_cpu_us_per_delivery": redis_cpu_us,
         "process_cpu_us_per_delivery": cpu_us,
     })
+}
+
+/// The message the benchmarks publish as their `i`th: one key.
+fn message(i: u64) -> BackplaneMessage {
+    BackplaneMessage {
+        origin: 1,
+        invalidations: vec![Invalidation::Key(format!("offer:{i}"))],
+    }
+}
+
+/// Runs `op(i)` for every `i` below [`MESSAGES`], [`PUBLISHERS`] at a time
+/// (task `t` takes `t`, `t + PUBLISHERS`, ...).
+async fn in_parallel<F, Fut>(op: F)
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|task| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                for i in (task..MESSAGES).step_by(PUBLISHERS as usize) {
+                    op(i).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("a benchmark task");
+    }
 }
 
 /// A backplane on `channel` of `server`, with a timeout no busy machine
@@ -268,10 +283,6 @@ async fn fan_out(server: &RedisServer, subscribers: usize) -> serde_json::Value 
         }));
     }
     let publisher = Arc::new(connect().await);
-    let message = |i: u64| BackplaneMessage {
-        origin: 1,
-        invalidations: vec![Invalidation::Key(format!("offer:{i}"))],
-    };
     // Until every subscriber hears: then the counts start from zero.
     let deadline = Instant::now() + Duration::from_secs(20);
     while received
@@ -285,19 +296,14 @@ async fn fan_out(server: &RedisServer, subscribers: usize) -> serde_json::Value 
     let baseline: Vec<u64> = received.iter().map(|c| c.load(Ordering::Relaxed)).collect();
     let (cpu, redis_cpu) = (cpu_seconds(None), cpu_seconds(server.pid()));
     let started = Instant::now();
-    let tasks: Vec<_> = (0..PUBLISHERS)
-        .map(|task| {
+    in_parallel({
+        let publisher = publisher.clone();
+        move |i| {
             let publisher = publisher.clone();
-            tokio::spawn(async move {
-                for i in (task..MESSAGES).step_by(PUBLISHERS as usize) {
-                    publisher.publish(&message(i)).await.expect("publish");
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("publisher");
-    }
+            async move { publisher.publish(&message(i)).await.expect("publish") }
+        }
+    })
+    .await;
     let published = started.elapsed();
     let deadline = Instant::now() + Duration::from_secs(120);
     while received
@@ -367,34 +373,23 @@ async fn raw_fan_out(server: &RedisServer, subscribers: usize) -> (f64, f64, f64
         .get_multiplexed_async_connection()
         .await
         .expect("publisher");
-    let bytes = |i: u64| {
-        BackplaneMessage {
-            origin: 1,
-            invalidations: vec![Invalidation::Key(format!("offer:{i}"))],
-        }
-        .encode()
-    };
     let cpu = cpu_seconds(None);
     let started = Instant::now();
-    let tasks: Vec<_> = (0..PUBLISHERS)
-        .map(|task| {
-            let mut publisher = publisher.clone();
-            let channel = channel.clone();
-            tokio::spawn(async move {
-                for i in (task..MESSAGES).step_by(PUBLISHERS as usize) {
-                    let _: i64 = redis::cmd("PUBLISH")
-                        .arg(&channel)
-                        .arg(bytes(i))
-                        .query_async(&mut publisher)
-                        .await
-                        .expect("publish");
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("publisher");
-    }
+    in_parallel({
+        let (publisher, channel) = (publisher.clone(), channel.clone());
+        move |i| {
+            let (mut publisher, channel) = (publisher.clone(), channel.clone());
+            async move {
+                let _: i64 = redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(message(i).encode())
+                    .query_async(&mut publisher)
+                    .await
+                    .expect("publish");
+            }
+        }
+    })
+    .await;
     let published = started.elapsed();
     let deadline = Instant::now() + Duration::from_secs(120);
     while received
