@@ -75,6 +75,10 @@ pub struct RedisLayerBuilder {
     removal_markers: Option<Duration>,
     /// Replicas added to a Cluster builder, an error reported by `build()`.
     cluster_replicas: Vec<ServerUrl>,
+    /// What the layer guesses the server's clock reads before it samples
+    /// it (unix µs): a test's stand-in for a host whose wall clock is off.
+    #[cfg(test)]
+    pub(crate) server_clock_guess: Option<i64>,
 }
 
 /// How soon a lazy layer that has never sampled the server's clock tries
@@ -103,6 +107,8 @@ impl RedisLayerBuilder {
             node_retry_after: Duration::from_secs(1),
             removal_markers: Some(Duration::from_secs(30)),
             cluster_replicas: Vec::new(),
+            #[cfg(test)]
+            server_clock_guess: None,
         }
     }
 
@@ -358,19 +364,24 @@ impl RedisLayerBuilder {
             scan_count: self.scan_count,
             node_retry_after: self.node_retry_after,
             stats: Stats::default(),
+            #[cfg(not(test))]
             clock: ServerClock::new(),
+            #[cfg(test)]
+            clock: self
+                .server_clock_guess
+                .map_or_else(ServerClock::new, ServerClock::guessing),
             markers: self.removal_markers.map(|ttl| Markers {
                 ttl,
                 scripts: Default::default(),
             }),
         };
         // A lazy layer (no connection at start) samples the clock and loads
-        // the scripts on first use; until then the host's wall clock stands
-        // in for the server's.
+        // the scripts on first use (`ready_to_write`, `ready_to_read`), or
+        // when the task below first reaches the server, if that is sooner.
         let first_sync = if self.pool_min_idle == 0 {
             Duration::ZERO
         } else {
-            inner.sync_clock().await?;
+            inner.sync_clock(self.timeout).await?;
             inner.load_scripts(self.timeout).await?;
             SYNC_EVERY
         };
@@ -458,16 +469,16 @@ async fn resync_clock(layer: Weak<Inner>, first: Duration, mut synced: bool) {
         let Some(inner) = layer.upgrade() else {
             return;
         };
-        match inner.sync_clock().await {
+        match inner.sync_clock(inner.timeout).await {
             Ok(()) => synced = true,
             Err(error) => {
                 // A previous sample stays in use: it only drifts.
                 tracing::debug!(layer = %inner.name, %error, "could not sample the server's clock");
             }
         }
-        // A lazy layer built while Redis was down translates expiries with
-        // this host's wall clock until its first sample: take it soon after
-        // Redis is up, not up to `SYNC_EVERY` later.
+        // A lazy layer built while Redis was down samples the clock on its
+        // first call anyway; sampling soon after Redis is up spares that
+        // call the round trip.
         pause = if synced { SYNC_EVERY } else { UNSYNCED_RETRY };
     }
 }

@@ -457,7 +457,7 @@ impl Inner {
         if full_keys.is_empty() {
             return Ok(0);
         }
-        self.scripts_ready(limit).await?;
+        self.ready_to_write(limit).await?;
         if self.markers.is_none() && self.standalone {
             // One command for every key.
             let mut unlink = command("UNLINK", full_keys.len() + 1, 0);
@@ -548,13 +548,34 @@ impl Inner {
         Ok(replies)
     }
 
-    /// Loads the marker scripts if they were never loaded (a lazy layer's
-    /// first write or removal): commands name them by digest.
-    async fn scripts_ready(&self, limit: Duration) -> Result<()> {
+    /// What a lazy layer does before its first write or removal: sample the
+    /// server's clock (expiries and removal times are written in it) and
+    /// load the marker scripts (commands name them by digest). Afterwards,
+    /// two loads that find both done.
+    async fn ready_to_write(&self, limit: Duration) -> Result<()> {
+        if !self.clock.is_synced() {
+            // Boxed: a rare path, which would otherwise grow every write's future.
+            Box::pin(self.sync_clock(limit)).await?;
+        }
         match &self.markers {
-            Some(markers) if markers.scripts.get().is_none() => self.load_scripts(limit).await,
+            Some(markers) if markers.scripts.get().is_none() => {
+                Box::pin(self.load_scripts(limit)).await
+            }
             _ => Ok(()),
         }
+    }
+
+    /// What a lazy layer does on the connection of its first read: sample
+    /// the server's clock there, so that the expiry the read finds
+    /// translates with a sample, never with this host's wall clock.
+    async fn ready_to_read(&self, conn: &mut Lent<'_>) -> RedisResult<()> {
+        if !self.clock.is_synced() {
+            let sent = Instant::now();
+            let reply: (i64, i64) = Box::pin(redis::cmd("TIME").query_async(conn)).await?;
+            self.clock
+                .record(sent, time::parse_time(&reply), Instant::now());
+        }
+        Ok(())
     }
 
     /// Loads the marker scripts on the primary (every primary of a Cluster)
@@ -592,11 +613,11 @@ impl Inner {
     }
 
     /// Samples the server's clock with `TIME` (on the primary, or one node
-    /// of a Cluster).
-    pub(crate) async fn sync_clock(&self) -> Result<()> {
+    /// of a Cluster), within `limit`.
+    pub(crate) async fn sync_clock(&self, limit: Duration) -> Result<()> {
         let sent = Instant::now();
         let reply: (i64, i64) = self
-            .on_primary(self.timeout, |mut conn| async move {
+            .on_primary(limit, |mut conn| async move {
                 redis::cmd("TIME").query_async(&mut conn).await
             })
             .await?;
@@ -948,6 +969,7 @@ impl CacheLayer for RedisLayer {
         let get = &get_command(&full_key);
         let read = inner
             .read(inner.limit(ctx), |mut conn| async move {
+                inner.ready_to_read(&mut conn).await?;
                 match got(get.query_async::<Value>(&mut conn).await)? {
                     Some(value) => inner.read_value(value, now),
                     None => Ok(Read::Corrupt),
@@ -961,7 +983,7 @@ impl CacheLayer for RedisLayer {
         let inner = &*self.inner;
         let full_key = inner.key(key);
         let limit = inner.limit(ctx);
-        inner.scripts_ready(limit).await?;
+        inner.ready_to_write(limit).await?;
         if let Some(refused) = inner.too_large(&entry) {
             // A refused write of new data must not leave the previous value
             // readable; a refused fill leaves the key as it is.
@@ -1045,6 +1067,7 @@ impl CacheLayer for RedisLayer {
             let pipe = &pipe;
             inner
                 .read(inner.limit(ctx), |mut conn| async move {
+                    inner.ready_to_read(&mut conn).await?;
                     let values: Vec<Value> = pipe.query_async(&mut conn).await?;
                     Ok(read_all(values.into_iter().map(Ok).collect()))
                 })
@@ -1054,7 +1077,8 @@ impl CacheLayer for RedisLayer {
             // flight at once over the multiplexed cluster connection.
             let full_keys = &full_keys;
             inner
-                .read(inner.limit(ctx), |conn| async move {
+                .read(inner.limit(ctx), |mut conn| async move {
+                    inner.ready_to_read(&mut conn).await?;
                     let requests = full_keys.iter().map(|key| {
                         let mut conn = conn.clone();
                         async move { get_command(key).query_async::<Value>(&mut conn).await }
@@ -1086,7 +1110,7 @@ impl CacheLayer for RedisLayer {
             return Ok(Vec::new());
         }
         let now = ctx.now();
-        inner.scripts_ready(inner.limit(ctx)).await?;
+        inner.ready_to_write(inner.limit(ctx)).await?;
         // Per entry: the result to report once its command is answered, and
         // the kind of that command (`None`: nothing was sent for it).
         let mut outcomes: Vec<(Result<()>, Option<Kind>)> = Vec::with_capacity(entries.len());

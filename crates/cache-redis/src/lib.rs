@@ -128,6 +128,9 @@ mod script;
 mod time;
 mod url;
 
+#[cfg(test)]
+mod skew_tests;
+
 pub use backplane::{PubSubMode, RedisBackplane, RedisBackplaneBuilder};
 pub use builder::{ReadFrom, RedisLayerBuilder};
 pub use layer::RedisLayer;

@@ -25,8 +25,15 @@
 //! between two syncs (NTP slews a clock by at most 500 ppm, typically far
 //! less). The layer re-syncs every [`SYNC_EVERY`], so the bounds can be off
 //! by at most 1000 ppm of that (10 ms), usually microseconds.
+//!
+//! This host's wall clock plays no part: nothing is translated before a
+//! first sample ([`is_synced`](ServerClock::is_synced)). A layer built
+//! lazily samples the clock before its first write and on the connection
+//! of its first read (`layer.rs`), so a host whose wall clock is hours off
+//! still writes and reads the same expiries as the others
+//! (`skew_tests.rs` checks this against a real server).
 
-use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How often the layer samples the server's clock again.
@@ -42,21 +49,36 @@ pub(crate) struct ServerClock {
     latest_at_base: AtomicI64,
     /// The earliest the server's clock can have read at `base`.
     earliest_at_base: AtomicI64,
+    /// Whether a sample was taken: until then the offsets are a guess.
+    synced: AtomicBool,
 }
 
 impl ServerClock {
-    /// A clock that assumes the server's time is this host's wall-clock
-    /// time, until the first [`record`](Self::record).
+    /// A clock not yet synced, guessing that the server's time is this
+    /// host's wall-clock time. The layer translates nothing before a first
+    /// [`record`](Self::record), so the guess is never used.
     pub(crate) fn new() -> Self {
-        let base = Instant::now();
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_micros() as i64);
+        Self::guessing(wall)
+    }
+
+    /// A clock not yet synced, guessing that the server's clock reads
+    /// `server_micros` now (a test's seam: a host whose wall clock is off).
+    pub(crate) fn guessing(server_micros: i64) -> Self {
         ServerClock {
-            base,
-            latest_at_base: AtomicI64::new(wall),
-            earliest_at_base: AtomicI64::new(wall),
+            base: Instant::now(),
+            latest_at_base: AtomicI64::new(server_micros),
+            earliest_at_base: AtomicI64::new(server_micros),
+            synced: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the server's clock was sampled at least once.
+    #[inline]
+    pub(crate) fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
     }
 
     /// Takes in one `TIME` sample: sent at `sent`, answered with
@@ -66,26 +88,31 @@ impl ServerClock {
     /// one from this sample and one from the previous still holds two valid
     /// bounds, so no lock is needed.
     pub(crate) fn record(&self, sent: Instant, server_micros: i64, received: Instant) {
-        self.latest_at_base
-            .store(server_micros - self.micros_since_base(sent), Relaxed);
-        self.earliest_at_base
-            .store(server_micros - self.micros_since_base(received), Relaxed);
+        self.latest_at_base.store(
+            server_micros - self.micros_since_base(sent),
+            Ordering::Relaxed,
+        );
+        self.earliest_at_base.store(
+            server_micros - self.micros_since_base(received),
+            Ordering::Relaxed,
+        );
+        self.synced.store(true, Ordering::Release);
     }
 
     /// The latest the server's clock can read at local instant `at`.
     pub(crate) fn latest(&self, at: Instant) -> i64 {
-        self.latest_at_base.load(Relaxed) + self.micros_since_base(at)
+        self.latest_at_base.load(Ordering::Relaxed) + self.micros_since_base(at)
     }
 
     /// The earliest the server's clock can read at local instant `at`.
     pub(crate) fn earliest(&self, at: Instant) -> i64 {
-        self.earliest_at_base.load(Relaxed) + self.micros_since_base(at)
+        self.earliest_at_base.load(Ordering::Relaxed) + self.micros_since_base(at)
     }
 
     /// The first local instant at which the server's clock may read
     /// `server_micros`.
     pub(crate) fn first_local(&self, server_micros: i64) -> Instant {
-        let since_base = server_micros - self.latest_at_base.load(Relaxed);
+        let since_base = server_micros - self.latest_at_base.load(Ordering::Relaxed);
         let magnitude = Duration::from_micros(since_base.unsigned_abs());
         let local = if since_base >= 0 {
             self.base.checked_add(magnitude)
