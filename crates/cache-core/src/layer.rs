@@ -187,6 +187,16 @@ pub type Lookups = Vec<Result<Option<Entry>>>;
 /// The answers of a batch write: one per entry, in order.
 pub type Writes = Vec<Result<()>>;
 
+/// What a layer answers a write at once ([`CacheLayer::set_now`]).
+#[derive(Debug)]
+pub enum WriteNow {
+    /// The write's outcome, as [`set`](CacheLayer::set) would report it.
+    Done(Result<()>),
+    /// The layer cannot write without awaiting: call
+    /// [`set`](CacheLayer::set) with the entry handed back.
+    Unanswered(Entry),
+}
+
 /// What a layer answers a read at once ([`CacheLayer::get_now`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadNow {
@@ -335,6 +345,20 @@ pub trait CacheLayer: Send + Sync + fmt::Debug {
     fn get_now(&self, clock: &dyn Clock, key: &str) -> ReadNow {
         let _ = (clock, key);
         ReadNow::Unanswered
+    }
+
+    /// Stores `entry` at once, without awaiting, if this layer can (an
+    /// in-process layer can, a remote one cannot);
+    /// [`WriteNow::Unanswered`] hands the entry back: "call
+    /// [`set`](CacheLayer::set)". Default: `Unanswered`.
+    ///
+    /// Composers try this first when they copy a value found below into
+    /// the tier above (a fill), as [`get_now`](CacheLayer::get_now) on
+    /// reads: it must be cheap, must never block, and keeps the contract of
+    /// `set` (the same refusals, the same counters).
+    fn set_now(&self, ctx: &CallContext<'_>, key: &str, entry: Entry) -> WriteNow {
+        let _ = (ctx, key);
+        WriteNow::Unanswered(entry)
     }
 
     /// Whether other processes see this layer's contents (a remote store

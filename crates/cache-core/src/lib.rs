@@ -58,7 +58,7 @@ pub use clock::{Clock, ManualClock, SystemClock, system_clock};
 pub use entry::Entry;
 pub use error::{Error, ErrorClass, LastError, LastErrorCell, Result};
 pub use latency::{Latency, LatencyRecorder};
-pub use layer::{CacheLayer, CallContext, Lookups, Operation, ReadNow, Writes};
+pub use layer::{CacheLayer, CallContext, Lookups, Operation, ReadNow, WriteNow, Writes};
 pub use lock::{LoadLock, LockToken};
 pub use pattern::{Pattern, escape};
 pub use policy::{

@@ -53,7 +53,10 @@
 
 use std::time::Duration;
 
-use crate::{CacheLayer, CallContext, Clock, Entry, ManualClock, Operation, Pattern, escape};
+use crate::{
+    CacheLayer, CallContext, Clock, Entry, ManualClock, Operation, Pattern, ReadNow, WriteNow,
+    escape,
+};
 
 /// The conformance suite for one layer; see the [module docs](self).
 #[must_use]
@@ -294,6 +297,44 @@ impl<'a> Conformance<'a> {
                 "[{name}] a refused write leaves no old value readable"
             );
         }
+
+        // Answers at once (`get_now`, `set_now`), where the layer gives
+        // them, keep the contract of `get` and `set`.
+        let entry = live(b"now");
+        match layer.set_now(&write, &a, entry.clone()) {
+            WriteNow::Unanswered(back) => {
+                assert!(back.ptr_eq(&entry), "[{name}] set_now hands the entry back");
+                layer.set(&write, &a, back).await.expect("set");
+            }
+            WriteNow::Done(written) => written.expect("set_now"),
+        }
+        let got = layer.get(&read, &a).await.expect("get");
+        assert_eq!(
+            value_of(got),
+            Some(b"now".to_vec()),
+            "[{name}] set_now, then get"
+        );
+        match layer.get_now(clock, &a) {
+            ReadNow::Hit(found) => assert_eq!(found.value().as_ref(), b"now", "[{name}] get_now"),
+            ReadNow::Miss => panic!("[{name}] get_now misses a live key"),
+            ReadNow::Unanswered => {}
+        }
+        if let Some(limit) = self.max_value_size {
+            let big = Entry::new(vec![7u8; limit + 1]).expires_at(clock.now() + hour);
+            if let WriteNow::Done(written) = layer.set_now(&write, &a, big) {
+                let error = written.expect_err("set_now refuses a value over the limit");
+                assert!(error.is_refusal(), "[{name}] refused as input: {error}");
+                assert!(
+                    layer.get(&read, &a).await.expect("get").is_none(),
+                    "[{name}] a refused set_now leaves no old value readable"
+                );
+            }
+        }
+        layer.delete(&remove, &a).await.expect("delete");
+        assert!(
+            !matches!(layer.get_now(clock, &a), ReadNow::Hit(_)),
+            "[{name}] get_now never answers a deleted key"
+        );
 
         layer
             .invalidate(&remove, &everything)

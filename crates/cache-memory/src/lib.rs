@@ -60,7 +60,7 @@ use std::time::Duration;
 
 use cache_core::{
     CacheLayer, CallContext, Clock, Counter, Entry, Error, LayerStats, Lookups, Pattern, ReadNow,
-    Result, Writes, async_trait, system_clock,
+    Result, WriteNow, Writes, async_trait, system_clock,
 };
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
@@ -182,7 +182,7 @@ impl MemoryLayer {
         Some(entry)
     }
 
-    fn set_now(&self, clock: &dyn Clock, key: &str, entry: Entry) -> Result<()> {
+    fn store(&self, clock: &dyn Clock, key: &str, entry: Entry) -> Result<()> {
         let inner = &*self.inner;
         if entry.is_expired(clock.now()) {
             // Storing a dead entry is the same as removing the key.
@@ -350,7 +350,7 @@ impl CacheLayer for MemoryLayer {
     async fn set_many(&self, ctx: &CallContext<'_>, entries: &[(&str, Entry)]) -> Result<Writes> {
         Ok(entries
             .iter()
-            .map(|(key, entry)| self.set_now(ctx.clock(), key, entry.clone()))
+            .map(|(key, entry)| self.store(ctx.clock(), key, entry.clone()))
             .collect())
     }
 
@@ -373,7 +373,7 @@ impl CacheLayer for MemoryLayer {
     }
 
     async fn set(&self, ctx: &CallContext<'_>, key: &str, entry: Entry) -> Result<()> {
-        self.set_now(ctx.clock(), key, entry)
+        self.store(ctx.clock(), key, entry)
     }
 
     async fn delete(&self, _ctx: &CallContext<'_>, key: &str) -> Result<bool> {
@@ -385,6 +385,10 @@ impl CacheLayer for MemoryLayer {
             Some(entry) => ReadNow::Hit(entry),
             None => ReadNow::Miss,
         }
+    }
+
+    fn set_now(&self, ctx: &CallContext<'_>, key: &str, entry: Entry) -> WriteNow {
+        WriteNow::Done(self.store(ctx.clock(), key, entry))
     }
 
     fn stats(&self) -> LayerStats {

@@ -44,7 +44,7 @@ impl Stripe {
 pub(crate) struct FillGuard {
     stripes: Box<[Stripe]>,
     global: Stripe,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::fast::RandomState,
 }
 
 /// A snapshot taken before reading a value that may be filled upward.

@@ -2,6 +2,7 @@
 
 use cache_core::{Entry, Operation, ReadNow, Serializer};
 use serde::de::DeserializeOwned;
+use smallvec::{SmallVec, smallvec};
 use tracing::Instrument;
 
 use crate::cache::TierSet;
@@ -11,15 +12,19 @@ use crate::observe::{note, op_span};
 use crate::tier::Call;
 use crate::{Result, Tier, TieredCache};
 
+/// One item per key of a walk: inline for one key, the common case, so
+/// that a read allocates nothing for its bookkeeping.
+pub(crate) type PerKey<T> = SmallVec<[T; 1]>;
+
 /// What a walk found, per key, and which tiers failed open on the way.
 pub(crate) struct Found<T> {
     /// The live values (neither expired nor stale).
-    pub(crate) values: Vec<Result<Option<T>>>,
+    pub(crate) values: PerKey<Result<Option<T>>>,
     /// How fresh each live value is.
-    pub(crate) freshness: Vec<Freshness>,
+    pub(crate) freshness: PerKey<Freshness>,
     /// For a key with no live value, the first stale one found (a
     /// fail-safe fallback).
-    pub(crate) stale: Vec<Option<StaleCopy<T>>>,
+    pub(crate) stale: PerKey<Option<StaleCopy<T>>>,
     /// Tiers whose read failed open: a caller that goes on to load should
     /// not write there (it would pay for a failing tier twice).
     pub(crate) failed_open: TierSet,
@@ -150,10 +155,14 @@ impl<S: Serializer> TieredCache<S> {
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
         let span = op_span!(&self.shared.observe, "cache.get", key);
-        let found = self
-            .lookup_below(key, top, false, excluded)
-            .instrument(span.clone())
-            .await;
+        let lookup = self.lookup_below(key, top, false, excluded);
+        // Without a subscriber for the span, the walk is not wrapped: moving
+        // its (large) future into an `Instrumented` costs a read a copy.
+        let found = if span.is_disabled() {
+            lookup.await
+        } else {
+            lookup.instrument(span.clone()).await
+        };
         let value = found.map(|found| {
             found
                 .value
@@ -319,15 +328,15 @@ impl<S: Serializer> TieredCache<S> {
             Walk::Recheck => (0, &shared.tiers[..1]),
             Walk::Shared(start) => (start, &shared.tiers[start..]),
         };
-        let mut values: Vec<Result<Option<T>>> = keys.iter().map(|_| Ok(None)).collect();
-        let mut freshness = vec![Freshness::Fresh; keys.len()];
-        let mut stale: Vec<Option<StaleCopy<T>>> = keys.iter().map(|_| None).collect();
+        let mut values: PerKey<Result<Option<T>>> = keys.iter().map(|_| Ok(None)).collect();
+        let mut freshness: PerKey<Freshness> = smallvec![Freshness::Fresh; keys.len()];
+        let mut stale: PerKey<Option<StaleCopy<T>>> = keys.iter().map(|_| None).collect();
         let now = shared.clock.now();
-        let mut missing: Vec<usize> = (0..keys.len()).collect();
-        let mut tickets: Vec<Option<Ticket>> = vec![None; keys.len()];
+        let mut missing: PerKey<usize> = (0..keys.len()).collect();
+        let mut tickets: PerKey<Option<Ticket>> = smallvec![None; keys.len()];
         let mut failed_open: TierSet = 0;
         // (key index, depth found at, entry), for the fills.
-        let mut found_below = Vec::new();
+        let mut found_below: PerKey<(usize, usize, Entry)> = PerKey::new();
         for (depth, tier) in (start..).zip(tiers) {
             if missing.is_empty() {
                 break;
@@ -343,9 +352,9 @@ impl<S: Serializer> TieredCache<S> {
                 top = None;
                 continue;
             }
-            let answers: Vec<cache_core::Result<Option<Entry>>> = match top.take() {
+            let answers: PerKey<cache_core::Result<Option<Entry>>> = match top.take() {
                 Some(answer) => match answer {
-                    Call::Done(found) => vec![Ok(found)],
+                    Call::Done(found) => smallvec![Ok(found)],
                     Call::FailedOpen => {
                         failed_open |= 1 << depth;
                         continue;
@@ -369,7 +378,7 @@ impl<S: Serializer> TieredCache<S> {
                     }
                 },
             };
-            let mut still_missing = Vec::new();
+            let mut still_missing = PerKey::new();
             for (&i, answer) in missing.iter().zip(answers) {
                 let entry = match answer {
                     Ok(Some(entry)) => entry,
@@ -470,17 +479,21 @@ impl<S: Serializer> TieredCache<S> {
         tier: &Tier,
         indices: &[usize],
         keys: &[&str],
-    ) -> Call<Vec<cache_core::Result<Option<Entry>>>> {
+    ) -> Call<PerKey<cache_core::Result<Option<Entry>>>> {
         let clock = &*self.shared.clock;
         if let [i] = indices {
             return match tier.get(clock, keys[*i]).await {
-                Call::Done(found) => Call::Done(vec![Ok(found)]),
+                Call::Done(found) => Call::Done(smallvec![Ok(found)]),
                 Call::FailedOpen => Call::FailedOpen,
                 Call::Failed(error) => Call::Failed(error),
             };
         }
         let batch: Vec<&str> = indices.iter().map(|&i| keys[i]).collect();
-        tier.get_many(clock, &batch).await
+        match tier.get_many(clock, &batch).await {
+            Call::Done(answers) => Call::Done(SmallVec::from_vec(answers)),
+            Call::FailedOpen => Call::FailedOpen,
+            Call::Failed(error) => Call::Failed(error),
+        }
     }
 
     /// A value found in `tier` that must not be served again (undecodable,
@@ -512,7 +525,7 @@ impl<S: Serializer> TieredCache<S> {
             if excluded & (1 << depth) != 0 {
                 continue;
             }
-            let mut fills: Vec<(usize, Entry)> = Vec::new();
+            let mut fills: PerKey<(usize, Entry)> = PerKey::new();
             for (i, found_at, entry) in found_below {
                 if *found_at <= depth || superseded.contains(i) {
                     continue;
@@ -527,17 +540,29 @@ impl<S: Serializer> TieredCache<S> {
             if fills.is_empty() {
                 continue;
             }
-            let batch: Vec<(&str, Entry)> = fills
-                .iter()
-                .map(|(i, entry)| (keys[*i], entry.clone()))
-                .collect();
             // Fills since the walk's first ticket (all were taken at once).
             let since = fills
                 .iter()
                 .filter_map(|(i, _)| tickets[*i].map(|ticket| ticket.taken_at))
                 .min();
-            let Call::Done(written) = tier.set_many(&*shared.clock, &batch, since).await else {
-                continue;
+            let written: PerKey<cache_core::Result<()>> = match &fills[..] {
+                [(i, entry)] => match tier
+                    .set(&*shared.clock, keys[*i], entry.clone(), since)
+                    .await
+                {
+                    Call::Done(written) => smallvec![written],
+                    _ => continue,
+                },
+                _ => {
+                    let batch: Vec<(&str, Entry)> = fills
+                        .iter()
+                        .map(|(i, entry)| (keys[*i], entry.clone()))
+                        .collect();
+                    match tier.set_many(&*shared.clock, &batch, since).await {
+                        Call::Done(written) => SmallVec::from_vec(written),
+                        _ => continue,
+                    }
+                }
             };
             for ((i, _), result) in fills.iter().zip(written) {
                 match result {

@@ -340,7 +340,7 @@ impl<S: Serializer> TieredCache<S> {
         // Boxed: reading versions goes through the read path, which checks
         // tags in turn (versions themselves are never tagged).
         let walk = self.walk::<u64>(keys, self.envelope::<u64>(), Walk::Internal, None, 0);
-        Box::pin(walk).await.values
+        Box::pin(walk).await.values.into_vec()
     }
 }
 

@@ -9,7 +9,7 @@ use tracing::Instrument;
 use cache_core::{
     Admission, CacheLayer, CallContext, CallOutcome, Clock, Entry, Error, ErrorCounter, FailOpen,
     FailureAction, FailurePolicy, LastErrorCell, LatencyRecorder, Lookups, Operation, Pattern,
-    ReadNow, Ticket, Writes,
+    ReadNow, Ticket, WriteNow, Writes,
 };
 
 use crate::stats::{TierCounters, TierLatency, TierStats};
@@ -233,16 +233,20 @@ impl Tier {
         entries: &[(&str, Entry)],
         fill_since: Option<Instant>,
     ) -> Call<Writes> {
+        if let [(key, entry)] = entries {
+            // One entry: the layer's single-key call, which may spare a Vec.
+            return match self.set(clock, key, entry.clone(), fill_since).await {
+                Call::Done(written) => Call::Done(vec![written]),
+                Call::FailedOpen => Call::FailedOpen,
+                Call::Failed(error) => Call::Failed(error),
+            };
+        }
         let ctx = match self.admit(clock, Operation::Write) {
             Ok(ctx) => ctx.with_fill_since(fill_since),
             Err(rejected) => return rejected,
         };
         let call = async {
-            let answers = match entries {
-                // One entry: the layer's single-key call, which may spare a Vec.
-                [(key, entry)] => vec![self.layer.set(&ctx, key, entry.clone()).await],
-                _ => self.layer.set_many(&ctx, entries).await?,
-            };
+            let answers = self.layer.set_many(&ctx, entries).await?;
             // A batch in which every entry failed for one cause is a failed
             // call, which the policy should see; a refused or superseded
             // entry, or a full server, is not.
@@ -253,6 +257,47 @@ impl Tier {
                 return Err(first.clone());
             }
             self.check_len(answers, entries.len())
+        };
+        self.run(&ctx, call).await
+    }
+
+    /// Writes one entry, as [`set_many`](Self::set_many) writes a batch:
+    /// `Done` with the entry's own outcome (refused, superseded), unless
+    /// the write failed as a call.
+    ///
+    /// An unobserved tier without a timeout is first offered the write at
+    /// once ([`CacheLayer::set_now`]), as reads are: a fill of an
+    /// in-process tier then costs no boxed future, span or clock read.
+    pub(crate) async fn set(
+        &self,
+        clock: &dyn Clock,
+        key: &str,
+        mut entry: Entry,
+        fill_since: Option<Instant>,
+    ) -> Call<cache_core::Result<()>> {
+        if !self.observed && self.timeout.is_none() {
+            let ctx = CallContext::new(clock, Operation::Write).with_fill_since(fill_since);
+            match self.layer.set_now(&ctx, key, entry) {
+                WriteNow::Done(Err(error)) if error.class().affects_health() => {
+                    return self.failed(Operation::Write, error);
+                }
+                WriteNow::Done(written) => {
+                    self.succeeded(Operation::Write);
+                    return Call::Done(written);
+                }
+                WriteNow::Unanswered(back) => entry = back,
+            }
+        }
+        let ctx = match self.admit(clock, Operation::Write) {
+            Ok(ctx) => ctx.with_fill_since(fill_since),
+            Err(rejected) => return rejected,
+        };
+        let call = async {
+            match self.layer.set(&ctx, key, entry).await {
+                // The call failed: the policy should see it.
+                Err(error) if error.class().affects_health() => Err(error),
+                written => Ok(written),
+            }
         };
         self.run(&ctx, call).await
     }
