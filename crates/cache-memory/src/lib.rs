@@ -64,6 +64,7 @@ use cache_core::{
 };
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
+use smallvec::SmallVec;
 
 /// The share of each shard quick_cache lets one item take (its "hot
 /// allocation"); set explicitly so the oversize limit is known exactly.
@@ -201,7 +202,7 @@ impl MemoryLayer {
                 limit: inner.max_weight,
             });
         }
-        let mut evicted = Vec::new();
+        let mut evicted = SmallVec::new();
         inner
             .store
             .insert_with_lifecycle(Arc::from(key), entry, &mut evicted);
@@ -327,7 +328,9 @@ impl Weighter<Arc<str>, Entry> for EntryWeighter {
 struct EvictionLog;
 
 impl Lifecycle<Arc<str>, Entry> for EvictionLog {
-    type RequestState = Vec<(Arc<str>, Entry)>;
+    /// An insert into a full L1 evicts one entry or two (more only for a
+    /// heavy value): kept inline, so that a fill allocates no list.
+    type RequestState = SmallVec<[(Arc<str>, Entry); 2]>;
 
     fn on_evict(&self, evicted: &mut Self::RequestState, key: Arc<str>, entry: Entry) {
         evicted.push((key, entry));

@@ -67,6 +67,11 @@ pub(crate) use op_span;
 /// crate's (never a field of a caller's span that happens to share the
 /// name). For slow paths: it looks the current span up.
 pub(crate) fn note(field: &str, value: &str) {
+    // This crate's spans are at DEBUG: below it, none can be current, and
+    // the look-up would cost a read more than its walk's bookkeeping.
+    if !tracing::level_enabled!(tracing::Level::DEBUG) {
+        return;
+    }
     let span = tracing::Span::current();
     if span
         .metadata()

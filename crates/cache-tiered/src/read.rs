@@ -1,5 +1,7 @@
 //! Reading: the walk down the tiers, and the fills back up.
 
+use std::time::Instant;
+
 use cache_core::{Entry, Operation, ReadNow, Serializer};
 use serde::de::DeserializeOwned;
 use smallvec::{SmallVec, smallvec};
@@ -462,7 +464,7 @@ impl<S: Serializer> TieredCache<S> {
             shared.counters.misses.add(misses as u64);
         }
         if !found_below.is_empty() {
-            self.fill(keys, &found_below, &tickets, excluded).await;
+            self.fill(keys, &found_below, &tickets, excluded, now).await;
         }
         Found {
             values,
@@ -509,16 +511,16 @@ impl<S: Serializer> TieredCache<S> {
 
     /// Copies each entry found below into the tiers above it, one batch per
     /// tier, lowest first, as long as its ticket says no mutation of the key
-    /// intervened.
+    /// intervened. `now`, the walk's, caps what a tier's TTL cap allows.
     async fn fill(
         &self,
         keys: &[&str],
         found_below: &[(usize, usize, Entry)],
         tickets: &[Option<Ticket>],
         excluded: TierSet,
+        now: Instant,
     ) {
         let shared = &*self.shared;
-        let now = shared.clock.now();
         // Keys a shared tier held something newer for: filled no further up.
         let mut superseded: Vec<usize> = Vec::new();
         for (depth, tier) in shared.tiers.iter().enumerate().rev() {

@@ -379,17 +379,20 @@ impl Tier {
             operation = %ctx.operation(),
             outcome = tracing::field::Empty,
         );
-        let answer = self.run_unspanned(ctx, call).instrument(span.clone()).await;
-        if !span.is_disabled() {
-            span.record(
-                "outcome",
-                match &answer {
-                    Call::Done(_) => "ok",
-                    Call::FailedOpen => "failed_open",
-                    Call::Failed(_) => "failed",
-                },
-            );
+        if span.is_disabled() {
+            // Not wrapped: moving the call's future into an `Instrumented`
+            // costs a copy of it.
+            return self.run_unspanned(ctx, call).await;
         }
+        let answer = self.run_unspanned(ctx, call).instrument(span.clone()).await;
+        span.record(
+            "outcome",
+            match &answer {
+                Call::Done(_) => "ok",
+                Call::FailedOpen => "failed_open",
+                Call::Failed(_) => "failed",
+            },
+        );
         answer
     }
 
