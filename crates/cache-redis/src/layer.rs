@@ -620,7 +620,16 @@ impl Inner {
             .on_primary(limit, |mut conn| async move {
                 redis::cmd("TIME").query_async(&mut conn).await
             })
-            .await?;
+            .await
+            .map_err(|err| {
+                if err.class() != ErrorClass::Auth {
+                    return err;
+                }
+                Error::config(format!(
+                    "{err}; expiries are written in the server's time, sampled with \
+                     TIME: grant the Redis user +time"
+                ))
+            })?;
         self.clock
             .record(sent, time::parse_time(&reply), Instant::now());
         Ok(())

@@ -710,6 +710,32 @@ async fn credentials_come_from_the_url() {
     assert!(!err.to_string().contains("wrong"), "password leaked: {err}");
 }
 
+/// A user who may not run `TIME`: the layer cannot translate expiries, and
+/// says so at build (eagerly), or on its first call (lazily), with the fix.
+#[tokio::test]
+async fn a_user_without_time_is_told_what_to_grant() {
+    let server = RedisServer::start_with(&[
+        "--user", "bob", "on", ">builder", "~*", "&*", "+@all", "-time",
+    ]);
+    let url = format!("redis://bob:builder@127.0.0.1:{}", server.port());
+    let err = RedisLayer::builder(&url).build().await.unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert!(err.to_string().contains("+time"), "{err}");
+
+    let lazy = RedisLayer::builder(&url)
+        .pool_min_idle(0)
+        .build()
+        .await
+        .unwrap();
+    let err = lazy
+        .set(&ctx::write(), "k", Entry::new(&b"v"[..]))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("+time"), "{err}");
+    let err = lazy.get(&ctx::read(), "k").await.unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("time"), "{err}");
+}
+
 #[cfg(feature = "lz4")]
 #[tokio::test]
 async fn compressed_and_plain_values_read_side_by_side() {
