@@ -157,19 +157,23 @@ impl<S: Serializer> TieredCache<S> {
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
         let span = op_span!(&self.shared.observe, "cache.get", key);
-        let lookup = self.lookup_below(key, top, false, excluded);
+        let keys = [key];
+        // The walk itself, not `lookup_below` (no ticket to take, nothing
+        // stale to keep): each level of future awaited is a copy of it.
+        let walk = self.walk::<T>(&keys, self.envelope::<T>(), Walk::Full, top, excluded);
         // Without a subscriber for the span, the walk is not wrapped: moving
         // its (large) future into an `Instrumented` costs a read a copy.
-        let found = if span.is_disabled() {
-            lookup.await
+        let mut found = if span.is_disabled() {
+            walk.await
         } else {
-            lookup.instrument(span.clone()).await
+            walk.instrument(span.clone()).await
         };
-        let value = found.map(|found| {
-            found
-                .value
-                .and_then(|(value, freshness)| served(value, freshness))
-        });
+        let freshness = found.freshness[0];
+        let value = found
+            .values
+            .pop()
+            .unwrap_or(Ok(None))
+            .map(|value| value.and_then(|value| served(value, freshness)));
         span.record("outcome", outcome_of(&value));
         value
     }
@@ -412,7 +416,7 @@ impl<S: Serializer> TieredCache<S> {
                             && !self.tags_current(&stamps).await
                         {
                             tier.counters.tag_stale.incr();
-                            self.discard(tier, keys[i], walk).await;
+                            Box::pin(self.discard(tier, keys[i], walk)).await;
                             still_missing.push(i);
                             continue;
                         }
@@ -452,7 +456,7 @@ impl<S: Serializer> TieredCache<S> {
                     }
                     Opening::Undecodable => {
                         tier.counters.undecodable.incr();
-                        self.discard(tier, keys[i], walk).await;
+                        Box::pin(self.discard(tier, keys[i], walk)).await;
                         still_missing.push(i);
                     }
                 }
@@ -560,7 +564,7 @@ impl<S: Serializer> TieredCache<S> {
                         .iter()
                         .map(|(i, entry)| (keys[*i], entry.clone()))
                         .collect();
-                    match tier.set_many(&*shared.clock, &batch, since).await {
+                    match Box::pin(tier.set_many(&*shared.clock, &batch, since)).await {
                         Call::Done(written) => SmallVec::from_vec(written),
                         _ => continue,
                     }
@@ -595,7 +599,8 @@ impl<S: Serializer> TieredCache<S> {
             return true;
         }
         tier.counters.fills_discarded.incr();
-        let _ = tier.delete_many(&*self.shared.clock, &[key]).await;
+        // Boxed: rare, and inline it would grow every fill's future.
+        let _ = Box::pin(tier.delete_many(&*self.shared.clock, &[key])).await;
         false
     }
 }

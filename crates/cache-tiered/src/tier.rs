@@ -288,6 +288,19 @@ impl Tier {
                 WriteNow::Unanswered(back) => entry = back,
             }
         }
+        // Boxed: a fill of an L1 does not come here, and inline this would
+        // make every fill's future (and a read's, which awaits it) larger.
+        Box::pin(self.set_later(clock, key, entry, fill_since)).await
+    }
+
+    /// [`set`](Self::set) of a tier that did not answer at once.
+    async fn set_later(
+        &self,
+        clock: &dyn Clock,
+        key: &str,
+        entry: Entry,
+        fill_since: Option<Instant>,
+    ) -> Call<cache_core::Result<()>> {
         let ctx = match self.admit(clock, Operation::Write) {
             Ok(ctx) => ctx.with_fill_since(fill_since),
             Err(rejected) => return rejected,
