@@ -1,6 +1,9 @@
 //! Coherence across instances that share one real `redis-server`: a load
 //! that began before another instance's removal or write never puts its
-//! value back, and a read takes value and expiry from one `GET`.
+//! value back, and a read takes value and expiry from one `GET`. Within one
+//! instance, reads hammering keys that are set and deleted never see a
+//! deleted version again (with the fill guard's check turned off, the
+//! hammer finds one within a run: a fill from Redis racing a delete).
 
 use std::time::Duration;
 
@@ -288,4 +291,105 @@ async fn a_read_is_one_get() {
     };
     assert_eq!(calls("get"), 12, "{stats}");
     assert_eq!(calls("pttl"), 0, "{stats}");
+}
+
+/// Reads hammering keys that one writer per key sets and deletes in turn,
+/// through one instance's L1 over Redis: once a delete of version `v` has
+/// returned, no read that begins afterwards returns `v` or older (a fill
+/// from Redis racing the delete must not put it back into the L1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_hammering_deletes_never_see_a_deleted_version_again() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    const KEYS: usize = 16;
+    const CYCLES: u64 = 200;
+    const READERS: usize = 6;
+    let server = RedisServer::start();
+    // An L1 of a few entries: reads keep missing it and filling it from
+    // Redis, the fills that must not outlive a delete.
+    let l1 = MemoryLayer::builder()
+        .max_entries(4)
+        .sweep_interval(None)
+        .build()
+        .unwrap();
+    let l2 = RedisLayer::builder(server.url())
+        .namespace("hammer")
+        .build()
+        .await
+        .unwrap();
+    let cache = Arc::new(
+        TieredCache::builder()
+            .tier(Tier::new(l1))
+            .tier(Tier::new(l2))
+            .build()
+            .unwrap(),
+    );
+    // Per key: the highest version whose delete has returned.
+    let deleted: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
+    let done = Arc::new(AtomicBool::new(false));
+
+    let writers: Vec<_> = (0..KEYS)
+        .map(|k| {
+            let (cache, deleted) = (cache.clone(), deleted.clone());
+            tokio::spawn(async move {
+                let key = format!("hammer:{k}");
+                // Pauses between the mutations, so that reads also run while
+                // none is in flight: those fill the L1 (during one, a read
+                // fills nothing).
+                let pause = Duration::from_micros(300);
+                for version in 1..=CYCLES {
+                    cache.set(&key, &version, TTL).await.unwrap();
+                    tokio::time::sleep(pause).await;
+                    cache.delete(&key).await.unwrap();
+                    deleted[k].store(version, Ordering::SeqCst);
+                    tokio::time::sleep(pause).await;
+                }
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..READERS)
+        .map(|r| {
+            let (cache, deleted, done) = (cache.clone(), deleted.clone(), done.clone());
+            tokio::spawn(async move {
+                let (mut reads, mut hits) = (0u64, 0u64);
+                let mut k = r;
+                while !done.load(Ordering::SeqCst) {
+                    k = (k + 1) % KEYS;
+                    let gone_through = deleted[k].load(Ordering::SeqCst);
+                    let read: Option<u64> = cache.get(&format!("hammer:{k}")).await.unwrap();
+                    reads += 1;
+                    // An L1 hit completes without yielding: let the writers run.
+                    tokio::task::yield_now().await;
+                    if let Some(version) = read {
+                        hits += 1;
+                        assert!(
+                            version > gone_through,
+                            "read version {version} of key {k} after its delete through \
+                             {gone_through} had returned"
+                        );
+                    }
+                }
+                (reads, hits)
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    let (mut reads, mut hits) = (0, 0);
+    for reader in readers {
+        let (r, h) = reader.await.unwrap();
+        reads += r;
+        hits += h;
+    }
+    // The race was run: reads overlapped the writes, and some found values.
+    assert!(reads > 1_000 && hits > 0, "{reads} reads, {hits} hits");
+    let stats = cache.stats();
+    assert!(
+        stats.tiers[0].fills > 20,
+        "reads filled the L1 from Redis: {:?}",
+        stats.tiers[0]
+    );
 }
