@@ -386,8 +386,7 @@ impl RedisLayerBuilder {
             SYNC_EVERY
         };
         let inner = Arc::new(inner);
-        let synced = self.pool_min_idle > 0;
-        tokio::spawn(resync_clock(Arc::downgrade(&inner), first_sync, synced));
+        tokio::spawn(resync_clock(Arc::downgrade(&inner), first_sync));
         Ok(RedisLayer { inner })
     }
 
@@ -459,27 +458,28 @@ impl RedisLayerBuilder {
 }
 
 /// Samples the server's clock after `first`, then every [`SYNC_EVERY`],
-/// while the layer lives. Until a first sample succeeds (`synced` is false
-/// for a lazy layer), a failed one is retried after [`UNSYNCED_RETRY`]
-/// instead.
-async fn resync_clock(layer: Weak<Inner>, first: Duration, mut synced: bool) {
+/// while the layer lives. Until a first sample succeeds (a lazy layer
+/// built while Redis was down), a failed one is retried after
+/// [`UNSYNCED_RETRY`] instead.
+async fn resync_clock(layer: Weak<Inner>, first: Duration) {
     let mut pause = first;
     loop {
         tokio::time::sleep(pause).await;
         let Some(inner) = layer.upgrade() else {
             return;
         };
-        match inner.sync_clock(inner.timeout).await {
-            Ok(()) => synced = true,
-            Err(error) => {
-                // A previous sample stays in use: it only drifts.
-                tracing::debug!(layer = %inner.name, %error, "could not sample the server's clock");
-            }
+        if let Err(error) = inner.sync_clock(inner.timeout).await {
+            // A previous sample stays in use: it only drifts.
+            tracing::debug!(layer = %inner.name, %error, "could not sample the server's clock");
         }
         // A lazy layer built while Redis was down samples the clock on its
         // first call anyway; sampling soon after Redis is up spares that
         // call the round trip.
-        pause = if synced { SYNC_EVERY } else { UNSYNCED_RETRY };
+        pause = if inner.clock.is_synced() {
+            SYNC_EVERY
+        } else {
+            UNSYNCED_RETRY
+        };
     }
 }
 
