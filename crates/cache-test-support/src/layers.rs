@@ -224,7 +224,9 @@ impl CacheLayer for FaultyLayer {
 
 /// Wraps a layer and reports it as [shared](CacheLayer::is_shared): several
 /// `TieredCache`s in one test process stacked over one `SharedLayer` behave
-/// like instances sharing a Redis L2.
+/// like instances sharing a Redis L2. Like a remote layer it answers
+/// nothing at once (no `get_now`, `set_now`); its single-key calls go to
+/// the wrapped layer's, as `RedisLayer` answers them.
 #[derive(Debug, Clone)]
 pub struct SharedLayer(pub Arc<dyn CacheLayer>);
 
@@ -232,6 +234,18 @@ pub struct SharedLayer(pub Arc<dyn CacheLayer>);
 impl CacheLayer for SharedLayer {
     fn name(&self) -> &str {
         self.0.name()
+    }
+
+    async fn get(&self, ctx: &CallContext<'_>, key: &str) -> Result<Option<Entry>> {
+        self.0.get(ctx, key).await
+    }
+
+    async fn set(&self, ctx: &CallContext<'_>, key: &str, entry: Entry) -> Result<()> {
+        self.0.set(ctx, key, entry).await
+    }
+
+    async fn delete(&self, ctx: &CallContext<'_>, key: &str) -> Result<bool> {
+        self.0.delete(ctx, key).await
     }
 
     async fn get_many(&self, ctx: &CallContext<'_>, keys: &[&str]) -> Result<Lookups> {

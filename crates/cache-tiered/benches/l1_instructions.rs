@@ -22,12 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_breaker::CircuitBreaker;
-use cache_core::{
-    Admission, CacheLayer, CallContext, CallOutcome, Entry, FailurePolicy, Lookups, Operation,
-    Pattern, Writes,
-};
+use cache_core::{Admission, CallOutcome, FailurePolicy, Operation};
 use cache_memory::MemoryLayer;
 use cache_test_support::bench::{Offer, offer, target_dir};
+use cache_test_support::layers::SharedLayer;
 use cache_tiered::{Tier, TieredCache};
 
 const KEYS: usize = 10_000;
@@ -262,7 +260,8 @@ fn miss_fill(keys: &[String], order: &[&str]) {
         .expect("valid");
     let cache = TieredCache::builder()
         .layer(l1)
-        .tier(Tier::new(Shared(l2)))
+        // Shared, as Redis is: the composer takes fill tickets for it.
+        .tier(Tier::new(SharedLayer(Arc::new(l2))))
         .build()
         .expect("valid");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -278,46 +277,4 @@ fn miss_fill(keys: &[String], order: &[&str]) {
             black_box(found.expect("no failure").expect("a hit in L2"));
         }
     });
-}
-
-/// A memory layer that says it is shared, as Redis is: the composer then
-/// takes fill tickets and treats it as every instance's tier. Single-key
-/// calls forwarded as they are, as `RedisLayer` answers them.
-#[derive(Debug)]
-struct Shared(MemoryLayer);
-
-#[cache_core::async_trait]
-impl CacheLayer for Shared {
-    fn name(&self) -> &str {
-        "shared"
-    }
-    async fn get(&self, ctx: &CallContext<'_>, key: &str) -> cache_core::Result<Option<Entry>> {
-        self.0.get(ctx, key).await
-    }
-    async fn set(&self, ctx: &CallContext<'_>, key: &str, entry: Entry) -> cache_core::Result<()> {
-        self.0.set(ctx, key, entry).await
-    }
-    async fn get_many(&self, ctx: &CallContext<'_>, keys: &[&str]) -> cache_core::Result<Lookups> {
-        self.0.get_many(ctx, keys).await
-    }
-    async fn set_many(
-        &self,
-        ctx: &CallContext<'_>,
-        entries: &[(&str, Entry)],
-    ) -> cache_core::Result<Writes> {
-        self.0.set_many(ctx, entries).await
-    }
-    async fn delete_many(&self, ctx: &CallContext<'_>, keys: &[&str]) -> cache_core::Result<u64> {
-        self.0.delete_many(ctx, keys).await
-    }
-    async fn invalidate(
-        &self,
-        ctx: &CallContext<'_>,
-        pattern: &Pattern,
-    ) -> cache_core::Result<u64> {
-        self.0.invalidate(ctx, pattern).await
-    }
-    fn is_shared(&self) -> bool {
-        true
-    }
 }
