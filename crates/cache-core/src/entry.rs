@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::{Clock, Deadline};
+
 /// A cached value: its bytes and its absolute expiry.
 ///
 /// The expiry is an absolute instant on the cache's [`Clock`](crate::Clock),
@@ -30,14 +32,28 @@ use bytes::Bytes;
 /// assert!(entry.is_expired(now + Duration::from_secs(60)));
 /// ```
 #[derive(Clone)]
-pub struct Entry(Arc<Inner>);
+pub struct Entry(Arc<Inner<dyn Any + Send + Sync>>);
 
-#[derive(Clone)]
-struct Inner {
+/// An entry's one allocation. What a hit reads (the expiry, the tag) comes
+/// first, beside the reference counts; the decoded value the entry was made
+/// with, if any, is last, because its size depends on its type.
+#[repr(C)]
+struct Inner<D: ?Sized> {
+    expires_at: Option<Deadline>,
+    /// Whether `decoded` holds a value (made by [`Entry::with_decoded`]),
+    /// and its tag.
+    carries_decoded: bool,
+    tag: u64,
+    /// Decoded forms remembered after the entry was made.
+    remembered: OnceLock<Decoded>,
     value: Bytes,
-    expires_at: Option<Instant>,
-    decoded: OnceLock<Decoded>,
+    /// The decoded value the entry was made with ([`NoValue`] if none):
+    /// inline, so that a hit reaches it with no further pointer.
+    decoded: D,
 }
+
+/// What a plain entry carries in place of a decoded value.
+struct NoValue;
 
 #[derive(Clone)]
 struct Decoded {
@@ -52,9 +68,42 @@ impl Entry {
     /// [`Bytes`] without copying (`Vec<u8>`, `Bytes`, `&'static [u8]`).
     pub fn new(value: impl Into<Bytes>) -> Self {
         Entry(Arc::new(Inner {
-            value: value.into(),
             expires_at: None,
-            decoded: OnceLock::new(),
+            carries_decoded: false,
+            tag: 0,
+            remembered: OnceLock::new(),
+            value: value.into(),
+            decoded: NoValue,
+        }))
+    }
+
+    /// An entry that never expires, made with `decoded`, what its bytes
+    /// decode to (under `tag`, see [`decoded_ref`](Entry::decoded_ref)), in
+    /// the same allocation: a read of the decoded value follows no pointer
+    /// past the entry.
+    ///
+    /// The caller guarantees that `decoded` is what the bytes decode to.
+    ///
+    /// ```
+    /// use cache_core::Entry;
+    ///
+    /// let entry = Entry::with_decoded(&b"42"[..], 7, 42u32);
+    /// assert_eq!(entry.decoded_ref::<u32>(7), Some(&42));
+    /// assert!(entry.carries_decoded());
+    /// assert_eq!(entry, Entry::new(&b"42"[..]));
+    /// ```
+    pub fn with_decoded<T: Any + Send + Sync>(
+        value: impl Into<Bytes>,
+        tag: u64,
+        decoded: T,
+    ) -> Self {
+        Entry(Arc::new(Inner {
+            expires_at: None,
+            carries_decoded: true,
+            tag,
+            remembered: OnceLock::new(),
+            value: value.into(),
+            decoded,
         }))
     }
 
@@ -62,8 +111,25 @@ impl Entry {
     #[must_use]
     pub fn expires_at(mut self, at: impl Into<Option<Instant>>) -> Self {
         let at = at.into();
-        if self.0.expires_at != at {
-            Arc::make_mut(&mut self.0).expires_at = at;
+        if self.expiry() == at {
+            return self;
+        }
+        let at = at.map(Deadline::new);
+        match Arc::get_mut(&mut self.0) {
+            Some(inner) => inner.expires_at = at,
+            // Shared: a copy with the new expiry (the bytes are shared, and
+            // so is what was remembered; a decoded value the entry was
+            // made with cannot be copied, and is decoded again if needed).
+            None => {
+                self = Entry(Arc::new(Inner {
+                    expires_at: at,
+                    carries_decoded: false,
+                    tag: 0,
+                    remembered: self.0.remembered.clone(),
+                    value: self.0.value.clone(),
+                    decoded: NoValue,
+                }))
+            }
         }
         self
     }
@@ -97,44 +163,89 @@ impl Entry {
 
     /// The absolute expiry, `None` if the entry never expires.
     pub fn expiry(&self) -> Option<Instant> {
-        self.0.expires_at
+        self.0.expires_at.map(|at| at.instant())
     }
 
     /// Whether the entry has expired at `now`. An entry is dead at its expiry instant.
     pub fn is_expired(&self, now: Instant) -> bool {
-        self.0.expires_at.is_some_and(|at| at <= now)
+        self.expiry().is_some_and(|at| at <= now)
+    }
+
+    /// Whether the entry has expired by `clock`, now: what a read asks of
+    /// every entry it finds. An entry that never expires costs no clock
+    /// read, and the [system clock](crate::SystemClock) judges one far
+    /// from its expiry by a coarse read (see [`Deadline`]).
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use cache_core::{Clock, Entry, ManualClock};
+    ///
+    /// let clock = ManualClock::new();
+    /// let entry = Entry::new(&b"v"[..]).expires_at(clock.now() + Duration::from_secs(5));
+    /// assert!(!entry.has_expired(&clock));
+    /// clock.advance(Duration::from_secs(5));
+    /// assert!(entry.has_expired(&clock));
+    /// ```
+    #[inline]
+    pub fn has_expired(&self, clock: &dyn Clock) -> bool {
+        match &self.0.expires_at {
+            Some(deadline) => clock.has_passed_deadline(deadline),
+            None => false,
+        }
     }
 
     /// The time left at `now`: `None` if the entry never expires, zero if it has expired.
     pub fn remaining(&self, now: Instant) -> Option<Duration> {
-        self.0
-            .expires_at
-            .map(|at| at.saturating_duration_since(now))
+        self.expiry().map(|at| at.saturating_duration_since(now))
     }
 
-    /// The decoded value remembered on this entry for type `T` and `tag`.
+    /// The decoded value of this entry for type `T` and `tag`, as an `Arc`.
     ///
     /// `tag` names everything besides the type that decoding depended on
     /// (a schema version, the serializer). Returns `None` when nothing, or
     /// something of another type or tag, was remembered.
-    pub fn decoded<T: Any + Send + Sync>(&self, tag: u64) -> Option<Arc<T>> {
-        let decoded = self.0.decoded.get()?;
+    pub fn decoded<T: Any + Send + Sync + Clone>(&self, tag: u64) -> Option<Arc<T>> {
+        if let Some(value) = self.carried_ref::<T>(tag) {
+            return Some(Arc::new(value.clone()));
+        }
+        let decoded = self.0.remembered.get()?;
         if decoded.tag != tag {
             return None;
         }
         decoded.value.clone().downcast::<T>().ok()
     }
 
-    /// A reference to the decoded value remembered for type `T` and `tag`;
-    /// see [`decoded`](Entry::decoded). Cheaper when the caller clones `T`
-    /// anyway.
+    /// A reference to the decoded value of this entry for type `T` and
+    /// `tag`: the one it was made with ([`with_decoded`](Entry::with_decoded)),
+    /// else the one remembered ([`remember_decoded`](Entry::remember_decoded)).
     #[inline]
     pub fn decoded_ref<T: Any + Send + Sync>(&self, tag: u64) -> Option<&T> {
-        let decoded = self.0.decoded.get()?;
+        if let Some(value) = self.carried_ref::<T>(tag) {
+            return Some(value);
+        }
+        let decoded = self.0.remembered.get()?;
         if decoded.tag != tag {
             return None;
         }
         decoded.value.downcast_ref::<T>()
+    }
+
+    /// The decoded value the entry was made with
+    /// ([`with_decoded`](Entry::with_decoded)), if it is a `T` under `tag`:
+    /// [`decoded_ref`](Entry::decoded_ref) without what was remembered.
+    #[inline]
+    pub fn carried_ref<T: Any + Send + Sync>(&self, tag: u64) -> Option<&T> {
+        let inner = &*self.0;
+        if !inner.carries_decoded || inner.tag != tag {
+            return None;
+        }
+        inner.decoded.downcast_ref::<T>()
+    }
+
+    /// Whether the entry was made with its decoded value
+    /// ([`with_decoded`](Entry::with_decoded)).
+    pub fn carries_decoded(&self) -> bool {
+        self.0.carries_decoded
     }
 
     /// Remembers the decoded form of this entry's bytes, so that later reads
@@ -143,7 +254,7 @@ impl Entry {
     ///
     /// The caller guarantees that `value` is what the bytes decode to.
     pub fn remember_decoded<T: Any + Send + Sync>(&self, tag: u64, value: Arc<T>) {
-        let _ = self.0.decoded.set(Decoded { tag, value });
+        let _ = self.0.remembered.set(Decoded { tag, value });
     }
 
     /// Whether two handles share the same stored entry (not just equal bytes).
@@ -156,8 +267,11 @@ impl fmt::Debug for Entry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Entry")
             .field("len", &self.len())
-            .field("expires_at", &self.0.expires_at)
-            .field("decoded", &self.0.decoded.get().is_some())
+            .field("expires_at", &self.expiry())
+            .field(
+                "decoded",
+                &(self.0.carries_decoded || self.0.remembered.get().is_some()),
+            )
             .finish()
     }
 }
@@ -165,7 +279,7 @@ impl fmt::Debug for Entry {
 impl PartialEq for Entry {
     /// Entries are equal when their bytes and expiry are; the decoded memo is ignored.
     fn eq(&self, other: &Self) -> bool {
-        self.0.value == other.0.value && self.0.expires_at == other.0.expires_at
+        self.0.value == other.0.value && self.expiry() == other.expiry()
     }
 }
 
@@ -204,6 +318,44 @@ mod tests {
         // First value wins.
         entry.remember_decoded(7, Arc::new(43u32));
         assert_eq!(entry.decoded::<u32>(7).as_deref(), Some(&42));
+    }
+
+    #[test]
+    fn an_entry_made_with_its_value_serves_it_by_type_and_tag() {
+        let entry = Entry::with_decoded(Bytes::from_static(b"42"), 7, 42u32);
+        assert!(entry.carries_decoded());
+        assert!(!Entry::new(Bytes::from_static(b"42")).carries_decoded());
+        assert_eq!(entry.decoded_ref::<u32>(7), Some(&42));
+        assert_eq!(entry.decoded::<u32>(7).as_deref(), Some(&42));
+        assert_eq!(entry.decoded_ref::<u32>(8), None);
+        assert_eq!(entry.decoded_ref::<u64>(7), None);
+        // Another type is remembered beside it.
+        entry.remember_decoded(9, Arc::new(String::from("42")));
+        assert_eq!(
+            entry.decoded_ref::<String>(9).map(String::as_str),
+            Some("42")
+        );
+        assert_eq!(entry.decoded_ref::<u32>(7), Some(&42));
+        // Its own expiry is set in place; a shared one is copied, keeping
+        // what was remembered.
+        let now = Instant::now();
+        let alone = entry.expires_at(now);
+        assert_eq!(alone.decoded_ref::<u32>(7), Some(&42));
+        let copy = alone.clone().expires_at(now + Duration::from_secs(1));
+        assert!(!copy.ptr_eq(&alone));
+        assert_eq!(copy.expiry(), Some(now + Duration::from_secs(1)));
+        assert_eq!(alone.expiry(), Some(now));
+        assert_eq!(
+            copy.decoded_ref::<String>(9).map(String::as_str),
+            Some("42")
+        );
+        assert_eq!(copy.value(), alone.value());
+    }
+
+    #[test]
+    fn a_plain_entry_never_serves_the_marker_of_no_value() {
+        let entry = Entry::new(Bytes::from_static(b"x"));
+        assert_eq!(entry.decoded_ref::<()>(0), None);
     }
 
     #[test]

@@ -132,10 +132,10 @@ impl<'a> CallContext<'a> {
     /// Whether `entry` has expired by the stack's clock. Cheaper than
     /// comparing with [`now`](CallContext::now): entries that never expire
     /// cost no clock read, and the clock may answer "certainly not yet"
-    /// without a precise read ([`Clock::has_passed`]).
+    /// without a precise read ([`Entry::has_expired`]).
     #[inline]
     pub fn is_expired(&self, entry: &Entry) -> bool {
-        entry.expiry().is_some_and(|at| self.clock.has_passed(at))
+        entry.has_expired(self.clock)
     }
 
     /// The call's deadline, if it has one.
@@ -359,6 +359,23 @@ pub trait CacheLayer: Send + Sync + fmt::Debug {
     fn set_now(&self, ctx: &CallContext<'_>, key: &str, entry: Entry) -> WriteNow {
         let _ = (ctx, key);
         WriteNow::Unanswered(entry)
+    }
+
+    /// Swaps the entry held under `key` for `replacement` if the layer
+    /// still holds `current` there (the very entry a read returned, see
+    /// [`Entry::ptr_eq`]) and `replacement` is equal to it (the same bytes
+    /// and expiry); returns whether it did. At once, without awaiting.
+    /// Default: `false`, never.
+    ///
+    /// For an in-process layer that hands out the entries it holds: a
+    /// composer that decoded a value read from it stores the entry again,
+    /// made with its decoded value ([`Entry::with_decoded`]), so that
+    /// later hits clone the value straight from the entry. Not a write: no
+    /// counter moves, nothing is evicted, and a newer value written
+    /// meanwhile stays.
+    fn replace_now(&self, key: &str, current: &Entry, replacement: Entry) -> bool {
+        let _ = (key, current, replacement);
+        false
     }
 
     /// Whether other processes see this layer's contents (a remote store

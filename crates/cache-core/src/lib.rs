@@ -54,7 +54,7 @@ pub use backplane::{
     Backplane, BackplaneEvent, BackplaneMessage, BackplaneStatus, Invalidation, Subscription,
     UndecodableMessage,
 };
-pub use clock::{Clock, ManualClock, SystemClock, system_clock};
+pub use clock::{Clock, Deadline, ManualClock, SystemClock, system_clock};
 pub use entry::Entry;
 pub use error::{Error, ErrorClass, LastError, LastErrorCell, Result};
 pub use latency::{Latency, LatencyRecorder};

@@ -205,16 +205,16 @@ impl Counter {
     #[inline]
     pub fn add(&self, n: u64) {
         let Some(slots) = &self.slots else { return };
-        let (index, owned) = slot_of_this_thread();
-        let slot = &slots[index].0;
-        if owned {
-            // Only this thread ever writes this slot.
+        let slot = SLOT.get();
+        if slot < OWNED {
+            // Only this thread ever writes this slot: no locked instruction.
+            let slot = &slots[slot].0;
             slot.store(
                 slot.load(Ordering::Relaxed).wrapping_add(n),
                 Ordering::Relaxed,
             );
         } else {
-            slot.fetch_add(n, Ordering::Relaxed);
+            add_shared(slots, n);
         }
     }
 
@@ -249,16 +249,18 @@ thread_local! {
     static SLOT: Cell<usize> = const { Cell::new(UNASSIGNED) };
 }
 
-/// This thread's slot and whether it owns it; numbers are handed out the
-/// first time a thread counts and never reused, so an owned slot never has
-/// a second writer. Owned slots are the first [`OWNED`].
-#[inline]
-fn slot_of_this_thread() -> (usize, bool) {
+/// [`Counter::add`] for a thread without an owned slot: one that counts
+/// for the first time, or one of the threads past the first [`OWNED`].
+/// Slot numbers are handed out once and never reused, so an owned slot
+/// never has a second writer.
+#[inline(never)]
+fn add_shared(slots: &[Slot; OWNED + SHARED], n: u64) {
     let mut slot = SLOT.get();
     if slot == UNASSIGNED {
         slot = assign_slot();
     }
-    (slot, slot < OWNED)
+    let slot = &slots[slot].0;
+    slot.fetch_add(n, Ordering::Relaxed);
 }
 
 #[cold]

@@ -319,6 +319,29 @@ impl<'a> Conformance<'a> {
             ReadNow::Miss => panic!("[{name}] get_now misses a live key"),
             ReadNow::Unanswered => {}
         }
+        // `replace_now` swaps only the entry it was given, for an equal one.
+        if let Some(held) = layer.get(&read, &a).await.expect("get") {
+            let other = Entry::with_decoded(&b"other"[..], 1, 1u8).expires_at(held.expiry());
+            assert!(
+                !layer.replace_now(&a, &held, other),
+                "[{name}] replace_now never swaps in another value"
+            );
+            let same = Entry::with_decoded(held.value().clone(), 1, 1u8).expires_at(held.expiry());
+            if layer.replace_now(&a, &held, same.clone()) {
+                let got = layer
+                    .get(&read, &a)
+                    .await
+                    .expect("get")
+                    .expect("still held");
+                assert_eq!(got, held, "[{name}] replace_now keeps the value");
+                let stale =
+                    Entry::with_decoded(held.value().clone(), 2, 2u8).expires_at(held.expiry());
+                assert!(
+                    !layer.replace_now(&a, &held, stale),
+                    "[{name}] replace_now refuses once the entry it was given is gone"
+                );
+            }
+        }
         if let Some(limit) = self.max_value_size {
             let big = Entry::new(vec![7u8; limit + 1]).expires_at(clock.now() + hour);
             if let WriteNow::Done(written) = layer.set_now(&write, &a, big) {

@@ -62,7 +62,7 @@ use cache_core::{
     CacheLayer, CallContext, Clock, Counter, Entry, Error, LayerStats, Lookups, Pattern, ReadNow,
     Result, WriteNow, Writes, async_trait, system_clock,
 };
-use quick_cache::sync::Cache;
+use quick_cache::sync::{Cache, EntryAction};
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 use smallvec::SmallVec;
 
@@ -175,7 +175,7 @@ impl MemoryLayer {
             return None;
         };
         // Read the clock only for entries that can expire: the hit path is hot.
-        if entry.expiry().is_some_and(|at| clock.has_passed(at)) {
+        if entry.has_expired(clock) {
             inner.expired(key, &entry);
             return None;
         }
@@ -392,6 +392,29 @@ impl CacheLayer for MemoryLayer {
 
     fn set_now(&self, ctx: &CallContext<'_>, key: &str, entry: Entry) -> WriteNow {
         WriteNow::Done(self.store(ctx.clock(), key, entry))
+    }
+
+    fn replace_now(&self, key: &str, current: &Entry, replacement: Entry) -> bool {
+        if replacement != *current {
+            return false;
+        }
+        let mut replaced = false;
+        // quick_cache's `entry` swaps the value under the shard's write lock
+        // (weighing it again: the same weight), and it asks for the key as
+        // stored; `Duration::ZERO`: no waiting for a placeholder, which this
+        // layer never makes.
+        let key: Arc<str> = Arc::from(key);
+        let _ = self
+            .inner
+            .store
+            .entry(&key, Some(Duration::ZERO), |_, stored| {
+                if stored.ptr_eq(current) {
+                    *stored = replacement;
+                    replaced = true;
+                }
+                EntryAction::Retain(())
+            });
+        replaced
     }
 
     fn stats(&self) -> LayerStats {

@@ -409,3 +409,55 @@ fn sweeps_and_removals_racing_writes_keep_the_newest_values_and_the_byte_count()
         assert_eq!(layer.stats().bytes, expected as u64, "round {round}");
     }
 }
+
+#[test]
+fn replace_now_swaps_only_the_entry_it_was_given_for_an_equal_one() {
+    block_on(async {
+        let layer = MemoryLayer::new();
+        let expiry = Instant::now() + Duration::from_secs(60);
+        let plain = Entry::new(&b"42"[..]).expires_at(expiry);
+        layer.set(&ctx::write(), "a", plain.clone()).await.unwrap();
+        let held = layer.get(&ctx::read(), "a").await.unwrap().unwrap();
+        let before = layer.stats();
+
+        // Not the same value: refused, whatever is held.
+        let other = Entry::with_decoded(&b"43"[..], 1, 43u32).expires_at(expiry);
+        assert!(!layer.replace_now("a", &held, other));
+        let later =
+            Entry::with_decoded(&b"42"[..], 1, 42u32).expires_at(expiry + Duration::from_secs(1));
+        assert!(!layer.replace_now("a", &held, later));
+
+        // The same value, made with its decoded form: swapped in.
+        let typed = Entry::with_decoded(&b"42"[..], 1, 42u32).expires_at(expiry);
+        assert!(layer.replace_now("a", &held, typed.clone()));
+        let now_held = layer.get(&ctx::read(), "a").await.unwrap().unwrap();
+        assert!(now_held.ptr_eq(&typed));
+        assert_eq!(now_held.decoded_ref::<u32>(1), Some(&42));
+
+        // The old entry is no longer held: a second swap from it is refused.
+        let again = Entry::with_decoded(&b"42"[..], 2, 42u64).expires_at(expiry);
+        assert!(!layer.replace_now("a", &held, again.clone()));
+        // Nor is a key that holds nothing.
+        assert!(!layer.replace_now("b", &held, again));
+        assert_eq!(layer.get(&ctx::read(), "b").await.unwrap(), None);
+
+        // Not a write: the bytes, the entry count and the write counters stay.
+        let after = layer.stats();
+        assert_eq!(
+            (
+                after.bytes,
+                after.entries,
+                after.sets,
+                after.removals,
+                after.evictions
+            ),
+            (
+                before.bytes,
+                before.entries,
+                before.sets,
+                before.removals,
+                before.evictions
+            )
+        );
+    });
+}

@@ -14,7 +14,10 @@
 //! `Arc<Offer>` and `Offer` (with stats on and off), raw quick_cache and
 //! moka `get`, a circuit breaker's closed path (admit and record), and
 //! `miss_fill_arc`: an L1 miss that an in-process shared tier answers,
-//! filled into the L1 (the composer's share of an L1 miss served by Redis).
+//! filled into the L1 (the composer's share of an L1 miss served by Redis);
+//! and `parts_arc`, the parts of an `Arc` hit put together by hand (the
+//! quick_cache probe for the entry, the expiry check, the clone of the
+//! value stored with it, one counter): the floor under `get_arc`.
 
 use std::hint::black_box;
 use std::process::Command;
@@ -22,7 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_breaker::CircuitBreaker;
-use cache_core::{Admission, CallOutcome, FailurePolicy, Operation};
+use cache_core::{
+    Admission, CallOutcome, Clock, Counter, Entry, FailurePolicy, Operation, SystemClock,
+};
 use cache_memory::MemoryLayer;
 use cache_test_support::bench::{Offer, offer, target_dir};
 use cache_test_support::layers::SharedLayer;
@@ -47,6 +52,7 @@ const CASES: &[&str] = &[
     "get_or_compute_arc_nostats",
     "get_or_compute_owned",
     "miss_fill_arc",
+    "parts_arc",
     "breaker_closed",
 ];
 
@@ -93,6 +99,7 @@ fn measure() -> Result<(), String> {
         "get_arc_over_quick_cache": ratio("get_arc", "quick_cache_arc"),
         "get_owned_over_quick_cache": ratio("get_owned", "quick_cache_owned"),
         "get_arc_over_moka": ratio("get_arc", "moka_arc"),
+        "parts_arc_over_quick_cache": ratio("parts_arc", "quick_cache_arc"),
         "get_or_compute_over_get": ratio("get_or_compute_arc", "get_arc"),
         "stats_cost_get": ratio("get_arc", "get_arc_nostats"),
         "stats_cost_get_or_compute": ratio("get_or_compute_arc", "get_or_compute_arc_nostats"),
@@ -136,6 +143,33 @@ fn instructions(me: &std::path::Path, case: &str, hits: usize) -> Result<u64, St
             refs.trim().replace(',', "").parse().ok()
         })
         .ok_or_else(|| format!("no instruction count in:\n{log}"))
+}
+
+/// The parts an `Arc` hit cannot do without, put together by hand: the
+/// quick_cache probe for the entry, its expiry checked, the value it was
+/// stored with cloned, one counter bumped. What `get_arc` costs beyond
+/// this is the composer's and the layer's own.
+fn parts(keys: &[String], order: &[&str]) {
+    let store = quick_cache::sync::Cache::<Arc<str>, Entry>::new(2 * KEYS);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let expiry = clock.now() + TTL;
+    for (i, key) in keys.iter().enumerate() {
+        let value = Arc::new(offer(i as u64));
+        let entry = Entry::with_decoded(vec![0u8; 200], 0, value).expires_at(expiry);
+        store.insert(Arc::from(key.as_str()), entry);
+    }
+    let hits = Counter::new();
+    for key in order {
+        let found = store.get(*key).and_then(|entry| {
+            if entry.has_expired(&*clock) {
+                return None;
+            }
+            let value = entry.carried_ref::<Arc<Offer>>(0)?.clone();
+            hits.incr();
+            Some(value)
+        });
+        black_box(found.expect("a hit"));
+    }
 }
 
 /// One run: the setup every case shares, then `hits` hits.
@@ -192,6 +226,7 @@ fn worker(case: &str, hits: usize) {
             }
         }
         "miss_fill_arc" => miss_fill(&keys, order),
+        "parts_arc" => parts(&keys, order),
         case => tiered(case, &keys, order),
     }
 }

@@ -228,12 +228,27 @@ impl Envelope {
         (u64::from(self.serializer_id) << 32) | u64::from(self.schema)
     }
 
-    /// The value memoized on `entry` if it is plain and has no life (so is
-    /// always fresh): the hot path, which reads neither the bytes nor the
-    /// header.
+    /// The value memoized on `entry` (stored with it or remembered since)
+    /// if it is plain and has no life (so is always fresh): read neither
+    /// the bytes nor the header.
     #[inline]
     pub(crate) fn memoized_plain<T: Any + Send + Sync>(self, entry: &Entry) -> Option<&T> {
         entry.decoded_ref::<T>(self.memo_tag())
+    }
+
+    /// The value `entry` was stored with ([`Entry::with_decoded`]), if it
+    /// is plain and has no life (so is always fresh): the hot path, which
+    /// follows no pointer past the entry.
+    #[inline]
+    pub(crate) fn carried_plain<T: Any + Send + Sync>(self, entry: &Entry) -> Option<&T> {
+        entry.carried_ref::<T>(self.memo_tag())
+    }
+
+    /// A copy of plain, lifeless `entry` (its bytes; not its expiry) made
+    /// with `value`, what it decodes to, where
+    /// [`memoized_plain`](Self::memoized_plain) finds it.
+    pub(crate) fn carrying<T: Any + Send + Sync>(self, entry: &Entry, value: T) -> Entry {
+        Entry::with_decoded(entry.value().clone(), self.memo_tag(), value)
     }
 
     /// Encodes `value` with `stamps` (plain if there are none) and `life`.

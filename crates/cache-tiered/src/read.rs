@@ -193,28 +193,30 @@ impl<S: Serializer> TieredCache<S> {
         let tier = &shared.tiers[0];
         let top = tier.read_now(&*shared.clock, key);
         if let ReadNow::Hit(entry) = &top {
-            let envelope = self.envelope::<T>();
-            // Decoded before, plain and without a life (so fresh): a clone.
-            if let Some(value) = envelope.memoized_plain::<T>(entry) {
+            // Stored with its decoded value, plain and without a life (so
+            // fresh): a clone.
+            if let Some(value) = self.envelope::<T>().carried_plain::<T>(entry) {
                 tier.counters.hits.incr();
                 return Top::Live(value.clone(), Freshness::Fresh);
             }
-            if let Some(live) = self.open_top(envelope, entry) {
+            if let Some(live) = self.open_top(key, entry) {
                 return live;
             }
         }
         Top::Below(top)
     }
 
-    /// [`read_top`](Self::read_top) for an entry not yet decoded, or with
-    /// a life: its value if it is live and untagged (a tagged value needs
-    /// its tags checked, in the walk).
+    /// [`read_top`](Self::read_top) for an entry not stored with its
+    /// decoded value, or with a life: its value if it is live and untagged
+    /// (a tagged value needs its tags checked, in the walk). A plain one is
+    /// stored again with its decoded value, for the next hits.
     #[inline(never)]
-    fn open_top<T>(&self, envelope: Envelope, entry: &Entry) -> Option<Top<T>>
+    fn open_top<T>(&self, key: &str, entry: &Entry) -> Option<Top<T>>
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
         let shared = &*self.shared;
+        let envelope = self.envelope::<T>();
         let Opening::Value(Opened {
             value,
             stamps: None,
@@ -224,7 +226,12 @@ impl<S: Serializer> TieredCache<S> {
             return None;
         };
         let freshness = match life {
-            None => Freshness::Fresh,
+            None => {
+                if !entry.carries_decoded() {
+                    self.carry_decoded(key, entry, envelope, &value);
+                }
+                Freshness::Fresh
+            }
             life => Life::at(life, entry.expiry(), shared.clock.now()),
         };
         if freshness == Freshness::Stale {
@@ -232,6 +239,26 @@ impl<S: Serializer> TieredCache<S> {
         }
         shared.tiers[0].counters.hits.incr();
         Some(Top::Live(value, freshness))
+    }
+
+    /// Stores the top tier's plain `entry` under `key` again, made with
+    /// `value`, what it decodes to: later hits clone the value from the
+    /// entry itself instead of following a pointer to a remembered one.
+    /// Once per stored entry (one that carries a decoded value, of this
+    /// type or another, stays as it is), and only if the tier still holds
+    /// that very entry (see `CacheLayer::replace_now`).
+    #[cold]
+    #[inline(never)]
+    fn carry_decoded<T>(&self, key: &str, entry: &Entry, envelope: Envelope, value: &T)
+    where
+        T: Clone + Send + Sync + 'static,
+    {
+        let replacement = envelope
+            .carrying(entry, value.clone())
+            .expires_at(entry.expiry());
+        self.shared.tiers[0]
+            .layer
+            .replace_now(key, entry, replacement);
     }
 
     /// The rest of a one-key read after [`read_top`](Self::read_top) found

@@ -702,3 +702,49 @@ async fn removals_report_a_tier_that_failed_open() {
         "still there below: {removed}"
     );
 }
+
+#[tokio::test]
+async fn the_first_hit_stores_the_l1_entry_again_with_its_decoded_value() {
+    let clock = ManualClock::shared();
+    let (cache, l1, l2) = two_tiers(&clock);
+    cache.set("offer:1", &offer(1), TTL).await.unwrap();
+    let written = l1.get(&ctx::read(), "offer:1").await.unwrap().unwrap();
+    assert!(!written.carries_decoded(), "a write stores bytes");
+
+    // The first hit decodes, and stores the same bytes and expiry again,
+    // made with the value; the next hits clone it from there.
+    assert_eq!(cache.get::<Offer>("offer:1").await.unwrap(), Some(offer(1)));
+    let held = l1.get(&ctx::read(), "offer:1").await.unwrap().unwrap();
+    assert!(held.carries_decoded());
+    assert!(!held.ptr_eq(&written));
+    assert_eq!(held, written, "the same bytes and expiry");
+    for _ in 0..3 {
+        assert_eq!(cache.get::<Offer>("offer:1").await.unwrap(), Some(offer(1)));
+    }
+    let again = l1.get(&ctx::read(), "offer:1").await.unwrap().unwrap();
+    assert!(again.ptr_eq(&held), "stored once, not on every hit");
+
+    // A value filled from below is stored again the same way, once.
+    l1.delete(&ctx::remove(), "offer:1").await.unwrap();
+    assert_eq!(cache.get::<Offer>("offer:1").await.unwrap(), Some(offer(1)));
+    assert_eq!(cache.get::<Offer>("offer:1").await.unwrap(), Some(offer(1)));
+    let filled = l1.get(&ctx::read(), "offer:1").await.unwrap().unwrap();
+    assert!(filled.carries_decoded());
+    assert_eq!(
+        Some(filled.expiry()),
+        Some(
+            l2.get(&ctx::read(), "offer:1")
+                .await
+                .unwrap()
+                .unwrap()
+                .expiry()
+        )
+    );
+
+    // Not a write: the L1 counted one set (the write) and one fill, no more.
+    let l1_stats = l1.stats();
+    assert_eq!((l1_stats.sets, l1_stats.entries), (2, 1));
+    // And it expires as the bytes do.
+    clock.advance(TTL);
+    assert_eq!(cache.get::<Offer>("offer:1").await.unwrap(), None);
+}
