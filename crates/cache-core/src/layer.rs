@@ -361,11 +361,12 @@ pub trait CacheLayer: Send + Sync + fmt::Debug {
         WriteNow::Unanswered(entry)
     }
 
-    /// Swaps the entry held under `key` for `replacement` if the layer
-    /// still holds `current` there (the very entry a read returned, see
-    /// [`Entry::ptr_eq`]) and `replacement` is equal to it (the same bytes
-    /// and expiry); returns whether it did. At once, without awaiting.
-    /// Default: `false`, never.
+    /// Swaps the entry held under `key` for the one `replacement` makes if
+    /// the layer still holds `current` there (the very entry a read
+    /// returned, see [`Entry::ptr_eq`]) and the replacement is equal to it
+    /// (the same bytes and expiry); returns whether it did. At once,
+    /// without awaiting. Default: `false`, never (and `replacement` is not
+    /// called: a layer that cannot swap costs its caller no copy).
     ///
     /// For an in-process layer that hands out the entries it holds: a
     /// composer that decoded a value read from it stores the entry again,
@@ -373,7 +374,7 @@ pub trait CacheLayer: Send + Sync + fmt::Debug {
     /// later hits clone the value straight from the entry. Not a write: no
     /// counter moves, nothing is evicted, and a newer value written
     /// meanwhile stays.
-    fn replace_now(&self, key: &str, current: &Entry, replacement: Entry) -> bool {
+    fn replace_now(&self, key: &str, current: &Entry, replacement: &dyn Fn() -> Entry) -> bool {
         let _ = (key, current, replacement);
         false
     }

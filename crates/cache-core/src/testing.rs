@@ -323,11 +323,11 @@ impl<'a> Conformance<'a> {
         if let Some(held) = layer.get(&read, &a).await.expect("get") {
             let other = Entry::with_decoded(&b"other"[..], 1, 1u8).expires_at(held.expiry());
             assert!(
-                !layer.replace_now(&a, &held, other),
+                !layer.replace_now(&a, &held, &|| other.clone()),
                 "[{name}] replace_now never swaps in another value"
             );
             let same = Entry::with_decoded(held.value().clone(), 1, 1u8).expires_at(held.expiry());
-            if layer.replace_now(&a, &held, same.clone()) {
+            if layer.replace_now(&a, &held, &|| same.clone()) {
                 let got = layer
                     .get(&read, &a)
                     .await
@@ -337,7 +337,7 @@ impl<'a> Conformance<'a> {
                 let stale =
                     Entry::with_decoded(held.value().clone(), 2, 2u8).expires_at(held.expiry());
                 assert!(
-                    !layer.replace_now(&a, &held, stale),
+                    !layer.replace_now(&a, &held, &|| stale.clone()),
                     "[{name}] replace_now refuses once the entry it was given is gone"
                 );
             }

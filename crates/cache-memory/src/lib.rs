@@ -394,8 +394,12 @@ impl CacheLayer for MemoryLayer {
         WriteNow::Done(self.store(ctx.clock(), key, entry))
     }
 
-    fn replace_now(&self, key: &str, current: &Entry, replacement: Entry) -> bool {
-        if replacement != *current {
+    fn replace_now(&self, key: &str, current: &Entry, replacement: &dyn Fn() -> Entry) -> bool {
+        let replacement = replacement();
+        let (new, old) = (replacement.value(), current.value());
+        // The same buffer (a copy made from the entry) spares comparing bytes.
+        let same_bytes = (new.as_ptr() == old.as_ptr() && new.len() == old.len()) || new == old;
+        if !same_bytes || replacement.expiry() != current.expiry() {
             return false;
         }
         let mut replaced = false;

@@ -422,23 +422,23 @@ fn replace_now_swaps_only_the_entry_it_was_given_for_an_equal_one() {
 
         // Not the same value: refused, whatever is held.
         let other = Entry::with_decoded(&b"43"[..], 1, 43u32).expires_at(expiry);
-        assert!(!layer.replace_now("a", &held, other));
+        assert!(!layer.replace_now("a", &held, &|| other.clone()));
         let later =
             Entry::with_decoded(&b"42"[..], 1, 42u32).expires_at(expiry + Duration::from_secs(1));
-        assert!(!layer.replace_now("a", &held, later));
+        assert!(!layer.replace_now("a", &held, &|| later.clone()));
 
         // The same value, made with its decoded form: swapped in.
         let typed = Entry::with_decoded(&b"42"[..], 1, 42u32).expires_at(expiry);
-        assert!(layer.replace_now("a", &held, typed.clone()));
+        assert!(layer.replace_now("a", &held, &|| typed.clone()));
         let now_held = layer.get(&ctx::read(), "a").await.unwrap().unwrap();
         assert!(now_held.ptr_eq(&typed));
         assert_eq!(now_held.decoded_ref::<u32>(1), Some(&42));
 
         // The old entry is no longer held: a second swap from it is refused.
         let again = Entry::with_decoded(&b"42"[..], 2, 42u64).expires_at(expiry);
-        assert!(!layer.replace_now("a", &held, again.clone()));
+        assert!(!layer.replace_now("a", &held, &|| again.clone()));
         // Nor is a key that holds nothing.
-        assert!(!layer.replace_now("b", &held, again));
+        assert!(!layer.replace_now("b", &held, &|| again.clone()));
         assert_eq!(layer.get(&ctx::read(), "b").await.unwrap(), None);
 
         // Not a write: the bytes, the entry count and the write counters stay.

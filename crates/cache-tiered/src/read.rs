@@ -253,12 +253,14 @@ impl<S: Serializer> TieredCache<S> {
     where
         T: Clone + Send + Sync + 'static,
     {
-        let replacement = envelope
-            .carrying(entry, value.clone())
-            .expires_at(entry.expiry());
+        let replacement = || {
+            envelope
+                .carrying(entry, value.clone())
+                .expires_at(entry.expiry())
+        };
         self.shared.tiers[0]
             .layer
-            .replace_now(key, entry, replacement);
+            .replace_now(key, entry, &replacement);
     }
 
     /// The rest of a one-key read after [`read_top`](Self::read_top) found
