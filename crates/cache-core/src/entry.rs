@@ -18,8 +18,10 @@ use crate::{Clock, Deadline};
 ///
 /// An `Entry` is cheap to clone (one reference count). Layers that keep
 /// entries in memory hand out clones of the entry they stored, which lets a
-/// typed front end remember the decoded value on the entry itself (see
-/// [`Entry::decoded`]) and skip deserializing on every hit.
+/// typed front end skip deserializing on every hit: it remembers the
+/// decoded value on the entry ([`Entry::remember_decoded`]), or stores an
+/// entry made with it ([`Entry::with_decoded`], the value in the entry's
+/// own allocation), and reads it back with [`Entry::decoded_ref`].
 ///
 /// ```
 /// use std::time::{Duration, Instant};
