@@ -110,11 +110,21 @@ impl<S: Serializer> TieredCache<S> {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        // `get_except(key, 0)`, spelled out: a hit then polls no nested future.
-        match self.read_top::<T>(key, 0) {
-            Top::Live(value, freshness) => Ok(self.hit_at_top(key, value, freshness)),
-            Top::Below(top) => self.get_below(key, answered(top), 0).await,
+        // `get_except(key, 0)`, spelled out: a hit then polls no nested
+        // future, and a carried value is cloned straight into the answer
+        // (through `Top` it would be moved three times more). The match
+        // ends before the await: a scrutinee that lived across it would be
+        // kept in the future.
+        let top = self.ask_top(key, 0);
+        if let Some(value) = self.carried::<T>(&top) {
+            self.note_hit_at_top(key);
+            return Ok(Some(value.clone()));
         }
+        let top = match self.read_top_rest::<T>(key, top) {
+            Top::Live(value, freshness) => return Ok(self.hit_at_top(key, value, freshness)),
+            Top::Below(top) => answered(top),
+        };
+        self.get_below(key, top, 0).await
     }
 
     /// [`get`](Self::get) from the tiers not in `excluded`.
@@ -122,10 +132,11 @@ impl<S: Serializer> TieredCache<S> {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        match self.read_top::<T>(key, excluded) {
-            Top::Live(value, freshness) => Ok(self.hit_at_top(key, value, freshness)),
-            Top::Below(top) => self.get_below(key, answered(top), excluded).await,
-        }
+        let top = match self.read_top::<T>(key, excluded) {
+            Top::Live(value, freshness) => return Ok(self.hit_at_top(key, value, freshness)),
+            Top::Below(top) => answered(top),
+        };
+        self.get_below(key, top, excluded).await
     }
 
     /// A `get`'s live value found in the top tier: its span (made after the
@@ -133,6 +144,13 @@ impl<S: Serializer> TieredCache<S> {
     /// and the value if a `get` serves it.
     #[inline(always)]
     fn hit_at_top<T>(&self, key: &str, value: T, freshness: Freshness) -> Option<T> {
+        self.note_hit_at_top(key);
+        served(value, freshness)
+    }
+
+    /// The span of a `get` answered by the top tier.
+    #[inline(always)]
+    fn note_hit_at_top(&self, key: &str) {
         // The level check first: a disabled span still costs a hit a few
         // dozen instructions to build and drop.
         if tracing::level_enabled!(tracing::Level::DEBUG) {
@@ -142,7 +160,6 @@ impl<S: Serializer> TieredCache<S> {
                 span.record("outcome", "hit");
             }
         }
-        served(value, freshness)
     }
 
     /// The rest of [`get_except`](Self::get_except) once the top tier had
@@ -186,22 +203,50 @@ impl<S: Serializer> TieredCache<S> {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        let shared = &*self.shared;
-        if excluded & 1 != 0 {
-            return Top::Below(ReadNow::Unanswered);
+        let top = self.ask_top(key, excluded);
+        if let Some(value) = self.carried::<T>(&top) {
+            return Top::Live(value.clone(), Freshness::Fresh);
         }
-        let tier = &shared.tiers[0];
-        let top = tier.read_now(&*shared.clock, key);
-        if let ReadNow::Hit(entry) = &top {
-            // Stored with its decoded value, plain and without a life (so
-            // fresh): a clone.
-            if let Some(value) = self.envelope::<T>().carried_plain::<T>(entry) {
-                tier.counters.hits.incr();
-                return Top::Live(value.clone(), Freshness::Fresh);
-            }
-            if let Some(live) = self.open_top(key, entry) {
-                return live;
-            }
+        self.read_top_rest(key, top)
+    }
+
+    /// What the top tier answers a one-key read at once (`Unanswered` if
+    /// it is excluded, or cannot answer without awaiting).
+    #[inline(always)]
+    pub(crate) fn ask_top(&self, key: &str, excluded: TierSet) -> ReadNow {
+        if excluded & 1 != 0 {
+            return ReadNow::Unanswered;
+        }
+        self.shared.tiers[0].read_now(&*self.shared.clock, key)
+    }
+
+    /// The value the top tier's entry carries, if it is a plain, lifeless
+    /// (so fresh) `T`: a hit, counted. The first step of
+    /// [`read_top`](Self::read_top).
+    #[inline(always)]
+    pub(crate) fn carried<'a, T>(&self, top: &'a ReadNow) -> Option<&'a T>
+    where
+        T: Send + Sync + 'static,
+    {
+        let ReadNow::Hit(entry) = top else {
+            return None;
+        };
+        let value = self.envelope::<T>().carried_plain::<T>(entry)?;
+        self.shared.tiers[0].counters.hits.incr();
+        Some(value)
+    }
+
+    /// [`read_top`](Self::read_top) once the top tier's entry, if any,
+    /// carried no plain `T`.
+    #[inline(always)]
+    pub(crate) fn read_top_rest<T>(&self, key: &str, top: ReadNow) -> Top<T>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        if let ReadNow::Hit(entry) = &top
+            && let Some(live) = self.open_top(key, entry)
+        {
+            return live;
         }
         Top::Below(top)
     }
