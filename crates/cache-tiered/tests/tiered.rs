@@ -748,3 +748,52 @@ async fn the_first_hit_stores_the_l1_entry_again_with_its_decoded_value() {
     clock.advance(TTL);
     assert_eq!(cache.get::<Offer>("offer:1").await.unwrap(), None);
 }
+
+/// Readers racing a writer over an L1 whose entries are stored again with
+/// their decoded value on their first hit: a swap must never put back an
+/// older version, so each reader sees versions that never go down, and the
+/// last one in the end.
+#[test]
+fn storing_an_entry_again_never_brings_back_an_older_version() {
+    const VERSIONS: u64 = 20_000;
+    let cache = TieredCache::builder()
+        .layer(MemoryLayer::builder().sweep_interval(None).build().unwrap())
+        .build()
+        .unwrap();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    };
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for _ in 0..3 {
+            scope.spawn(|| {
+                runtime().block_on(async {
+                    let mut seen = 0;
+                    let mut reads = 0u64;
+                    while !done.load(std::sync::atomic::Ordering::Acquire) || reads == 0 {
+                        if let Some(version) = cache.get::<Arc<u64>>("version").await.unwrap() {
+                            assert!(*version >= seen, "read {version} after {seen}");
+                            seen = *version;
+                        }
+                        reads += 1;
+                    }
+                    let last = cache.get::<Arc<u64>>("version").await.unwrap();
+                    assert_eq!(last.as_deref(), Some(&VERSIONS));
+                });
+            });
+        }
+        runtime().block_on(async {
+            for version in 1..=VERSIONS {
+                cache.set("version", &Arc::new(version), TTL).await.unwrap();
+                // Let readers hit (and store again) each version now and then.
+                if version % 4 == 0 {
+                    tokio::task::yield_now().await;
+                    std::thread::yield_now();
+                }
+            }
+        });
+        done.store(true, std::sync::atomic::Ordering::Release);
+    });
+}
