@@ -405,8 +405,9 @@ impl CacheLayer for MemoryLayer {
         let mut replaced = false;
         // quick_cache's `entry` swaps the value under the shard's write lock
         // (weighing it again: the same weight), and it asks for the key as
-        // stored; `Duration::ZERO`: no waiting for a placeholder, which this
-        // layer never makes.
+        // stored. On a key that holds nothing it leaves a placeholder for
+        // an instant (dropped at once, unfilled); `Duration::ZERO`: a swap
+        // never waits on another's.
         let key: Arc<str> = Arc::from(key);
         let _ = self
             .inner
