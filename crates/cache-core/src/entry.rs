@@ -357,6 +357,8 @@ mod tests {
     #[test]
     fn a_plain_entry_never_serves_the_marker_of_no_value() {
         let entry = Entry::new(Bytes::from_static(b"x"));
+        assert!(entry.decoded_ref::<NoValue>(0).is_none());
+        assert!(entry.carried_ref::<NoValue>(0).is_none());
         assert_eq!(entry.decoded_ref::<()>(0), None);
     }
 
