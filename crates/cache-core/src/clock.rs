@@ -94,9 +94,12 @@ impl Clock for SystemClock {
         Instant::now()
     }
 
+    /// Reads judge entries by their prepared [`Deadline`]s
+    /// ([`has_passed_deadline`](Clock::has_passed_deadline)); this prepares
+    /// one for a single judgment.
     #[inline]
     fn has_passed(&self, deadline: Instant) -> bool {
-        !coarse::certainly_ahead(deadline) && deadline <= Instant::now()
+        self.has_passed_deadline(&Deadline::new(deadline))
     }
 
     #[inline]
@@ -119,7 +122,9 @@ impl Clock for SystemClock {
 ///
 /// A [`Deadline`] does the arithmetic once, when it is made: the coarse
 /// reading `c0 + (deadline - i0) - margin` below which the deadline has
-/// certainly not come; a check is then one coarse read and one comparison.
+/// certainly not come (`c < c0 + (deadline - i0) - margin` gives a true
+/// time below `i0 + (deadline - i0)`); a check is then one coarse read and
+/// one comparison.
 mod coarse {
     use std::time::Instant;
 
@@ -175,32 +180,6 @@ mod coarse {
         false
     }
 
-    #[cfg(target_os = "linux")]
-    #[inline]
-    pub(super) fn certainly_ahead(deadline: Instant) -> bool {
-        use std::cell::Cell;
-
-        thread_local! {
-            /// The coarse reading this thread saw last, and the latest the
-            /// true time can be while the coarse clock reads it.
-            static LAST: Cell<Option<(u64, Instant)>> = const { Cell::new(None) };
-        }
-        // The bound depends on the coarse reading alone, which changes once
-        // a tick: computed once per tick and thread, a hit compares two
-        // instants instead of doing the checked arithmetic of `Instant`s
-        // and `Duration`s (which costs more than the clock read).
-        let coarse = coarse_nanos();
-        let latest = LAST.with(|last| match last.get() {
-            Some((seen, latest)) if seen == coarse => Some(latest),
-            _ => {
-                let latest = latest_at(coarse);
-                last.set(latest.map(|latest| (coarse, latest)));
-                latest
-            }
-        });
-        latest.is_some_and(|latest| deadline > latest)
-    }
-
     /// The coarse clock in nanoseconds (it wraps only after 584 years).
     #[cfg(target_os = "linux")]
     #[inline(always)]
@@ -209,27 +188,6 @@ mod coarse {
         (now.tv_sec as u64)
             .wrapping_mul(1_000_000_000)
             .wrapping_add(now.tv_nsec as u64)
-    }
-
-    /// The latest `Instant` the true time can be while the coarse clock
-    /// reads `coarse`.
-    #[cfg(target_os = "linux")]
-    #[cold]
-    fn latest_at(coarse: u64) -> Option<Instant> {
-        use std::time::Duration;
-
-        let anchor = anchor();
-        let elapsed_at_most = coarse
-            .saturating_sub(anchor.coarse)
-            .saturating_add(MARGIN_NANOS);
-        anchor
-            .instant
-            .checked_add(Duration::from_nanos(elapsed_at_most))
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    pub(super) fn certainly_ahead(_deadline: Instant) -> bool {
-        false
     }
 }
 
