@@ -322,15 +322,15 @@ impl<S: Serializer> TieredCache<S> {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        let mut found = self
-            .walk::<T>(&[key], envelope, Walk::Shared(first_shared), None, 0)
+        let found = self
+            .walk_one::<T>(key, envelope, Walk::Shared(first_shared), None, 0)
             .await;
         *failed |= found.failed_open;
-        match found.values.pop() {
-            Some(Ok(Some(value))) => Look::Found(value),
+        match found.value {
+            Ok(Some(value)) => Look::Found(value),
             _ if found.failed_open != 0 => Look::Failed,
-            Some(Err(_)) => Look::Failed,
-            _ => Look::Missing,
+            Err(_) => Look::Failed,
+            Ok(None) => Look::Missing,
         }
     }
 }

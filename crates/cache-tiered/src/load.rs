@@ -476,12 +476,10 @@ impl<S: Serializer> TieredCache<S> {
             let excluded = cache.excluded(&options).unwrap_or(0);
             // A refresh that ended between our read and our leading has
             // replaced the value: nothing left to do.
-            let mut recheck = cache
-                .walk::<T>(&[&key], envelope, Walk::Recheck, None, excluded)
+            let recheck = cache
+                .walk_one::<T>(&key, envelope, Walk::Recheck, None, excluded)
                 .await;
-            if matches!(recheck.values.pop(), Some(Ok(Some(_))))
-                && recheck.freshness[0] != Freshness::RefreshDue
-            {
+            if matches!(recheck.value, Ok(Some(_))) && recheck.freshness != Freshness::RefreshDue {
                 return;
             }
             cache.shared.counters.eager_refreshes.incr();
@@ -633,12 +631,12 @@ impl<S: Serializer> TieredCache<S> {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        let mut recheck = self
-            .walk::<T>(&[leader.key()], envelope, Walk::Recheck, None, excluded)
+        let recheck = self
+            .walk_one::<T>(leader.key(), envelope, Walk::Recheck, None, excluded)
             .await;
         *failed |= recheck.failed_open;
-        match recheck.values.pop() {
-            Some(Ok(Some(value))) => {
+        match recheck.value {
+            Ok(Some(value)) => {
                 self.shared.counters.coalesced.incr();
                 note("outcome", "coalesced");
                 leader.finish(Ok(Arc::new(value.clone())));

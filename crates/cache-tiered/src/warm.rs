@@ -1136,15 +1136,15 @@ where
         if settings.skip_cached {
             // Uncounted: the warm-up's reads are not user reads. A value
             // found below is copied up, as any read does.
-            let mut found = cache
-                .walk::<T>(&[&key], envelope, Walk::Internal, None, settings.excluded)
+            let found = cache
+                .walk_one::<T>(&key, envelope, Walk::Internal, None, settings.excluded)
                 .await;
             failed = found.failed_open;
-            match found.values.pop() {
-                Some(Ok(Some(_))) if found.freshness[0] != Freshness::Throttled => {
+            match found.value {
+                Ok(Some(_)) if found.freshness != Freshness::Throttled => {
                     return KeyOutcome::Skipped;
                 }
-                Some(Err(error)) => return KeyOutcome::Failed(error),
+                Err(error) => return KeyOutcome::Failed(error),
                 _ => {}
             }
         }

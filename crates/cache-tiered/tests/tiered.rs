@@ -797,3 +797,102 @@ fn storing_an_entry_again_never_brings_back_an_older_version() {
         done.store(true, std::sync::atomic::Ordering::Release);
     });
 }
+
+/// A shared tier that always holds something newer than a fill: it takes
+/// writes of new data and refuses every fill as superseded, as Redis with
+/// markers does when a removal or a newer value came after the read.
+#[derive(Debug)]
+struct AlwaysNewer(MemoryLayer);
+
+#[cache_core::async_trait]
+impl CacheLayer for AlwaysNewer {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    async fn get(&self, ctx: &CallContext<'_>, key: &str) -> cache_core::Result<Option<Entry>> {
+        self.0.get(ctx, key).await
+    }
+
+    async fn set(&self, ctx: &CallContext<'_>, key: &str, entry: Entry) -> cache_core::Result<()> {
+        if ctx.fill_since().is_some() {
+            return Err(cache_core::Error::Superseded {
+                layer: self.name().into(),
+            });
+        }
+        self.0.set(ctx, key, entry).await
+    }
+
+    async fn delete(&self, ctx: &CallContext<'_>, key: &str) -> cache_core::Result<bool> {
+        self.0.delete(ctx, key).await
+    }
+
+    async fn get_many(
+        &self,
+        ctx: &CallContext<'_>,
+        keys: &[&str],
+    ) -> cache_core::Result<cache_core::Lookups> {
+        self.0.get_many(ctx, keys).await
+    }
+
+    async fn set_many(
+        &self,
+        ctx: &CallContext<'_>,
+        entries: &[(&str, Entry)],
+    ) -> cache_core::Result<cache_core::Writes> {
+        let mut written = cache_core::Writes::new();
+        for (key, entry) in entries {
+            written.push(self.set(ctx, key, entry.clone()).await);
+        }
+        Ok(written)
+    }
+
+    async fn delete_many(&self, ctx: &CallContext<'_>, keys: &[&str]) -> cache_core::Result<u64> {
+        self.0.delete_many(ctx, keys).await
+    }
+
+    async fn invalidate(
+        &self,
+        ctx: &CallContext<'_>,
+        pattern: &Pattern,
+    ) -> cache_core::Result<u64> {
+        self.0.invalidate(ctx, pattern).await
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn a_fill_a_shared_tier_refuses_as_superseded_goes_no_further_up() {
+    let clock = ManualClock::shared();
+    let (l1, l3) = (memory("l1", &clock), memory("l3", &clock));
+    let cache = TieredCache::builder()
+        .layer(l1.clone())
+        .layer(AlwaysNewer(memory("l2", &clock)))
+        .layer(l3.clone())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    // Only the lowest tier holds the value: written by a cache over it alone.
+    let below = TieredCache::builder()
+        .layer(l3.clone())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    below.set("offer:1", &offer(1), TTL).await.unwrap();
+
+    // One key and several: the one-key walk and the batch walk alike.
+    assert_eq!(cache.get::<Offer>("offer:1").await.unwrap(), Some(offer(1)));
+    let many = cache.get_many::<Offer>(&["offer:1", "offer:2"]).await;
+    assert_eq!(many[0].as_ref().unwrap(), &Some(offer(1)));
+
+    let stats = cache.stats();
+    assert_eq!(stats.tiers[1].fills_discarded, 2, "refused twice in L2");
+    assert_eq!(
+        stats.tiers[0].fills, 0,
+        "L1 is never filled past the refusal"
+    );
+    assert!(l1.get(&ctx::read(), "offer:1").await.unwrap().is_none());
+}
