@@ -1,7 +1,7 @@
 //! The unit every layer stores: value bytes plus the metadata that travels
 //! between tiers.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -34,24 +34,48 @@ use crate::{Clock, Deadline};
 /// assert!(entry.is_expired(now + Duration::from_secs(60)));
 /// ```
 #[derive(Clone)]
-pub struct Entry(Arc<Inner<dyn Any + Send + Sync>>);
+pub struct Entry(Arc<Inner<dyn AnyBody>>);
 
-/// An entry's one allocation. What a hit reads (the expiry, the tag) comes
-/// first, beside the reference counts; the decoded value the entry was made
-/// with, if any, is last, because its size depends on its type.
+/// An entry's one allocation. What a hit reads comes first, beside the
+/// reference counts: the expiry, the tag, and (first in the body) the
+/// decoded value the entry was made with, so that on a typical 64-bit
+/// target a hit on an `Arc` value reads 56 bytes from the allocation's
+/// start, one or two cache lines. The rest (the bytes, the values
+/// remembered since) follows it, reached through the body's vtable.
 #[repr(C)]
-struct Inner<D: ?Sized> {
+struct Inner<B: ?Sized> {
     expires_at: Option<Deadline>,
-    /// Whether `decoded` holds a value (made by [`Entry::with_decoded`]),
-    /// and its tag.
-    carries_decoded: bool,
+    /// The tag of the value the entry was made with (see
+    /// [`Entry::decoded_ref`]); zero for a plain entry.
     tag: u64,
+    body: B,
+}
+
+/// The body of an entry made with a decoded value of type `T`
+/// ([`NoValue`] for a plain one).
+#[repr(C)]
+struct Body<T> {
+    /// First: a hit reads it right after the header.
+    decoded: T,
+    value: Bytes,
     /// Decoded forms remembered after the entry was made.
     remembered: OnceLock<Decoded>,
-    value: Bytes,
-    /// The decoded value the entry was made with ([`NoValue`] if none):
-    /// inline, so that a hit reaches it with no further pointer.
-    decoded: D,
+}
+
+/// A [`Body`] of any type: its cold fields, and (as `dyn Any`) its type.
+trait AnyBody: Any + Send + Sync {
+    fn value(&self) -> &Bytes;
+    fn remembered(&self) -> &OnceLock<Decoded>;
+}
+
+impl<T: Any + Send + Sync> AnyBody for Body<T> {
+    fn value(&self) -> &Bytes {
+        &self.value
+    }
+
+    fn remembered(&self) -> &OnceLock<Decoded> {
+        &self.remembered
+    }
 }
 
 /// What a plain entry carries in place of a decoded value.
@@ -71,11 +95,12 @@ impl Entry {
     pub fn new(value: impl Into<Bytes>) -> Self {
         Entry(Arc::new(Inner {
             expires_at: None,
-            carries_decoded: false,
             tag: 0,
-            remembered: OnceLock::new(),
-            value: value.into(),
-            decoded: NoValue,
+            body: Body {
+                decoded: NoValue,
+                value: value.into(),
+                remembered: OnceLock::new(),
+            },
         }))
     }
 
@@ -101,11 +126,12 @@ impl Entry {
     ) -> Self {
         Entry(Arc::new(Inner {
             expires_at: None,
-            carries_decoded: true,
             tag,
-            remembered: OnceLock::new(),
-            value: value.into(),
-            decoded,
+            body: Body {
+                decoded,
+                value: value.into(),
+                remembered: OnceLock::new(),
+            },
         }))
     }
 
@@ -125,11 +151,12 @@ impl Entry {
             None => {
                 self = Entry(Arc::new(Inner {
                     expires_at: at,
-                    carries_decoded: false,
                     tag: 0,
-                    remembered: self.0.remembered.clone(),
-                    value: self.0.value.clone(),
-                    decoded: NoValue,
+                    body: Body {
+                        decoded: NoValue,
+                        value: self.value().clone(),
+                        remembered: self.0.body.remembered().clone(),
+                    },
                 }))
             }
         }
@@ -150,17 +177,17 @@ impl Entry {
 
     /// The value bytes.
     pub fn value(&self) -> &Bytes {
-        &self.0.value
+        self.0.body.value()
     }
 
     /// The size of the value in bytes.
     pub fn len(&self) -> usize {
-        self.0.value.len()
+        self.value().len()
     }
 
     /// Whether the value is empty.
     pub fn is_empty(&self) -> bool {
-        self.0.value.is_empty()
+        self.value().is_empty()
     }
 
     /// The absolute expiry, `None` if the entry never expires.
@@ -210,7 +237,7 @@ impl Entry {
         if let Some(value) = self.carried_ref::<T>(tag) {
             return Some(Arc::new(value.clone()));
         }
-        let decoded = self.0.remembered.get()?;
+        let decoded = self.0.body.remembered().get()?;
         if decoded.tag != tag {
             return None;
         }
@@ -225,7 +252,7 @@ impl Entry {
         if let Some(value) = self.carried_ref::<T>(tag) {
             return Some(value);
         }
-        let decoded = self.0.remembered.get()?;
+        let decoded = self.0.body.remembered().get()?;
         if decoded.tag != tag {
             return None;
         }
@@ -238,16 +265,19 @@ impl Entry {
     #[inline]
     pub fn carried_ref<T: Any + Send + Sync>(&self, tag: u64) -> Option<&T> {
         let inner = &*self.0;
-        if !inner.carries_decoded || inner.tag != tag {
+        // The marker of a plain entry is no one's value (a constant test).
+        if inner.tag != tag || TypeId::of::<T>() == TypeId::of::<NoValue>() {
             return None;
         }
-        inner.decoded.downcast_ref::<T>()
+        let body: &dyn Any = &inner.body;
+        body.downcast_ref::<Body<T>>().map(|body| &body.decoded)
     }
 
     /// Whether the entry was made with its decoded value
     /// ([`with_decoded`](Entry::with_decoded)).
     pub fn carries_decoded(&self) -> bool {
-        self.0.carries_decoded
+        let body: &dyn Any = &self.0.body;
+        !body.is::<Body<NoValue>>()
     }
 
     /// Remembers the decoded form of this entry's bytes, so that later reads
@@ -256,7 +286,7 @@ impl Entry {
     ///
     /// The caller guarantees that `value` is what the bytes decode to.
     pub fn remember_decoded<T: Any + Send + Sync>(&self, tag: u64, value: Arc<T>) {
-        let _ = self.0.remembered.set(Decoded { tag, value });
+        let _ = self.0.body.remembered().set(Decoded { tag, value });
     }
 
     /// Whether two handles share the same stored entry (not just equal bytes).
@@ -272,7 +302,7 @@ impl fmt::Debug for Entry {
             .field("expires_at", &self.expiry())
             .field(
                 "decoded",
-                &(self.0.carries_decoded || self.0.remembered.get().is_some()),
+                &(self.carries_decoded() || self.0.body.remembered().get().is_some()),
             )
             .finish()
     }
@@ -281,7 +311,7 @@ impl fmt::Debug for Entry {
 impl PartialEq for Entry {
     /// Entries are equal when their bytes and expiry are; the decoded memo is ignored.
     fn eq(&self, other: &Self) -> bool {
-        self.0.value == other.0.value && self.expiry() == other.expiry()
+        self.value() == other.value() && self.expiry() == other.expiry()
     }
 }
 
@@ -360,6 +390,19 @@ mod tests {
         assert!(entry.decoded_ref::<NoValue>(0).is_none());
         assert!(entry.carried_ref::<NoValue>(0).is_none());
         assert_eq!(entry.decoded_ref::<()>(0), None);
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn what_a_hit_reads_sits_at_the_start_of_the_allocation() {
+        let entry = Entry::with_decoded(Bytes::from_static(b"v"), 7, Arc::new(1u64))
+            .expires_at(Instant::now());
+        let inner = Arc::as_ptr(&entry.0) as *const u8 as usize;
+        let decoded = entry.carried_ref::<Arc<u64>>(7).unwrap() as *const Arc<u64> as usize;
+        // After the expiry (24 bytes) and the tag: with the two reference
+        // counts before them, 56 bytes from the allocation's start.
+        assert_eq!(decoded - inner, 32);
+        assert_eq!(std::mem::size_of::<Option<Deadline>>(), 24);
     }
 
     #[test]
