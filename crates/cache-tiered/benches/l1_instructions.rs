@@ -3,7 +3,9 @@
 //! between runs; instruction counts by well under 1%). Beside them, the L1
 //! data cache misses per hit of cachegrind's simulated cache: the cost of
 //! pointer hops, which instruction counts do not show and which a busy
-//! machine's timings blur.
+//! machine's timings blur. They move by about 5% from run to run (each
+//! process has its own hash seeds and heap addresses): compare means of a
+//! few runs.
 //!
 //! Run by `cargo xtask bench` (or `cargo bench -p cache-tiered --bench
 //! l1_instructions`); needs `valgrind`, and writes
