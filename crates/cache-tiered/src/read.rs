@@ -79,6 +79,15 @@ impl Walk {
     fn counted(self) -> bool {
         self == Walk::Full
     }
+
+    /// The tiers the walk reads, and the depth of the first.
+    fn tiers(self, all: &[Tier]) -> (usize, &[Tier]) {
+        match self {
+            Walk::Full | Walk::Internal => (0, all),
+            Walk::Recheck => (0, &all[..1]),
+            Walk::Shared(start) => (start, &all[start..]),
+        }
+    }
 }
 
 /// A value past its logical expiry, kept for fail-safe: the fallback of a
@@ -422,11 +431,7 @@ impl<S: Serializer> TieredCache<S> {
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
         let shared = &*self.shared;
-        let (start, tiers) = match walk {
-            Walk::Full | Walk::Internal => (0, &shared.tiers[..]),
-            Walk::Recheck => (0, &shared.tiers[..1]),
-            Walk::Shared(start) => (start, &shared.tiers[start..]),
-        };
+        let (start, tiers) = walk.tiers(&shared.tiers);
         let mut values: PerKey<Result<Option<T>>> = keys.iter().map(|_| Ok(None)).collect();
         let mut freshness: PerKey<Freshness> = smallvec![Freshness::Fresh; keys.len()];
         let now = shared.clock.now();
@@ -547,11 +552,7 @@ impl<S: Serializer> TieredCache<S> {
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
         let shared = &*self.shared;
-        let (start, tiers) = match walk {
-            Walk::Full | Walk::Internal => (0, &shared.tiers[..]),
-            Walk::Recheck => (0, &shared.tiers[..1]),
-            Walk::Shared(start) => (start, &shared.tiers[start..]),
-        };
+        let (start, tiers) = walk.tiers(&shared.tiers);
         let mut one = One {
             value: Ok(None),
             freshness: Freshness::Fresh,
