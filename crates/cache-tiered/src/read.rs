@@ -538,8 +538,8 @@ impl<S: Serializer> TieredCache<S> {
     /// [`walk`](Self::walk) for one key, the common case (every `get` and
     /// `get_or_compute` that misses the top tier): the same steps, without
     /// the per-key vectors a batch needs. Building and moving those cost a
-    /// fifth of the composer's instructions on an L1 miss (`miss_fill_arc`
-    /// in the instruction benchmark).
+    /// fifth of the instructions of an L1 miss served by an in-process
+    /// shared tier (`miss_fill_arc` in the instruction benchmark).
     pub(crate) async fn walk_one<T>(
         &self,
         key: &str,
