@@ -310,8 +310,9 @@ impl Page {
         self.line(
             "Counted by valgrind's cachegrind (`crates/cache-tiered/benches/l1_instructions.rs`): \
              figures a busy machine does not move. L1 data misses are those of cachegrind's \
-             simulated cache: what pointer hops cost, which instruction counts do not show \
-             (they move by about 5% from run to run).",
+             simulated 32 KiB, 8-way L1 data cache: what pointer hops cost, which instruction \
+             counts do not show (they move by about 5% from run to run, with each process's \
+             hash seeds and addresses, not with the machine's load).",
         );
         self.line("");
         self.line("| case | instructions per hit | L1 data misses per hit |");

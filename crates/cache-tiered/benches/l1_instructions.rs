@@ -3,9 +3,10 @@
 //! between runs; instruction counts by well under 1%). Beside them, the L1
 //! data cache misses per hit of cachegrind's simulated cache: the cost of
 //! pointer hops, which instruction counts do not show and which a busy
-//! machine's timings blur. They move by about 5% from run to run (each
-//! process has its own hash seeds and heap addresses): compare means of a
-//! few runs.
+//! machine's timings blur (a simulated 32 KiB, 8-way L1 data cache, this
+//! machine's, whatever the host). They move by about 5% from run to run,
+//! with each process's hash seeds and heap addresses rather than with the
+//! machine's load: compare means of a few runs.
 //!
 //! Run by `cargo xtask bench` (or `cargo bench -p cache-tiered --bench
 //! l1_instructions`); needs `valgrind`, and writes
@@ -131,8 +132,8 @@ fn measure() -> Result<(), String> {
 /// What one run under cachegrind counted.
 struct Counts {
     instructions: u64,
-    /// Level 1 data cache misses, reads and writes (cachegrind's simulated
-    /// cache, set up like the host's).
+    /// Level 1 data cache misses, reads and writes, in cachegrind's
+    /// simulation of a 32 KiB, 8-way cache of 64-byte lines.
     d1_misses: u64,
 }
 
@@ -142,6 +143,12 @@ fn counts(me: &std::path::Path, case: &str, hits: usize) -> Result<Counts, Strin
         .args([
             "--tool=cachegrind",
             "--cache-sim=yes",
+            // This machine's L1 data cache, fixed so that the figure does
+            // not depend on what the host's CPUID reports; the last level
+            // likewise (its misses are not reported; on a VM valgrind may
+            // misread its geometry and warn).
+            "--D1=32768,8,64",
+            "--LL=33554432,16,64",
             "--cachegrind-out-file=/dev/null",
         ])
         .arg(me)
