@@ -481,6 +481,22 @@ async fn an_l1_refusing_an_oversized_value_is_not_an_error() {
     );
 }
 
+/// A `get` reads when it is first polled, as an `async fn` would, not
+/// when it is made: what it answers is what the tiers held at that poll.
+#[tokio::test]
+async fn a_get_reads_at_its_first_poll_not_when_it_is_made() {
+    let clock = ManualClock::shared();
+    let (cache, _, _) = two_tiers(&clock);
+    let early = cache.get::<u32>("k");
+    cache.set("k", &1u32, TTL).await.unwrap();
+    assert_eq!(early.await.unwrap(), Some(1), "made before the write");
+
+    let early = cache.get::<u32>("k");
+    drop(cache.delete("k").await.unwrap());
+    assert_eq!(early.await.unwrap(), None, "made before the delete");
+    assert_eq!(cache.stats().tiers[0].hits, 1, "only the polled reads count");
+}
+
 /// A fire-and-forget L1 population (filling L1 after an L2 hit with no
 /// check) would let an L2 read that raced with a delete write the deleted
 /// value back into L1. Here the read is held
