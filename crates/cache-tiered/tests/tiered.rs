@@ -494,7 +494,11 @@ async fn a_get_reads_at_its_first_poll_not_when_it_is_made() {
     let early = cache.get::<u32>("k");
     drop(cache.delete("k").await.unwrap());
     assert_eq!(early.await.unwrap(), None, "made before the delete");
-    assert_eq!(cache.stats().tiers[0].hits, 1, "only the polled reads count");
+    assert_eq!(
+        cache.stats().tiers[0].hits,
+        1,
+        "only the polled reads count"
+    );
 }
 
 /// A fire-and-forget L1 population (filling L1 after an L2 hit with no
