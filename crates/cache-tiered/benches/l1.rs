@@ -155,42 +155,31 @@ impl Contenders {
                 tiered_nostats: tiered(keys, false),
             }),
         };
-        runtime.block_on(async {
-            for (i, name) in names.iter().enumerate() {
-                let value = Arc::new(offer(i as u64));
-                contenders.tiered.set(name, &value, TTL).await.expect("set");
-                contenders.quick_cache.insert(name.clone(), value.clone());
-                contenders.moka.insert(name.clone(), value.clone());
-                if let Some(owned) = &contenders.owned {
-                    owned.tiered.set(name, &*value, TTL).await.expect("set");
-                    owned
-                        .tiered_nostats
-                        .set(name, &value, TTL)
-                        .await
-                        .expect("set");
-                    owned.quick_cache.insert(name.clone(), (*value).clone());
-                    owned.moka.insert(name.clone(), (*value).clone());
-                }
+        // One cache after the other, each in its own pass (the typed one's
+        // first hits included), as if each were alone in the process.
+        // Filled key by key side by side, each cache's allocations were
+        // spread over the pages of all of them: at 10,000 keys in random
+        // order, raw quick_cache read in 43 ns instead of 32, ours in 208
+        // instead of 107, moka in 802 instead of 307.
+        let values: Vec<Arc<Offer>> = (0..keys).map(|i| Arc::new(offer(i as u64))).collect();
+        fill_typed(runtime, &contenders.tiered, names, &values);
+        for (name, value) in names.iter().zip(&values) {
+            contenders.quick_cache.insert(name.clone(), value.clone());
+        }
+        for (name, value) in names.iter().zip(&values) {
+            contenders.moka.insert(name.clone(), value.clone());
+        }
+        if let Some(owned) = &contenders.owned {
+            let owned_values: Vec<Offer> = values.iter().map(|value| (**value).clone()).collect();
+            fill_typed(runtime, &owned.tiered, names, &owned_values);
+            fill_typed(runtime, &owned.tiered_nostats, names, &values);
+            for (name, value) in names.iter().zip(&owned_values) {
+                owned.quick_cache.insert(name.clone(), value.clone());
             }
-            // The first hit of each key decodes and memoizes: measure the
-            // steady state.
-            for name in names {
-                let hit = contenders.tiered.get::<Arc<Offer>>(name).await;
-                assert!(hit.expect("a read").is_some(), "{name} is cached");
-                if let Some(owned) = &contenders.owned {
-                    assert!(
-                        owned
-                            .tiered
-                            .get::<Offer>(name)
-                            .await
-                            .expect("a read")
-                            .is_some()
-                    );
-                    let hit = owned.tiered_nostats.get::<Arc<Offer>>(name).await;
-                    assert!(hit.expect("a read").is_some());
-                }
+            for (name, value) in names.iter().zip(&owned_values) {
+                owned.moka.insert(name.clone(), value.clone());
             }
-        });
+        }
         contenders.moka.run_pending_tasks();
         if let Some(owned) = &contenders.owned {
             owned.moka.run_pending_tasks();
@@ -228,6 +217,28 @@ impl Contenders {
         ]);
         json!({ "on": ns[0], "off": ns[1] })
     }
+}
+
+/// Writes `values` under `names` into `cache`, then reads each once: the
+/// first hit of a key decodes and memoizes, the benchmark measures the
+/// steady state after it.
+fn fill_typed<T>(
+    runtime: &tokio::runtime::Runtime,
+    cache: &TieredCache,
+    names: &[String],
+    values: &[T],
+) where
+    T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    runtime.block_on(async {
+        for (name, value) in names.iter().zip(values) {
+            cache.set(name, value, TTL).await.expect("set");
+        }
+        for name in names {
+            let hit = cache.get::<T>(name).await.expect("a read");
+            assert!(hit.is_some(), "{name} is cached");
+        }
+    });
 }
 
 /// The median over [`ROUNDS`] rounds (after [`WARM_UP_ROUNDS`]) of each
