@@ -501,6 +501,36 @@ async fn a_get_reads_at_its_first_poll_not_when_it_is_made() {
     );
 }
 
+/// A `get` dropped while it waits on a lower tier leaves nothing behind:
+/// no fill of the upper tier, and the next `get` reads and fills as usual.
+#[tokio::test]
+async fn a_get_dropped_while_it_waits_below_leaves_nothing_behind() {
+    let clock = ManualClock::shared();
+    let l1 = memory("l1", &clock);
+    let l2 = Arc::new(HoldableLayer::new(Arc::new(memory("l2", &clock))));
+    let cache = TieredCache::builder()
+        .layer(l1.clone())
+        .tier(Tier::shared(l2.clone()))
+        .build()
+        .unwrap();
+    cache.set("k", &1u32, TTL).await.unwrap();
+    l1.delete(&ctx::remove(), "k").await.unwrap();
+
+    l2.hold_next_get();
+    let mut dropped = Box::pin(cache.get::<u32>("k"));
+    assert!((&mut dropped).now_or_never().is_none(), "held below L1");
+    assert_eq!(l2.held(), 1);
+    drop(dropped);
+    assert!(
+        l1.get(&ctx::read(), "k").await.unwrap().is_none(),
+        "no fill"
+    );
+
+    assert_eq!(cache.get::<u32>("k").await.unwrap(), Some(1));
+    assert!(l1.get(&ctx::read(), "k").await.unwrap().is_some(), "filled");
+    assert_eq!(cache.stats().tiers[0].fills_discarded, 0);
+}
+
 /// A fire-and-forget L1 population (filling L1 after an L2 hit with no
 /// check) would let an L2 read that raced with a delete write the deleted
 /// value back into L1. Here the read is held
