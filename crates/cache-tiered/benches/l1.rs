@@ -27,13 +27,6 @@ use serde_json::{Value, json};
 
 const SIZES: [usize; 3] = [10_000, 100_000, 1_000_000];
 const ROUNDS: usize = 7;
-/// Untimed rounds first: on this machine the first three rounds after the
-/// caches are built ran up to twice as slow as the later ones, for every
-/// contender and whichever went first (at 10,000 keys, typed hits of 325,
-/// 299, 273, then 163, 150, 162, 138 ns). Why is not known (the kernel's
-/// memory monitor, kdamond, runs on this VM); the medians of the later
-/// rounds are what a long-running service sees.
-const WARM_UP_ROUNDS: usize = 3;
 const OPS: usize = 200_000;
 const TTL: Duration = Duration::from_secs(3600);
 
@@ -241,18 +234,15 @@ fn fill_typed<T>(
     });
 }
 
-/// The median over [`ROUNDS`] rounds (after [`WARM_UP_ROUNDS`]) of each
-/// contender's ns per get; in round `r`, contender `r % n` goes first.
+/// The median over [`ROUNDS`] rounds of each contender's ns per get; in
+/// round `r`, contender `r % n` goes first.
 fn rounds(contenders: &mut [&mut dyn FnMut() -> f64]) -> Vec<f64> {
     let n = contenders.len();
     let mut samples = vec![Vec::with_capacity(ROUNDS); n];
-    for round in 0..WARM_UP_ROUNDS + ROUNDS {
+    for round in 0..ROUNDS {
         for turn in 0..n {
             let which = (round + turn) % n;
-            let ns = contenders[which]();
-            if round >= WARM_UP_ROUNDS {
-                samples[which].push(ns);
-            }
+            samples[which].push(contenders[which]());
         }
     }
     samples
