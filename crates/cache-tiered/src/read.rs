@@ -203,7 +203,7 @@ impl<S: Serializer> TieredCache<S> {
         // Not an `async fn`: its state machine would read the top tier in
         // the `poll` of the whole walk, with that poll's large frame, and
         // keep the top tier's answer in the future behind a drop flag. A
-        // hit through `Get` takes 20-30% less time (docs/performance.md).
+        // hit through `Get` took 16-30% less time (docs/performance.md).
         Get::Top {
             cache: self,
             key,

@@ -501,10 +501,9 @@ async fn a_get_reads_at_its_first_poll_not_when_it_is_made() {
     );
 }
 
-/// A `get` dropped while it waits on a lower tier leaves nothing behind:
-/// no fill of the upper tier, and the next `get` reads and fills as usual.
-#[tokio::test]
-async fn a_get_dropped_while_it_waits_below_leaves_nothing_behind() {
+/// An L1 over a shared L2 that can hold a read, with `1u32` under `k` in
+/// the L2 only.
+async fn one_below_a_holdable_l2() -> (TieredCache, MemoryLayer, Arc<HoldableLayer>) {
     let clock = ManualClock::shared();
     let l1 = memory("l1", &clock);
     let l2 = Arc::new(HoldableLayer::new(Arc::new(memory("l2", &clock))));
@@ -515,6 +514,14 @@ async fn a_get_dropped_while_it_waits_below_leaves_nothing_behind() {
         .unwrap();
     cache.set("k", &1u32, TTL).await.unwrap();
     l1.delete(&ctx::remove(), "k").await.unwrap();
+    (cache, l1, l2)
+}
+
+/// A `get` dropped while it waits on a lower tier leaves nothing behind:
+/// no fill of the upper tier, and the next `get` reads and fills as usual.
+#[tokio::test]
+async fn a_get_dropped_while_it_waits_below_leaves_nothing_behind() {
+    let (cache, l1, l2) = one_below_a_holdable_l2().await;
 
     l2.hold_next_get();
     let mut dropped = Box::pin(cache.get::<u32>("k"));
@@ -538,16 +545,7 @@ async fn a_get_dropped_while_it_waits_below_leaves_nothing_behind() {
 #[tokio::test]
 async fn a_fill_racing_with_a_delete_does_not_resurrect_the_value() {
     for mutation in ["delete", "set", "invalidate"] {
-        let clock = ManualClock::shared();
-        let l1 = memory("l1", &clock);
-        let l2 = Arc::new(HoldableLayer::new(Arc::new(memory("l2", &clock))));
-        let cache = TieredCache::builder()
-            .layer(l1.clone())
-            .tier(Tier::shared(l2.clone()))
-            .build()
-            .unwrap();
-        cache.set("k", &1u32, TTL).await.unwrap();
-        l1.delete(&ctx::remove(), "k").await.unwrap();
+        let (cache, _, l2) = one_below_a_holdable_l2().await;
 
         l2.hold_next_get();
         let mut racing_get = Box::pin(cache.get::<u32>("k"));
