@@ -52,7 +52,9 @@ const CONCURRENCY: [usize; 3] = [1, 16, 64];
 /// during a few rounds does not move.
 const ROUNDS: usize = 9;
 const ROUND: Duration = Duration::from_millis(500);
+/// Issue 13's targets: a GET at least 0.9 of the raw client's, a SET 0.95.
 const TARGET_RATIO: f64 = 0.9;
+const SET_TARGET_RATIO: f64 = 0.95;
 /// The target of `stack_get` (an L1 miss and a fill on top of the read).
 const STACK_TARGET_RATIO: f64 = 0.85;
 /// The bytes before the postcard payload of a typed value in Redis: the
@@ -79,7 +81,8 @@ impl Op {
     fn target(self) -> f64 {
         match self {
             Op::StackGet => STACK_TARGET_RATIO,
-            Op::Get | Op::Set => TARGET_RATIO,
+            Op::Get => TARGET_RATIO,
+            Op::Set => SET_TARGET_RATIO,
         }
     }
 }
